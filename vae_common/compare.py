@@ -1,0 +1,38 @@
+"""How parity is measured: one relative-difference definition and one tolerance table.
+
+Both the parity tests and ``vae parity`` use these, so a figure printed by the tool means the
+same thing as an assertion in the tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# The one tolerance table: maximum relative difference allowed between the two backends.
+TOLERANCES = {
+    "float64": 1e-12,
+    "float32": 1e-5,
+}
+# 100 Adam steps amplify rounding differences; after them parameters must still agree this well.
+TRAJECTORY_TOLERANCES = {
+    "float64": 1e-9,
+    "float32": 1e-3,
+}
+
+
+def max_abs_diff(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"cannot compare arrays of shapes {a.shape} and {b.shape}")
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def rel_diff(a, b) -> float:
+    """``max|a - b| / max|b|`` over the elements (``|a - b| / |b|`` for scalars).
+
+    ``b`` is the reference. When ``b`` is all zeros the absolute difference is returned, so two
+    all-zero tensors compare as 0 and anything else as its own size.
+    """
+    diff = max_abs_diff(a, b)
+    scale = float(np.max(np.abs(np.asarray(b, dtype=np.float64)))) if np.size(b) else 0.0
+    return diff / scale if scale > 0 else diff

@@ -1,0 +1,235 @@
+"""Datasets, validation, binarization and seeded batching, in numpy only.
+
+Images are float32 arrays of shape (N, C, H, W) with values in [0, 1]. Both backends consume the
+same index arrays from ``batch_indices``, so for one seed they see the same batches in the same
+order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+IDX_DATASETS = ("mnist", "fashion-mnist", "kmnist", "idx")
+DIGITS_TEST_SIZE = 297
+
+
+class DataError(ValueError):
+    """Data is missing, malformed or out of range; the message names the file or array."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train/test split of images in [0, 1].
+
+    Attributes:
+      name: how it was specified (e.g. ``"digits"``, ``"fashion-mnist:/data/fmnist"``).
+      train, test: float32 arrays (N, C, H, W) with values in [0, 1].
+      train_labels, test_labels: int64 arrays (N,).
+    """
+
+    name: str
+    train: np.ndarray
+    test: np.ndarray
+    train_labels: np.ndarray
+    test_labels: np.ndarray
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.shape[1:])
+
+
+def validate_images(x: np.ndarray, likelihood: str = "bernoulli", name: str = "x") -> None:
+    """Raise ``DataError`` unless ``x`` is a finite float array (N, C, H, W), in [0, 1] if Bernoulli."""
+    if not isinstance(x, np.ndarray):
+        raise DataError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise DataError(f"{name} must have shape (N, C, H, W), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"{name} must be floating point, got dtype {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise DataError(f"{name} contains {bad} NaN or Inf values")
+    if likelihood == "bernoulli" and x.size and (x.min() < 0 or x.max() > 1):
+        raise DataError(
+            f"{name} has values in [{x.min():g}, {x.max():g}]; the Bernoulli likelihood needs "
+            "values in [0, 1]"
+        )
+
+
+def load_digits(seed: int = 0) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 images, no download), scaled to [0, 1].
+
+    A fixed permutation (``seed``) splits off the last 297 images as the test set.
+    """
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    y = bunch.target.astype(np.int64)
+    perm = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[perm], y[perm]
+    n = len(x) - DIGITS_TEST_SIZE
+    return Dataset("digits", x[:n], x[n:], y[:n], y[n:])
+
+
+def _open_maybe_gz(path: Path):
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (raw or gzipped): images (magic 2051) or labels (magic 2049), as uint8."""
+    path = Path(path)
+    try:
+        with _open_maybe_gz(path) as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read IDX file {path}: {exc}") from None
+    if len(data) < 8:
+        raise DataError(f"{path} is too short to be an IDX file ({len(data)} bytes)")
+    magic = int.from_bytes(data[:4], "big")
+    ndim = {2051: 3, 2049: 1}.get(magic)
+    if ndim is None:
+        raise DataError(f"{path} is not an IDX image or label file (magic number {magic})")
+    header = 4 + 4 * ndim
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = int(np.prod(dims))
+    if len(data) != header + expected:
+        raise DataError(
+            f"{path}: header says shape {tuple(dims)} ({header + expected} bytes), file has "
+            f"{len(data)} bytes (truncated or corrupt)"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find_idx(directory: Path, stem: str) -> Path:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{directory} has no {stem} or {stem}.gz (the standard IDX file names)")
+
+
+def load_idx_dir(directory: str | os.PathLike, name: str | None = None) -> Dataset:
+    """The four standard MNIST-format IDX files of ``directory`` (``.gz`` or raw)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"dataset directory {directory} does not exist")
+    arrays = {key: read_idx(_find_idx(directory, stem)) for key, stem in IDX_FILES.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1:
+            raise DataError(f"{directory}: {split} images must be 3-D and labels 1-D IDX arrays")
+        if len(images) != len(labels):
+            raise DataError(
+                f"{directory}: {len(images)} {split} images but {len(labels)} {split} labels"
+            )
+    return Dataset(
+        name or f"idx:{directory}",
+        _to_unit(arrays["train_images"]),
+        _to_unit(arrays["test_images"]),
+        arrays["train_labels"].astype(np.int64),
+        arrays["test_labels"].astype(np.int64),
+    )
+
+
+def _to_unit(images: np.ndarray) -> np.ndarray:
+    return (images.astype(np.float32) / 255.0)[:, None, :, :]
+
+
+def load_npz(path: str | os.PathLike) -> Dataset:
+    """A Keras-style ``mnist.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test`` (uint8)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"npz file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a readable .npz file: {exc}") from None
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    if missing:
+        raise DataError(f"{path} lacks arrays {missing} (has {sorted(arrays)})")
+    out = {}
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(
+                f"{path}: x_{split} must be (N, H, W) or (N, C, H, W) and y_{split} (N,), got "
+                f"{x.shape} and {y.shape}"
+            )
+        if x.dtype == np.uint8:
+            x = x.astype(np.float32) / 255.0
+        else:
+            x = x.astype(np.float32)
+        validate_images(x, "bernoulli", name=f"{path}:x_{split}")
+        out[split] = (x, y.astype(np.int64))
+    return Dataset(f"npz:{path}", out["train"][0], out["test"][0], out["train"][1], out["test"][1])
+
+
+def load_dataset(spec: str) -> Dataset:
+    """Load a dataset from a spec string.
+
+    ``digits`` (bundled default); ``mnist:DIR``, ``fashion-mnist:DIR``, ``kmnist:DIR`` or
+    ``idx:DIR`` (the four standard IDX files); ``npz:FILE`` (Keras-style ``mnist.npz``).
+    """
+    if spec == "digits":
+        return load_digits()
+    kind, sep, arg = spec.partition(":")
+    if not sep or not arg:
+        raise DataError(
+            f"unknown dataset {spec!r}; use digits, mnist:DIR, fashion-mnist:DIR, kmnist:DIR, "
+            "idx:DIR or npz:FILE"
+        )
+    if kind in IDX_DATASETS:
+        return load_idx_dir(arg, name=spec)
+    if kind == "npz":
+        return load_npz(arg)
+    raise DataError(
+        f"unknown dataset kind {kind!r} in {spec!r}; use digits, mnist:DIR, fashion-mnist:DIR, "
+        "kmnist:DIR, idx:DIR or npz:FILE"
+    )
+
+
+def binarize(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Stochastic binarization: each pixel is 1 with probability equal to its intensity.
+
+    Static binarization calls this once with a fixed seed; dynamic binarization calls it afresh
+    every epoch (the training loops draw it on the device instead).
+    """
+    return (rng.random(x.shape, dtype=np.float32) < x).astype(x.dtype)
+
+
+def batch_indices(
+    n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True
+) -> np.ndarray:
+    """Indices of the training batches of one epoch, shape (n // batch_size, batch_size).
+
+    A permutation drawn from ``(seed, epoch)`` (or the identity when ``shuffle`` is False); the
+    last incomplete batch is dropped so every step has the same shape. Both backends use this.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch_size must be positive, got {batch_size}")
+    if n < batch_size:
+        raise DataError(f"batch_size {batch_size} is larger than the dataset ({n} examples)")
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    steps = n // batch_size
+    return order[: steps * batch_size].reshape(steps, batch_size)
+
+
+def standard_normal(seed: int, stream: int, shape: tuple[int, ...], dtype: str = "float64"):
+    """Seeded N(0, 1) noise shared by both backends: the same ``(seed, stream)`` gives the same array."""
+    return np.random.default_rng([seed, stream]).standard_normal(shape).astype(dtype)

@@ -1,0 +1,174 @@
+"""Flax (linen) modules of the VAE and the pure functions that apply them.
+
+Data layout is PyTorch's: images are (B, C, H, W) in both backends, latents (B, L). The MLP flattens
+an image in C, H, W order, exactly like ``torch.flatten``, so dense weights transfer unchanged
+(transposed, see ``vae_jax.convert``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_common.config import VAEConfig
+from vae_common.spec import spec_by_name
+
+DTYPES = ("float32", "float64")
+
+
+class ShapeError(ValueError):
+    """An input array has the wrong shape or dtype; the message names the array and both shapes."""
+
+
+def _uniform(bound: float):
+    """PyTorch's default init: uniform on (-bound, bound) with bound = 1/sqrt(fan_in)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _dense(config: VAEConfig, name: str, features: int, dtype) -> nn.Dense:
+    # The name is the canonical prefix with dots turned into underscores ("encoder.hidden.0" ->
+    # module "hidden_0" inside "encoder"); the fan-in comes from the canonical spec.
+    fan_in = spec_by_name(config)[f"{name}.weight"].fan_in
+    bound = 1.0 / float(np.sqrt(fan_in))
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=dtype,
+        kernel_init=_uniform(bound),
+        bias_init=_uniform(bound),
+        name=name.split(".", 1)[1].replace(".", "_"),
+    )
+
+
+class Encoder(nn.Module):
+    """x (B, C, H, W) -> (mean, logvar), each (B, latent_dim)."""
+
+    config: VAEConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        h = x.reshape(x.shape[0], -1)
+        for i, size in enumerate(cfg.hidden):
+            h = nn.relu(_dense(cfg, f"encoder.hidden.{i}", size, self.dtype)(h))
+        mean = _dense(cfg, "encoder.mean", cfg.latent_dim, self.dtype)(h)
+        logvar = _dense(cfg, "encoder.logvar", cfg.latent_dim, self.dtype)(h)
+        return mean, logvar
+
+
+class Decoder(nn.Module):
+    """z (B, latent_dim) -> (B, C, H, W): Bernoulli logits, or the Gaussian mean."""
+
+    config: VAEConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, z):
+        cfg = self.config
+        h = z
+        for i, size in enumerate(reversed(cfg.hidden)):
+            h = nn.relu(_dense(cfg, f"decoder.hidden.{i}", size, self.dtype)(h))
+        out = _dense(cfg, "decoder.out", cfg.input_dim, self.dtype)(h)
+        return out.reshape((z.shape[0],) + cfg.input_shape)
+
+
+class VAE(nn.Module):
+    """The VAE as one Flax module with ``encode`` and ``decode`` methods.
+
+    Use it through the pure functions of this package (``encode(model, params, x)`` and so on);
+    ``params`` is the ``"params"`` collection, a nested dict laid out as in ``vae_jax.convert``.
+    """
+
+    config: VAEConfig
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.encoder = Encoder(self.config, self.dtype)
+        self.decoder = Decoder(self.config, self.dtype)
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def decode(self, z):
+        return self.decoder(z)
+
+    def __call__(self, x, eps):
+        mean, logvar = self.encoder(x)
+        return self.decoder(mean + jnp.exp(0.5 * logvar) * eps), mean, logvar
+
+
+def resolve_dtype(dtype) -> jnp.dtype:
+    """``"float32"``/``"float64"`` (or a numpy/jax dtype) to a jnp dtype; float64 needs x64 on."""
+    name = np.dtype(dtype).name
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if name == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "float64 was requested but JAX runs in 32-bit mode; call "
+            "jax.config.update('jax_enable_x64', True) before creating any array"
+        )
+    return jnp.dtype(name)
+
+
+def build_model(config: VAEConfig, dtype="float32") -> VAE:
+    """The Flax module for ``config``, computing and storing parameters in ``dtype``."""
+    return VAE(config=config, dtype=resolve_dtype(dtype))
+
+
+def init_params(model: VAE, rng) -> dict:
+    """Fresh parameters (PyTorch's default initialisation distribution) from a JAX key."""
+    cfg = model.config
+    x = jnp.zeros((1,) + cfg.input_shape, model.dtype)
+    eps = jnp.zeros((1, cfg.latent_dim), model.dtype)
+    return model.init(rng, x, eps)["params"]
+
+
+def check_input(model: VAE, x, name: str = "x"):
+    """``x`` as an array of the model's dtype; ``ShapeError`` unless it is (B, C, H, W) of the config."""
+    x = jnp.asarray(x)
+    expected = model.config.input_shape
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        raise ShapeError(
+            f"{name} has shape {tuple(x.shape)} but the model expects (batch, {', '.join(map(str, expected))})"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ShapeError(f"{name} must be floating point, got dtype {x.dtype}")
+    return x.astype(model.dtype)
+
+
+def check_eps(model: VAE, eps, batch: int, name: str = "eps"):
+    """``eps`` as an array of the model's dtype; it must be (B, L) or (K, B, L)."""
+    eps = jnp.asarray(eps)
+    latent = model.config.latent_dim
+    if eps.ndim not in (2, 3) or eps.shape[-2:] != (batch, latent):
+        raise ShapeError(
+            f"{name} has shape {tuple(eps.shape)} but must be ({batch}, {latent}) or "
+            f"(K, {batch}, {latent}) for a batch of {batch} and latent_dim {latent}"
+        )
+    return eps.astype(model.dtype)
+
+
+def encode(model: VAE, params, x):
+    """q(z|x): x (B, C, H, W) -> (mean, logvar), each (B, L)."""
+    x = check_input(model, x)
+    return model.apply({"params": params}, x, method=VAE.encode)
+
+
+def decode(model: VAE, params, z):
+    """p(x|z) parameters: z (B, L) -> (B, C, H, W) logits (Bernoulli) or mean (Gaussian)."""
+    return model.apply({"params": params}, jnp.asarray(z, model.dtype), method=VAE.decode)
+
+
+def decode_mean(model: VAE, params, z):
+    """The image-space mean E[x|z], (B, C, H, W): sigmoid of the logits, or the Gaussian mean."""
+    out = decode(model, params, z)
+    return jax.nn.sigmoid(out) if model.config.likelihood == "bernoulli" else out

@@ -1,0 +1,1 @@
+"""Tools above both backends: the parity checker, the trainer front-end, the benchmark, the CLI."""

@@ -1,0 +1,195 @@
+"""The parity checker: both backends, shared weights, shared noise, every tensor compared by name.
+
+Imports jax and torch only inside the functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vae_common.compare import TOLERANCES, max_abs_diff, rel_diff
+from vae_common.config import VAEConfig
+from vae_common.spec import init_canonical
+
+
+@dataclass(frozen=True)
+class ParityInputs:
+    """One shared problem: canonical weights, a batch and its noise, all numpy float64."""
+
+    config: VAEConfig
+    state: dict
+    x: np.ndarray
+    eps: np.ndarray  # (B, L) or (K, B, L)
+    beta: float
+    objective: str  # "elbo" or "iwae"
+
+
+def make_inputs(
+    config: VAEConfig,
+    seed: int = 0,
+    batch_size: int = 128,
+    k: int = 1,
+    beta: float = 1.0,
+    objective: str = "elbo",
+    state: dict | None = None,
+    x: np.ndarray | None = None,
+) -> ParityInputs:
+    """Shared weights (``init_canonical`` unless ``state`` is given), a batch and noise from ``seed``.
+
+    Without ``x`` the batch is uniform in [0, 1] (valid for both likelihoods).
+    """
+    if objective not in ("elbo", "iwae"):
+        raise ValueError(f"objective must be 'elbo' or 'iwae', got {objective!r}")
+    if objective == "iwae" and k < 2:
+        raise ValueError("the IWAE objective needs k >= 2 samples")
+    rng = np.random.default_rng([seed, 1])
+    if state is None:
+        state = init_canonical(config, seed)
+    if x is None:
+        x = rng.random((batch_size,) + config.input_shape)
+    batch = x.shape[0]
+    shape = (batch, config.latent_dim) if k == 1 else (k, batch, config.latent_dim)
+    eps = rng.standard_normal(shape)
+    state = {n: np.asarray(v, np.float64) for n, v in state.items()}
+    return ParityInputs(config, state, np.asarray(x, np.float64), eps, float(beta), objective)
+
+
+def jax_side(inp: ParityInputs, dtype: str) -> dict:
+    """Loss, per-example terms and canonical gradients from the JAX backend (numpy out)."""
+    import jax
+
+    import vae_jax
+
+    if dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    model = vae_jax.build_model(inp.config, dtype)
+    params = vae_jax.from_canonical(model, inp.state)
+    x = jax.numpy.asarray(inp.x, dtype)
+    eps = jax.numpy.asarray(inp.eps, dtype)
+
+    def objective(p):
+        if inp.objective == "iwae":
+            return jax.numpy.mean(vae_jax.negative_iwae_bound(model, p, x, eps))
+        return vae_jax.loss(model, p, x, eps, beta=inp.beta)
+
+    with jax.default_matmul_precision("highest"):
+        value, grads = jax.jit(jax.value_and_grad(objective))(params)
+        recon, kl = jax.jit(lambda p: vae_jax.elbo_terms(model, p, x, eps))(params)
+    return {
+        "loss": float(value),
+        "reconstruction": np.asarray(recon),
+        "kl": np.asarray(kl),
+        "grads": vae_jax.to_canonical(model, grads),
+    }
+
+
+def torch_side(inp: ParityInputs, dtype: str, device: str | None = "cpu") -> dict:
+    """The same from the torch backend, on ``device`` (TF32 disabled)."""
+    import torch
+
+    import vae_torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    dev = vae_torch.select_device(device)
+    vae_torch.check_dtype(dev, dtype)
+    model = vae_torch.build_model(inp.config, dtype).to(dev)
+    vae_torch.from_canonical(model, inp.state)
+    tdtype = vae_torch.model.resolve_dtype(dtype)
+    x = torch.as_tensor(inp.x, dtype=tdtype, device=dev)
+    eps = torch.as_tensor(inp.eps, dtype=tdtype, device=dev)
+    model.zero_grad(set_to_none=True)
+    if inp.objective == "iwae":
+        value = torch.mean(vae_torch.negative_iwae_bound(model, None, x, eps))
+    else:
+        value = vae_torch.loss(model, None, x, eps, beta=inp.beta)
+    value.backward()
+    with torch.no_grad():
+        recon, kl = vae_torch.elbo_terms(model, None, x, eps)
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    return {
+        "loss": float(value.detach().cpu()),
+        "reconstruction": recon.cpu().numpy(),
+        "kl": kl.cpu().numpy(),
+        "grads": vae_torch.to_canonical(model, grads),
+    }
+
+
+def compare(jax_out: dict, torch_out: dict, dtype: str, tolerance: float | None = None) -> dict:
+    """The report: loss, per-example terms and every gradient by canonical name (torch = reference).
+
+    Returns the JSON-ready dict ``{"dtype", "loss", "terms", "grads", "max_rel_diff",
+    "tolerance", "passed"}``.
+    """
+    tol = TOLERANCES[dtype] if tolerance is None else tolerance
+    loss = {
+        "jax": jax_out["loss"],
+        "torch": torch_out["loss"],
+        "rel_diff": rel_diff(jax_out["loss"], torch_out["loss"]),
+    }
+    terms = {
+        t: {
+            "max_abs_diff": max_abs_diff(jax_out[t], torch_out[t]),
+            "max_rel_diff": rel_diff(jax_out[t], torch_out[t]),
+        }
+        for t in ("reconstruction", "kl")
+    }
+    grads = {
+        name: {
+            "max_abs_diff": max_abs_diff(jax_out["grads"][name], g),
+            "max_rel_diff": rel_diff(jax_out["grads"][name], g),
+        }
+        for name, g in torch_out["grads"].items()
+    }
+    worst = max(
+        [loss["rel_diff"]]
+        + [t["max_rel_diff"] for t in terms.values()]
+        + [g["max_rel_diff"] for g in grads.values()]
+    )
+    return {
+        "dtype": dtype,
+        "loss": loss,
+        "terms": terms,
+        "grads": grads,
+        "max_rel_diff": worst,
+        "tolerance": tol,
+        "passed": bool(worst <= tol),
+    }
+
+
+def check_parity(inp: ParityInputs, dtype: str = "float64", device: str | None = "cpu") -> dict:
+    """Run both backends on ``inp`` in ``dtype`` and compare (see ``compare``)."""
+    report = compare(jax_side(inp, dtype), torch_side(inp, dtype, device), dtype)
+    report["device"] = {"jax": _jax_device(), "torch": str(device or "auto")}
+    report["objective"] = inp.objective
+    return report
+
+
+def _jax_device() -> str:
+    import jax
+
+    return str(jax.devices()[0].platform)
+
+
+def format_table(report: dict) -> str:
+    """A per-tensor text table of a parity report."""
+    rows = [("tensor", "max abs diff", "max rel diff")]
+    loss = report["loss"]
+    rows.append(("loss", f"{abs(loss['jax'] - loss['torch']):.3e}", f"{loss['rel_diff']:.3e}"))
+    for name, t in report.get("terms", {}).items():
+        rows.append((f"{name} (per example)", f"{t['max_abs_diff']:.3e}", f"{t['max_rel_diff']:.3e}"))
+    for name, g in report["grads"].items():
+        rows.append((f"grad {name}", f"{g['max_abs_diff']:.3e}", f"{g['max_rel_diff']:.3e}"))
+    for name, p in report.get("params", {}).items():
+        rows.append((f"param {name}", f"{p['max_abs_diff']:.3e}", f"{p['max_rel_diff']:.3e}"))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{r[0]:<{width}}  {r[1]:>12}  {r[2]:>12}" for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    lines.append(
+        f"{report['dtype']}: loss jax {loss['jax']:.10g}, torch {loss['torch']:.10g}; "
+        f"max rel diff {report['max_rel_diff']:.3e} (tolerance {report['tolerance']:.0e}): {verdict}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""The negative ELBO and its parts, mirroring ``vae_jax.losses`` formula for formula.
+
+Reductions, the same in both backends:
+- per-example functions sum over every pixel (log-likelihoods) or every latent dimension (KL) and
+  return shape (B,), in nats;
+- with K noise samples per example (eps of shape (K, B, L)) the reconstruction term is the mean
+  over the K samples;
+- ``loss`` reduces over the batch with ``reduction="mean"`` (default) or ``"sum"``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vae_torch.model import VAE, check_eps, check_input, decode, encode
+from vae_torch.sampling import reparameterize
+
+LOG_2PI = math.log(2.0 * math.pi)
+REDUCTIONS = ("mean", "sum")
+
+
+def gaussian_kl(mean, logvar):
+    """KL(N(mean, diag(exp(logvar))) || N(0, I)) in closed form, summed over latent dims.
+
+    ``-0.5 * sum(1 + logvar - mean^2 - exp(logvar))``: (B, L) -> (B,).
+    """
+    return -0.5 * torch.sum(1.0 + logvar - mean**2 - torch.exp(logvar), dim=-1)
+
+
+def bernoulli_log_likelihood(x, logits):
+    """log Bernoulli(x | sigmoid(logits)), summed over all pixels: (B, ...) -> (B,).
+
+    Computed from the logits, stable for any logit; equal to minus the summed
+    ``binary_cross_entropy(sigmoid(logits), x)``. ``x`` may be any value in [0, 1].
+    """
+    # log p = x*l - softplus(l); softplus(l) = max(l, 0) + log1p(exp(-|l|)) never overflows.
+    # (F.softplus switches to the identity above 20, which differs from JAX's by 1e-11.)
+    softplus = torch.clamp(logits, min=0.0) + torch.log1p(torch.exp(-torch.abs(logits)))
+    return torch.sum(torch.flatten(x * logits - softplus, 1), dim=1)
+
+
+def gaussian_log_likelihood(x, mean, std=1.0):
+    """log N(x | mean, std^2 I), summed over all pixels: (B, ...) -> (B,).
+
+    With D pixels, ``-log p = sum((x - mean)^2) / (2 std^2) + D * (log(std) + log(2 pi) / 2)``:
+    for std = 1 it is half the summed squared error plus a constant, so minimising it is
+    minimising the summed MSE.
+    """
+    sq = torch.flatten((x - mean) ** 2, 1)
+    d = sq.shape[1]
+    return -0.5 * torch.sum(sq, dim=1) / std**2 - d * (math.log(std) + 0.5 * LOG_2PI)
+
+
+def log_likelihood(model: VAE, x, decoded):
+    """log p(x|z) for the model's likelihood from the decoder output: (B, ...) -> (B,)."""
+    cfg = model.config
+    if cfg.likelihood == "bernoulli":
+        return bernoulli_log_likelihood(x, decoded)
+    return gaussian_log_likelihood(x, decoded, cfg.gaussian_std)
+
+
+def standard_normal_log_density(eps):
+    """log N(eps | 0, I) summed over the last axis: (..., L) -> (...)."""
+    return -0.5 * torch.sum(eps**2 + LOG_2PI, dim=-1)
+
+
+def _prepare(model, x, eps):
+    x = check_input(model, x)
+    eps = check_eps(model, eps, x.shape[0])
+    return x, eps
+
+
+def _reconstruction_samples(model, params, x, mean, logvar, eps):
+    """-log p(x|z_k) for each of the K samples: eps (K, B, L) -> (K, B)."""
+    k, b, latent = eps.shape
+    z = reparameterize(mean, logvar, eps).reshape(k * b, latent)
+    decoded = decode(model, params, z)
+    xs = x.unsqueeze(0).expand((k,) + tuple(x.shape)).reshape((k * b,) + tuple(x.shape[1:]))
+    return -log_likelihood(model, xs, decoded).reshape(k, b)
+
+
+def elbo_terms(model: VAE, params, x, eps):
+    """The two terms of the negative ELBO, per example.
+
+    Args:
+      x: (B, C, H, W) images.
+      eps: (B, L) noise, or (K, B, L) for K samples per example.
+
+    Returns:
+      ``(reconstruction, kl)``, each (B,) in nats: ``-log p(x|z)`` (averaged over the K samples)
+      and the closed-form ``KL(q(z|x) || N(0, I))``.
+    """
+    x, eps = _prepare(model, x, eps)
+    mean, logvar = encode(model, params, x)
+    samples = eps if eps.ndim == 3 else eps.unsqueeze(0)
+    recon = torch.mean(_reconstruction_samples(model, params, x, mean, logvar, samples), dim=0)
+    return recon, gaussian_kl(mean, logvar)
+
+
+def negative_elbo(model: VAE, params, x, eps, beta=1.0):
+    """``reconstruction + beta * kl`` per example, (B,) in nats (see ``elbo_terms``)."""
+    recon, kl = elbo_terms(model, params, x, eps)
+    return recon + beta * kl
+
+
+def loss(model: VAE, params, x, eps, beta=1.0, reduction="mean"):
+    """The training objective: the negative ELBO summed over pixels and latents, then reduced
+    over the batch by ``reduction`` (``"mean"``, the default, or ``"sum"``). A scalar.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    per_example = negative_elbo(model, params, x, eps, beta)
+    return torch.mean(per_example) if reduction == "mean" else torch.sum(per_example)
+
+
+def negative_iwae_bound(model: VAE, params, x, eps):
+    """Minus the importance-weighted bound on log p(x) (Burda et al.), per example, in nats.
+
+    ``-(logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K)`` with
+    ``z_k = mean + exp(logvar/2) * eps_k``. It is at most ``negative_elbo`` in expectation and
+    tends to ``-log p(x)`` as K grows.
+
+    Args:
+      x: (B, C, H, W); eps: (K, B, L).
+
+    Returns:
+      (B,).
+    """
+    x, eps = _prepare(model, x, eps)
+    if eps.ndim != 3:
+        raise ValueError(f"negative_iwae_bound needs eps of shape (K, B, L), got {tuple(eps.shape)}")
+    mean, logvar = encode(model, params, x)
+    recon = _reconstruction_samples(model, params, x, mean, logvar, eps)  # (K, B)
+    z = reparameterize(mean, logvar, eps)
+    log_prior = standard_normal_log_density(z)
+    # log q(z|x) with z - mean = std * eps exactly: -0.5 * sum(eps^2 + logvar + log 2 pi).
+    log_q = -0.5 * torch.sum(eps**2 + logvar + LOG_2PI, dim=-1)
+    log_w = -recon + log_prior - log_q
+    k = eps.shape[0]
+    return -(torch.logsumexp(log_w, dim=0) - math.log(k))

@@ -1,0 +1,189 @@
+"""PyTorch modules of the VAE and the functions that apply them.
+
+Parameters live under the canonical names (``vae_common.spec``), so ``model.state_dict()`` is the
+canonical state. The functions mirror ``vae_jax.model`` name for name; ``params`` is either None
+(use the module's own parameters) or a mapping of canonical name -> tensor, applied with
+``torch.func.functional_call`` so the maths stays a function of (params, x, eps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from vae_common.config import VAEConfig
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class ShapeError(ValueError):
+    """An input array has the wrong shape or dtype; the message names the array and both shapes."""
+
+
+class Encoder(nn.Module):
+    """x (B, C, H, W) -> (mean, logvar), each (B, latent_dim)."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        widths = [config.input_dim, *config.hidden]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.mean = nn.Linear(widths[-1], config.latent_dim)
+        self.logvar = nn.Linear(widths[-1], config.latent_dim)
+
+    def forward(self, x):
+        h = torch.flatten(x, 1)
+        for layer in self.hidden:
+            h = torch.relu(layer(h))
+        return self.mean(h), self.logvar(h)
+
+
+class Decoder(nn.Module):
+    """z (B, latent_dim) -> (B, C, H, W): Bernoulli logits, or the Gaussian mean."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.input_shape = config.input_shape
+        widths = [config.latent_dim, *reversed(config.hidden)]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.out = nn.Linear(widths[-1], config.input_dim)
+
+    def forward(self, z):
+        h = z
+        for layer in self.hidden:
+            h = torch.relu(layer(h))
+        return self.out(h).reshape((z.shape[0],) + self.input_shape)
+
+
+class VAE(nn.Module):
+    """The VAE; ``forward(x, eps)`` returns ``(decoded, mean, logvar)``.
+
+    ``forward(*args, method="encode")`` and ``method="decode"`` select the other entry points, so
+    ``torch.func.functional_call`` can run each of them with external parameters.
+    """
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def decode(self, z):
+        return self.decoder(z)
+
+    def forward(self, *args, method: str = "full"):
+        if method == "encode":
+            return self.encoder(*args)
+        if method == "decode":
+            return self.decoder(*args)
+        x, eps = args
+        mean, logvar = self.encoder(x)
+        return self.decoder(mean + torch.exp(0.5 * logvar) * eps), mean, logvar
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    """``"float32"``/``"float64"`` (or a torch dtype) to a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+    else:
+        name = np.dtype(dtype).name
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    return DTYPES[name]
+
+
+def build_model(config: VAEConfig, dtype="float32") -> VAE:
+    """The module for ``config`` on the CPU in ``dtype``; move it with ``.to(device)``."""
+    return VAE(config).to(resolve_dtype(dtype))
+
+
+def init_params(model: VAE, rng) -> dict[str, torch.Tensor]:
+    """Re-draw every parameter with PyTorch's default distribution (uniform in +-1/sqrt(fan_in)).
+
+    Args:
+      rng: a ``torch.Generator`` (on the model's device) or an int seed.
+
+    Returns:
+      ``dict(model.named_parameters())``, the parameters now in the module.
+    """
+    from vae_common.spec import spec_by_name
+
+    if not isinstance(rng, torch.Generator):
+        seed = int(rng)
+        rng = torch.Generator(device=_device_of(model))
+        rng.manual_seed(seed)
+    specs = spec_by_name(model.config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            bound = 1.0 / float(np.sqrt(specs[name].fan_in))
+            p.uniform_(-bound, bound, generator=rng)
+    return dict(model.named_parameters())
+
+
+def _device_of(model: VAE) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _dtype_of(model: VAE) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def _as_tensor(model: VAE, a, name: str) -> torch.Tensor:
+    device = _device_of(model)
+    if not isinstance(a, torch.Tensor):
+        a = torch.as_tensor(np.asarray(a), device=device)
+    elif a.device != device:
+        raise ShapeError(f"{name} is on {a.device} but the model is on {device}")
+    if not torch.is_floating_point(a):
+        raise ShapeError(f"{name} must be floating point, got dtype {a.dtype}")
+    return a.to(_dtype_of(model))
+
+
+def check_input(model: VAE, x, name: str = "x") -> torch.Tensor:
+    """``x`` as a tensor of the model's dtype; ``ShapeError`` unless it is (B, C, H, W) of the config."""
+    expected = model.config.input_shape
+    shape = tuple(np.shape(x))
+    if len(shape) != 4 or shape[1:] != expected:
+        raise ShapeError(
+            f"{name} has shape {shape} but the model expects (batch, {', '.join(map(str, expected))})"
+        )
+    return _as_tensor(model, x, name)
+
+
+def check_eps(model: VAE, eps, batch: int, name: str = "eps") -> torch.Tensor:
+    """``eps`` as a tensor of the model's dtype; it must be (B, L) or (K, B, L)."""
+    latent = model.config.latent_dim
+    shape = tuple(np.shape(eps))
+    if len(shape) not in (2, 3) or shape[-2:] != (batch, latent):
+        raise ShapeError(
+            f"{name} has shape {shape} but must be ({batch}, {latent}) or "
+            f"(K, {batch}, {latent}) for a batch of {batch} and latent_dim {latent}"
+        )
+    return _as_tensor(model, eps, name)
+
+
+def _apply(model: VAE, params: Mapping[str, torch.Tensor] | None, method: str, *args):
+    if params is None:
+        return model(*args, method=method)
+    return torch.func.functional_call(model, dict(params), args, {"method": method})
+
+
+def encode(model: VAE, params, x):
+    """q(z|x): x (B, C, H, W) -> (mean, logvar), each (B, L)."""
+    return _apply(model, params, "encode", check_input(model, x))
+
+
+def decode(model: VAE, params, z):
+    """p(x|z) parameters: z (B, L) -> (B, C, H, W) logits (Bernoulli) or mean (Gaussian)."""
+    return _apply(model, params, "decode", _as_tensor(model, z, "z"))
+
+
+def decode_mean(model: VAE, params, z):
+    """The image-space mean E[x|z], (B, C, H, W): sigmoid of the logits, or the Gaussian mean."""
+    out = decode(model, params, z)
+    return torch.sigmoid(out) if model.config.likelihood == "bernoulli" else out

@@ -1,0 +1,25 @@
+"""Reparameterized sampling: the maths is pure, drawing the noise is a separate function."""
+
+from __future__ import annotations
+
+import torch
+
+from vae_torch.model import resolve_dtype
+
+
+def reparameterize(mean, logvar, eps):
+    """z = mean + exp(logvar / 2) * eps.
+
+    Args:
+      mean, logvar: (B, L).
+      eps: standard normal noise, (B, L), or (K, B, L) for K samples per example (broadcast).
+
+    Returns:
+      z with the shape of ``eps``.
+    """
+    return mean + torch.exp(0.5 * logvar) * eps
+
+
+def sample_eps(rng, shape, dtype="float32"):
+    """Standard normal noise of ``shape`` drawn from the ``torch.Generator`` ``rng``, on its device."""
+    return torch.randn(tuple(shape), generator=rng, dtype=resolve_dtype(dtype), device=rng.device)
