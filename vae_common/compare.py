@@ -13,10 +13,13 @@ TOLERANCES = {
     "float64": 1e-12,
     "float32": 1e-5,
 }
-# 100 Adam steps amplify rounding differences; after them parameters must still agree this well.
+# After N Adam steps from the same start, batches and noise, in float64: every parameter, every
+# per-step loss and a final gradient must agree this well. In float32 only the per-step losses are
+# judged (against TOLERANCES): Adam divides by sqrt(v), so float32 rounding in the near-zero
+# gradients of barely-active units becomes a full-size, sign-flipped step, and single parameters
+# drift apart (measured: 0.25 relative after 100 steps) while the loss curves stay equal.
 TRAJECTORY_TOLERANCES = {
     "float64": 1e-9,
-    "float32": 1e-3,
 }
 
 

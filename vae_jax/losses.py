@@ -36,10 +36,14 @@ def gaussian_kl(mean, logvar):
     return jax.vmap(_kl_one)(mean, logvar)
 
 
-def _bernoulli_one(x, logits):
+def _bernoulli_terms(x, logits):
     # log p = x*l - softplus(l); softplus(l) = max(l, 0) + log1p(exp(-|l|)) never overflows.
     softplus = jnp.maximum(logits, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(logits)))
-    return jnp.sum(x * logits - softplus)
+    return x * logits - softplus
+
+
+def _bernoulli_one(x, logits):
+    return jnp.sum(_bernoulli_terms(x, logits))
 
 
 def bernoulli_log_likelihood(x, logits):
@@ -72,6 +76,15 @@ def log_likelihood(model: VAE, x, decoded):
     if cfg.likelihood == "bernoulli":
         return bernoulli_log_likelihood(x, decoded)
     return gaussian_log_likelihood(x, decoded, cfg.gaussian_std)
+
+
+def _log_likelihood_terms(model: VAE, x, decoded):
+    """The per-pixel terms of log p(x|z) that depend on z (constants left out): (B, ...) -> (B, D)."""
+    x = x.reshape(x.shape[0], -1)
+    decoded = decoded.reshape(decoded.shape[0], -1)
+    if model.config.likelihood == "bernoulli":
+        return _bernoulli_terms(x, decoded)
+    return -0.5 * (x - decoded) ** 2 / model.config.gaussian_std**2
 
 
 def standard_normal_log_density(eps):
@@ -142,11 +155,18 @@ def negative_iwae_bound(model: VAE, params, x, eps):
     if eps.ndim != 3:
         raise ValueError(f"negative_iwae_bound needs eps of shape (K, B, L), got {eps.shape}")
     mean, logvar = encode(model, params, x)
-    recon = _reconstruction_samples(model, params, x, mean, logvar, eps)  # (K, B)
-    z = reparameterize(mean, logvar, eps)
+    z = reparameterize(mean, logvar, eps)  # (K, B, L)
+    decoded = jax.vmap(lambda zk: decode(model, params, zk))(z)  # (K, B, C, H, W)
+    log_lik = jax.vmap(lambda d: log_likelihood(model, x, d))(decoded)  # (K, B)
+    # log p(x|z_k) is hundreds of nats; summed in float32 it is off by ~1e-5 nats, an error the
+    # softmax weights of the gradient inherit. So the log-weights use log p(x|z_k) minus its mean
+    # over the K samples, summed pixel by pixel after the per-pixel mean is subtracted, and that
+    # mean is added back outside the logsumexp (the same value in exact arithmetic).
+    terms = jax.vmap(lambda d: _log_likelihood_terms(model, x, d))(decoded)  # (K, B, D)
+    centred = jnp.sum(terms - jnp.mean(terms, axis=0), axis=-1)  # (K, B)
     log_prior = standard_normal_log_density(z)
     # log q(z|x) with z - mean = std * eps exactly: -0.5 * sum(eps^2 + logvar + log 2 pi).
     log_q = -0.5 * jnp.sum(eps**2 + logvar + LOG_2PI, axis=-1)
-    log_w = -recon + log_prior - log_q
+    log_w = centred + log_prior - log_q
     k = eps.shape[0]
-    return -(jax.scipy.special.logsumexp(log_w, axis=0) - math.log(k))
+    return -(jnp.mean(log_lik, axis=0) + jax.scipy.special.logsumexp(log_w, axis=0) - math.log(k))

@@ -35,10 +35,14 @@ def bernoulli_log_likelihood(x, logits):
     Computed from the logits, stable for any logit; equal to minus the summed
     ``binary_cross_entropy(sigmoid(logits), x)``. ``x`` may be any value in [0, 1].
     """
+    return torch.sum(torch.flatten(_bernoulli_terms(x, logits), 1), dim=1)
+
+
+def _bernoulli_terms(x, logits):
     # log p = x*l - softplus(l); softplus(l) = max(l, 0) + log1p(exp(-|l|)) never overflows.
     # (F.softplus switches to the identity above 20, which differs from JAX's by 1e-11.)
     softplus = torch.clamp(logits, min=0.0) + torch.log1p(torch.exp(-torch.abs(logits)))
-    return torch.sum(torch.flatten(x * logits - softplus, 1), dim=1)
+    return x * logits - softplus
 
 
 def gaussian_log_likelihood(x, mean, std=1.0):
@@ -59,6 +63,15 @@ def log_likelihood(model: VAE, x, decoded):
     if cfg.likelihood == "bernoulli":
         return bernoulli_log_likelihood(x, decoded)
     return gaussian_log_likelihood(x, decoded, cfg.gaussian_std)
+
+
+def _log_likelihood_terms(model: VAE, x, decoded):
+    """The per-pixel terms of log p(x|z) that depend on z (constants left out): (B, ...) -> (B, D)."""
+    x = torch.flatten(x, 1)
+    decoded = torch.flatten(decoded, 1)
+    if model.config.likelihood == "bernoulli":
+        return _bernoulli_terms(x, decoded)
+    return -0.5 * (x - decoded) ** 2 / model.config.gaussian_std**2
 
 
 def standard_normal_log_density(eps):
@@ -132,11 +145,19 @@ def negative_iwae_bound(model: VAE, params, x, eps):
     if eps.ndim != 3:
         raise ValueError(f"negative_iwae_bound needs eps of shape (K, B, L), got {tuple(eps.shape)}")
     mean, logvar = encode(model, params, x)
-    recon = _reconstruction_samples(model, params, x, mean, logvar, eps)  # (K, B)
-    z = reparameterize(mean, logvar, eps)
+    k, b, latent = eps.shape
+    z = reparameterize(mean, logvar, eps)  # (K, B, L)
+    decoded = decode(model, params, z.reshape(k * b, latent))  # (K*B, C, H, W)
+    xs = x.unsqueeze(0).expand((k,) + tuple(x.shape)).reshape((k * b,) + tuple(x.shape[1:]))
+    log_lik = log_likelihood(model, xs, decoded).reshape(k, b)
+    # log p(x|z_k) is hundreds of nats; summed in float32 it is off by ~1e-5 nats, an error the
+    # softmax weights of the gradient inherit. So the log-weights use log p(x|z_k) minus its mean
+    # over the K samples, summed pixel by pixel after the per-pixel mean is subtracted, and that
+    # mean is added back outside the logsumexp (the same value in exact arithmetic).
+    terms = _log_likelihood_terms(model, xs, decoded).reshape(k, b, -1)  # (K, B, D)
+    centred = torch.sum(terms - torch.mean(terms, dim=0), dim=-1)  # (K, B)
     log_prior = standard_normal_log_density(z)
     # log q(z|x) with z - mean = std * eps exactly: -0.5 * sum(eps^2 + logvar + log 2 pi).
     log_q = -0.5 * torch.sum(eps**2 + logvar + LOG_2PI, dim=-1)
-    log_w = -recon + log_prior - log_q
-    k = eps.shape[0]
-    return -(torch.logsumexp(log_w, dim=0) - math.log(k))
+    log_w = centred + log_prior - log_q
+    return -(torch.mean(log_lik, dim=0) + torch.logsumexp(log_w, dim=0) - math.log(k))

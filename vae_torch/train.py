@@ -1,0 +1,226 @@
+"""Training and evaluation in PyTorch: ``torch.optim.Adam``, data resident on the device, no
+host sync per step (losses are collected on the device and read once per epoch).
+
+Mirrors ``vae_jax.train``: the same objective, the same Adam update
+(``lr * m_hat / (sqrt(v_hat) + eps)``, eps outside the square root, bias-corrected in both), the
+same batches (``vae_common.data.batch_indices``) and a ``Trainer`` with the same methods.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vae_common.config import VAEConfig
+from vae_common.evaluation import evaluate_batches
+from vae_common.training import (
+    EXP_AVG,
+    EXP_AVG_SQ,
+    TrainConfig,
+    beta_at,
+    epoch_seed,
+    split_optimizer_state,
+)
+from vae_torch.convert import from_canonical, to_canonical
+from vae_torch.device import check_dtype, select_device, synchronize
+from vae_torch.losses import elbo_terms, log_likelihood, loss, negative_iwae_bound
+from vae_torch.model import VAE, build_model, check_eps, check_input, decode, decode_mean, encode
+from vae_torch.sampling import reparameterize
+
+
+def objective(model: VAE, params, x, eps, beta=1.0, free_bits=0.0):
+    """The training loss, a scalar: batch mean of ``reconstruction + beta * KL``.
+
+    With ``free_bits > 0`` the KL term is ``sum_j max(free_bits, mean_batch KL_j)`` instead.
+    ``eps`` is (B, L). With ``free_bits == 0`` this is exactly ``loss(..., reduction="mean")``.
+    """
+    if free_bits == 0:
+        return loss(model, params, x, eps, beta)
+    x = check_input(model, x)
+    eps = check_eps(model, eps, x.shape[0])
+    mean, logvar = encode(model, params, x)
+    recon = -log_likelihood(model, x, decode(model, params, reparameterize(mean, logvar, eps)))
+    kl_dims = torch.mean(-0.5 * (1.0 + logvar - mean**2 - torch.exp(logvar)), dim=0)
+    return torch.mean(recon) + beta * torch.sum(torch.clamp(kl_dims, min=free_bits))
+
+
+def make_optimizer(model: VAE, train: TrainConfig, fused: bool | None = None) -> torch.optim.Adam:
+    """``torch.optim.Adam`` with the settings of ``train`` (optax.adam's update rule).
+
+    ``fused=None`` uses the fused kernel where this torch build has one for the device.
+    """
+    kwargs = dict(lr=train.lr, betas=(train.b1, train.b2), eps=train.eps)
+    if fused is None or fused:
+        try:
+            return torch.optim.Adam(model.parameters(), fused=True, **kwargs)
+        except (RuntimeError, ValueError):
+            if fused:
+                raise
+    return torch.optim.Adam(model.parameters(), **kwargs)
+
+
+def train_step(model: VAE, optimizer: torch.optim.Optimizer, x, eps, beta=1.0, free_bits=0.0):
+    """One Adam step on the objective; returns the loss as a 0-d device tensor (no sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    value = objective(model, None, x, eps, beta, free_bits)
+    value.backward()
+    optimizer.step()
+    return value.detach()
+
+
+class Trainer:
+    """Stateful trainer; mirrors ``vae_jax.Trainer`` method by method.
+
+    Args:
+      config: the model.
+      train: optimizer and objective settings.
+      dtype: ``"float32"`` or ``"float64"`` (checked against the device).
+      device: a name for ``select_device`` (None: ``$VAE_TORCH_DEVICE``, then xpu, cuda, mps, cpu).
+      compile: wrap the objective in ``torch.compile``.
+    """
+
+    backend = "torch"
+
+    def __init__(self, config: VAEConfig, train: TrainConfig | None = None, dtype="float32",
+                 device=None, compile=False):
+        self.config = config
+        self.train_config = train or TrainConfig()
+        self.device = select_device(device)
+        check_dtype(self.device, dtype)
+        if self.device.type == "cpu":
+            # Adam's moments of rarely-updated weights decay into denormals, which slow x86 CPUs
+            # down by ~25%; XLA flushes them too, so this also keeps the backends alike.
+            torch.set_flush_denormal(True)
+        self.model = build_model(config, dtype).to(self.device)
+        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        self.optimizer = make_optimizer(self.model, self.train_config)
+        self._objective = objective
+        if compile:
+            self._objective = torch.compile(objective)
+        self._step_count = 0
+
+    def _put(self, a) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a), device=self.device).to(next(self.model.parameters()).dtype)
+
+    def _train_step(self, x, eps):
+        beta = beta_at(self.train_config, self._step_count)
+        self.optimizer.zero_grad(set_to_none=True)
+        value = self._objective(self.model, None, x, eps, beta, self.train_config.free_bits)
+        value.backward()
+        self.optimizer.step()
+        self._step_count += 1
+        return value.detach()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Start from canonical weights (fresh Adam state, step 0)."""
+        from_canonical(self.model, state)
+        self.optimizer = make_optimizer(self.model, self.train_config)
+        self._step_count = 0
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The current weights, canonical names and layouts, as numpy arrays."""
+        return to_canonical(self.model, None)
+
+    @property
+    def step(self) -> int:
+        return self._step_count
+
+    def optimizer_state_dict(self) -> dict[str, np.ndarray]:
+        """Adam's moments under canonical names (``adam.exp_avg.<param>``...)."""
+        out = {}
+        for name, p in self.model.named_parameters():
+            st = self.optimizer.state.get(p, {})
+            for prefix, key in ((EXP_AVG, "exp_avg"), (EXP_AVG_SQ, "exp_avg_sq")):
+                value = st.get(key)
+                out[prefix + name] = (
+                    np.zeros(tuple(p.shape), self.dtype) if value is None
+                    else value.detach().cpu().numpy().copy()
+                )
+        return dict(sorted(out.items(), key=lambda kv: kv[0].startswith(EXP_AVG_SQ)))
+
+    def load_optimizer_state_dict(self, tensors: dict, step: int) -> None:
+        """Restore Adam's moments (canonical names) and the step count."""
+        mu, nu = split_optimizer_state(tensors, self.config)
+        group = self.optimizer.param_groups[0]
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for name, p in self.model.named_parameters():
+            step_t = torch.tensor(float(step), dtype=torch.float32)
+            self.optimizer.state[p] = {
+                "step": step_t.to(p.device) if on_device else step_t,
+                "exp_avg": torch.as_tensor(mu[name], dtype=p.dtype, device=p.device).clone(),
+                "exp_avg_sq": torch.as_tensor(nu[name], dtype=p.dtype, device=p.device).clone(),
+            }
+        self._step_count = int(step)
+
+    def put_data(self, x: np.ndarray) -> torch.Tensor:
+        """Images (N, C, H, W) moved to the device once, in the model dtype."""
+        return self._put(x)
+
+    def train_epoch(self, data, batches: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+        """One epoch over ``batches`` (S, B) of ``data``; returns the (S,) losses (one host sync).
+
+        Noise and dynamic binarization come from a generator seeded by ``(seed, epoch)``.
+        """
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(epoch_seed(seed, epoch))
+        index = torch.as_tensor(np.asarray(batches), device=self.device)
+        steps, batch = index.shape
+        losses = torch.empty(steps, device=self.device, dtype=data.dtype)
+        dynamic = self.train_config.binarize == "dynamic"
+        for i in range(steps):
+            x = data.index_select(0, index[i])
+            if dynamic:
+                x = torch.bernoulli(x, generator=gen)
+            eps = torch.randn((batch, self.config.latent_dim), generator=gen, device=self.device,
+                              dtype=data.dtype)
+            losses[i] = self._train_step(x, eps)
+        return losses.cpu().numpy()
+
+    def run_steps(self, xs: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """Adam steps on given batches (S, B, C, H, W) and noise (S, B, L); returns (S,) losses."""
+        xs, eps = self._put(xs), self._put(eps)
+        losses = torch.stack([self._train_step(xs[i], eps[i]) for i in range(len(xs))])
+        return losses.cpu().numpy()
+
+    def evaluate(self, x: np.ndarray, seed: int = 0, batch_size: int = 500, iwae_k: int = 0) -> dict:
+        """Mean -ELBO, its terms and (``iwae_k > 1``) the IWAE estimate of -log p(x), in nats.
+
+        The noise comes from ``vae_common.data.standard_normal(seed, stream, ...)``, the same
+        arrays in both backends, so one checkpoint evaluates to the same numbers in each.
+        """
+        return evaluate_batches(
+            self._batch_terms, self._batch_iwae, x, self.config.latent_dim, self.dtype,
+            seed, batch_size, iwae_k,
+        )
+
+    @torch.no_grad()
+    def reconstruct(self, x: np.ndarray) -> np.ndarray:
+        """E[x|z] at z = the posterior mean, (B, C, H, W)."""
+        mean, _ = encode(self.model, None, self._put(x))
+        return decode_mean(self.model, None, mean).cpu().numpy()
+
+    @torch.no_grad()
+    def sample(self, z: np.ndarray) -> np.ndarray:
+        """E[x|z] for latents z (B, L) (e.g. prior draws), (B, C, H, W)."""
+        return decode_mean(self.model, None, self._put(z)).cpu().numpy()
+
+    @torch.no_grad()
+    def encode_mean(self, x: np.ndarray) -> np.ndarray:
+        """Posterior means (B, L)."""
+        return encode(self.model, None, self._put(x))[0].cpu().numpy()
+
+    @torch.no_grad()
+    def _batch_terms(self, x, eps):
+        r, k = elbo_terms(self.model, None, self._put(x), self._put(eps))
+        return r.double().cpu().numpy(), k.double().cpu().numpy()
+
+    @torch.no_grad()
+    def _batch_iwae(self, x, eps):
+        bound = negative_iwae_bound(self.model, None, self._put(x), self._put(eps))
+        return bound.double().cpu().numpy()
+
+    def synchronize(self) -> None:
+        synchronize(self.device)
+
+
+__all__ = ["Trainer", "make_optimizer", "objective", "train_step"]
