@@ -86,6 +86,64 @@ def cmd_parity(args) -> int:
     return 0 if report["passed"] else EXIT_FAILED
 
 
+def cmd_train(args) -> int:
+    from vae_common.checkpoint import load_checkpoint
+    from vae_common.data import load_dataset
+    from vae_common.training import TrainConfig
+    from vae_tools import run
+
+    ds = load_dataset(args.dataset)
+    init_state = None
+    if args.init:
+        init_state, config, _ = load_checkpoint(args.init)
+        if config.input_shape != ds.image_shape:
+            raise UsageError(
+                f"--init {args.init} expects images of shape {config.input_shape}, dataset "
+                f"{args.dataset} has {ds.image_shape}"
+            )
+    else:
+        config = config_from_args(args, ds.image_shape)
+    train = TrainConfig(lr=args.lr, beta=args.beta, warmup_steps=args.warmup_steps,
+                        free_bits=args.free_bits,
+                        binarize="dynamic" if args.binarize == "dynamic" else "none")
+    settings = run.RunSettings(args.dataset, args.batch_size, args.seed, args.dtype,
+                               static_binarize=args.binarize == "static")
+    metrics = run.train(args.out, args.backend, config, train, settings, args.epochs,
+                        resume=args.resume, device=args.device, compile=args.compile,
+                        init_state=init_state, dataset=ds, progress=not args.quiet)
+    last = metrics[-1] if metrics else None
+    if last:
+        print(f"epoch {last['epoch']}: train loss {last['train_loss']:.3f}, test -ELBO "
+              f"{last['test_elbo']:.3f} nats ({args.out}/checkpoint.safetensors)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from vae_tools import run
+
+    result = run.evaluate_checkpoint(args.checkpoint, args.backend, args.dataset, seed=args.seed,
+                                     iwae_k=args.iwae_k, dtype=args.dtype, device=args.device,
+                                     batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['backend']} {result['dtype']} on {result['n']} test images (nats per example):")
+        print(f"  -ELBO          {result['elbo']:.4f}")
+        print(f"  reconstruction {result['reconstruction']:.4f}")
+        print(f"  KL             {result['kl']:.4f}")
+        if result["iwae"] is not None:
+            print(f"  -log p(x) IWAE {result['iwae']:.4f}  (k={result['iwae_k']})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from vae_tools.demo import run_demo
+
+    report = run_demo(args.out, epochs=args.epochs, progress=not args.quiet)
+    print(f"report: {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vae", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,12 +162,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, xpu, mps or auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser("train", help="train a VAE with one backend")
+    p.add_argument("--backend", choices=("jax", "torch"), required=True)
+    p.add_argument("--dataset", default="digits",
+                   help="digits | mnist:DIR | fashion-mnist:DIR | kmnist:DIR | npz:FILE")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--beta", type=float, default=1.0, help="KL weight")
+    p.add_argument("--warmup-steps", type=int, default=0, help="KL warm-up length in steps")
+    p.add_argument("--free-bits", type=float, default=0.0, help="nats per latent dimension")
+    p.add_argument("--binarize", choices=("none", "static", "dynamic"), default="none")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--device", default=None, help="torch: cpu|cuda|xpu|mps; jax: cpu|gpu")
+    p.add_argument("--compile", action="store_true", help="torch.compile the torch objective")
+    p.add_argument("--init", help="start from this checkpoint's weights and config")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_args(p, input_shape=False)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="test-set -ELBO and IWAE estimate of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--backend", choices=("jax", "torch"), required=True)
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--iwae-k", type=int, default=0, help="importance samples (0: no IWAE)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shared evaluation noise")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="the main job: train on digits in both backends and report")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from vae_tools.run import TrainingError
+
     bad_input = (ConfigError, CheckpointError, DataError, UsageError, ValueError, FileNotFoundError)
     try:
         from vae_torch.device import DeviceError  # noqa: PLC0415
@@ -122,6 +222,9 @@ def main(argv=None) -> int:
     except bad_input as exc:
         print(f"vae {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingError as exc:
+        print(f"vae {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"vae {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,83 @@
+"""PNG figures of a run (matplotlib, headless): reconstructions, prior samples, loss curves and
+the 2-D latent space. Inputs are numpy arrays; nothing here knows a backend."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def image_grid(images: np.ndarray, ncols: int) -> np.ndarray:
+    """Tile (N, C, H, W) images in [0, 1] into one (rows*H, ncols*W[, C]) array, 1-pixel gaps."""
+    n, c, h, w = images.shape
+    rows = -(-n // ncols)
+    grid = np.ones((rows * (h + 1) - 1, ncols * (w + 1) - 1, c), dtype=np.float32)
+    for i, img in enumerate(np.clip(images, 0.0, 1.0)):
+        r, q = divmod(i, ncols)
+        grid[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = img.transpose(1, 2, 0)
+    return grid[..., 0] if c == 1 else grid
+
+
+def _save(fig, path) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _show(ax, grid, title):
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0,
+              interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+
+
+def save_reconstructions(path, inputs: np.ndarray, recons: np.ndarray, ncols: int = 8) -> None:
+    """Inputs (top) next to their reconstructions (bottom)."""
+    fig, axes = plt.subplots(2, 1, figsize=(ncols * 0.8, 2 * 0.8 * -(-len(inputs) // ncols) + 1))
+    _show(axes[0], image_grid(inputs, ncols), "inputs")
+    _show(axes[1], image_grid(recons, ncols), "reconstructions")
+    _save(fig, path)
+
+
+def save_samples(path, samples: np.ndarray, ncols: int = 8, title: str = "samples from the prior"):
+    fig, ax = plt.subplots(figsize=(ncols * 0.8, 0.8 * -(-len(samples) // ncols) + 0.5))
+    _show(ax, image_grid(samples, ncols), title)
+    _save(fig, path)
+
+
+def save_loss_curves(path, train: dict, test: dict | None = None) -> None:
+    """Training loss per step and test -ELBO per epoch, one line per label (e.g. per backend).
+
+    Args:
+      train: ``{label: per-step losses}``.
+      test: ``{label: (steps at epoch ends, test -ELBO)}``.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, losses in train.items():
+        ax.plot(np.arange(1, len(losses) + 1), losses, lw=1, alpha=0.8, label=f"{label} train")
+    for label, (steps, values) in (test or {}).items():
+        ax.plot(steps, values, "o--", ms=3, label=f"{label} test")
+    ax.set_xlabel("step")
+    ax.set_ylabel("-ELBO (nats per example)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def save_latent_space(path, z: np.ndarray, labels: np.ndarray) -> None:
+    """Posterior means of a 2-D latent space, coloured by label."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=4)
+    fig.colorbar(points, ax=ax)
+    ax.set_xlabel("z1")
+    ax.set_ylabel("z2")
+    ax.set_title("latent space (posterior means)")
+    _save(fig, path)
