@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,8 @@ class VAEConfig:
                     f"input_shape {shape} does not fit {len(channels)} stride-2 convolutions: "
                     f"height and width must be divisible by {factor}"
                 )
+        if isinstance(self.gaussian_std, bool) or not isinstance(self.gaussian_std, numbers.Real):
+            raise ConfigError(f"gaussian_std must be a number, got {self.gaussian_std!r}")
         std = float(self.gaussian_std)
         if not std > 0 or std != std or std == float("inf"):
             raise ConfigError(f"gaussian_std must be positive and finite, got {self.gaussian_std}")

@@ -20,8 +20,9 @@ from vae_jax.model import VAE
 # Canonical layout -> Flax layout, as a permutation of the canonical axes.
 #   Linear.weight (out, in)        -> Dense kernel (in, out)
 #   Conv2d.weight (out, in, kh, kw) -> Conv kernel (kh, kw, in, out)       (HWIO)
-#   ConvTranspose2d.weight (in, out, kh, kw) -> kernel (kh, kw, in, out), used by
-#   ``vae_jax.model`` as a correlation with the spatially flipped kernel.
+#   ConvTranspose2d.weight (in, out, kh, kw) -> kernel (kh, kw, in, out), unflipped; the module
+#   (``vae_jax.model._conv_transpose_stride2``) derives the flipped per-phase taps from it, so the
+#   stored parameter stays a pure permutation of torch's.
 PERMUTATIONS = {
     "linear_weight": (1, 0),
     "conv_weight": (2, 3, 1, 0),

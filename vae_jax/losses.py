@@ -37,9 +37,10 @@ def gaussian_kl(mean, logvar):
 
 
 def _bernoulli_terms(x, logits):
-    # log p = x*l - softplus(l); softplus(l) = max(l, 0) + log1p(exp(-|l|)) never overflows.
-    softplus = jnp.maximum(logits, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(logits)))
-    return x * logits - softplus
+    # log p = x*l - softplus(l); softplus(l) = logaddexp(0, l) = max(l, 0) + log1p(exp(-|l|)) never
+    # overflows, and its derivative is sigmoid(l) everywhere: the max/abs form written out gets the
+    # kink at l = 0 wrong, differently in JAX and torch (derivative 0 or 1 there instead of 1/2).
+    return x * logits - jnp.logaddexp(0.0, logits)
 
 
 def _bernoulli_one(x, logits):

@@ -86,6 +86,29 @@ def make_train_steps(model: VAE, train: TrainConfig):
     return jax.jit(run, donate_argnums=0)
 
 
+def _indexed_update(model: VAE, train: TrainConfig, state: TrainState, data, idx, key):
+    """One step on ``data[idx]``; noise (and dynamic binarization) drawn from ``key``."""
+    k_bin, k_eps = jax.random.split(key)
+    x = jnp.take(data, idx, axis=0)
+    if train.binarize == "dynamic":
+        x = jax.random.bernoulli(k_bin, x).astype(model.dtype)
+    eps = jax.random.normal(k_eps, (idx.shape[0], model.config.latent_dim), model.dtype)
+    return _update(model, train, state, x, eps)
+
+
+def make_indexed_step(model: VAE, train: TrainConfig):
+    """A jitted ``step(state, data, idx, key, i) -> (state, loss)`` on the batch ``data[idx]``
+    with the noise of step ``i`` of the epoch keyed by ``key`` (exactly the epoch's step ``i``).
+
+    The per-step alternative to ``make_train_epoch`` (one dispatch per step); state is donated.
+    """
+
+    def step(state, data, idx, key, i):
+        return _indexed_update(model, train, state, data, idx, jax.random.fold_in(key, i))
+
+    return jax.jit(step, donate_argnums=0)
+
+
 def make_train_epoch(model: VAE, train: TrainConfig):
     """A jitted ``epoch(state, data, batches, key) -> (state, losses)``.
 
@@ -98,17 +121,11 @@ def make_train_epoch(model: VAE, train: TrainConfig):
     Returns:
       the new state and the (S,) per-step losses.
     """
-    latent = model.config.latent_dim
 
     def epoch(state, data, batches, key):
         def body(state, inputs):
             i, idx = inputs
-            k_bin, k_eps = jax.random.split(jax.random.fold_in(key, i))
-            x = jnp.take(data, idx, axis=0)
-            if train.binarize == "dynamic":
-                x = jax.random.bernoulli(k_bin, x).astype(model.dtype)
-            eps = jax.random.normal(k_eps, (idx.shape[0], latent), model.dtype)
-            return _update(model, train, state, x, eps)
+            return _indexed_update(model, train, state, data, idx, jax.random.fold_in(key, i))
 
         return jax.lax.scan(body, state, (jnp.arange(batches.shape[0]), batches))
 
@@ -249,6 +266,7 @@ __all__ = [
     "Trainer",
     "init_train_state",
     "make_optimizer",
+    "make_indexed_step",
     "make_train_epoch",
     "make_train_step",
     "make_train_steps",

@@ -136,6 +136,46 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from vae_tools import bench
+
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    unknown = [b for b in backends if b not in bench.MODES]
+    if unknown:
+        raise UsageError(f"unknown backends {unknown}; choose from {list(bench.MODES)}")
+    modes = None
+    if args.modes:
+        modes = {}
+        for item in args.modes.split(","):
+            backend, _, mode = item.strip().partition("/")
+            if mode not in bench.MODES.get(backend, ()):
+                raise UsageError(f"unknown mode {item!r}; e.g. jax/epoch, torch/compile")
+            modes.setdefault(backend, []).append(mode)
+    if args.repeats < 1:
+        raise UsageError("--repeats must be at least 1 (5 or more for figures you report)")
+    data, config = None, None
+    if args.dataset:
+        from vae_common.data import load_dataset
+
+        ds = load_dataset(args.dataset)
+        data = ds.train[: args.samples]
+        config = VAEConfig(input_shape=ds.image_shape, hidden=(400,) if args.arch == "mlp"
+                           else (256,), latent_dim=20, arch=args.arch,
+                           conv_channels=(32, 64) if args.arch == "conv" else ())
+    result = bench.run_bench(
+        backends=backends, arch=args.arch, device=args.device, batch_sizes=args.batch_size,
+        dtype=args.dtype, samples=args.samples, repeats=args.repeats,
+        warmup_steps=args.warmup_steps, modes=modes, data=data, config=config,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    print(bench.format_table(result))
+    if args.json:
+        bench.write_json(result, args.json)
+    if args.plot:
+        bench.save_plot(result, args.plot)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from vae_tools.demo import run_demo
 
@@ -196,6 +236,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="compare training speed across frameworks")
+    p.add_argument("--backends", default="jax,torch,reference",
+                   help="comma list of jax, torch, reference")
+    p.add_argument("--modes", default=None,
+                   help="restrict to these, e.g. jax/epoch,torch/compile (default: all)")
+    p.add_argument("--device", choices=("cpu", "cuda", "xpu"), default="cpu")
+    p.add_argument("--arch", choices=("mlp", "conv"), default="mlp")
+    p.add_argument("--batch-size", type=int_list, default=(128,), help="one or a list: 64,128,256")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--samples", type=int, default=60000, help="samples per epoch")
+    p.add_argument("--dataset", default=None,
+                   help="train on this dataset's images (default: synthetic MNIST-shaped data)")
+    p.add_argument("--repeats", type=int, default=5, help="timed epochs per contender")
+    p.add_argument("--warmup-steps", type=int, default=900,
+                   help="untimed steps first (past PyTorch's denormal slowdown at ~800)")
+    p.add_argument("--json", help="write the records and host info here")
+    p.add_argument("--plot", help="write a bar chart here")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="the main job: train on digits in both backends and report")
     p.add_argument("--out", default="runs/demo")

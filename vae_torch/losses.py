@@ -39,10 +39,11 @@ def bernoulli_log_likelihood(x, logits):
 
 
 def _bernoulli_terms(x, logits):
-    # log p = x*l - softplus(l); softplus(l) = max(l, 0) + log1p(exp(-|l|)) never overflows.
+    # log p = x*l - softplus(l); softplus(l) = logaddexp(l, 0) = max(l, 0) + log1p(exp(-|l|)) never
+    # overflows, and its derivative is sigmoid(l) everywhere: the max/abs form written out gets the
+    # kink at l = 0 wrong, differently in JAX and torch (derivative 0 or 1 there instead of 1/2).
     # (F.softplus switches to the identity above 20, which differs from JAX's by 1e-11.)
-    softplus = torch.clamp(logits, min=0.0) + torch.log1p(torch.exp(-torch.abs(logits)))
-    return x * logits - softplus
+    return x * logits - torch.logaddexp(logits, torch.zeros_like(logits))
 
 
 def gaussian_log_likelihood(x, mean, std=1.0):

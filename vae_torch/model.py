@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vae_common.config import VAEConfig
+from vae_common.config import CONV_KERNEL, CONV_PADDING, CONV_STRIDE, VAEConfig
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -23,38 +23,79 @@ class ShapeError(ValueError):
     """An input array has the wrong shape or dtype; the message names the array and both shapes."""
 
 
+def _conv(c_in: int, c_out: int) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, CONV_KERNEL, stride=CONV_STRIDE, padding=CONV_PADDING)
+
+
+def _conv_transpose(c_in: int, c_out: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(c_in, c_out, CONV_KERNEL, stride=CONV_STRIDE, padding=CONV_PADDING)
+
+
 class Encoder(nn.Module):
-    """x (B, C, H, W) -> (mean, logvar), each (B, latent_dim)."""
+    """x (B, C, H, W) -> (mean, logvar), each (B, latent_dim).
+
+    ``arch="conv"``: ReLU(conv) layers (each halving H and W), flattened in C, H, W order, then
+    the dense layers of the MLP.
+    """
 
     def __init__(self, config: VAEConfig):
         super().__init__()
-        widths = [config.input_dim, *config.hidden]
+        if config.arch == "conv":
+            channels = [config.input_shape[0], *config.conv_channels]
+            self.conv = nn.ModuleList(_conv(a, b) for a, b in zip(channels[:-1], channels[1:]))
+        c, h, w = config.conv_output_shape
+        widths = [c * h * w, *config.hidden]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.mean = nn.Linear(widths[-1], config.latent_dim)
         self.logvar = nn.Linear(widths[-1], config.latent_dim)
 
     def forward(self, x):
-        h = torch.flatten(x, 1)
+        h = x
+        for layer in getattr(self, "conv", ()):
+            h = torch.relu(layer(h))
+        h = torch.flatten(h, 1)
         for layer in self.hidden:
             h = torch.relu(layer(h))
         return self.mean(h), self.logvar(h)
 
 
 class Decoder(nn.Module):
-    """z (B, latent_dim) -> (B, C, H, W): Bernoulli logits, or the Gaussian mean."""
+    """z (B, latent_dim) -> (B, C, H, W): Bernoulli logits, or the Gaussian mean.
+
+    ``arch="conv"``: the dense layers, ReLU(project) to (B, C_last, h, w), then transposed
+    convolutions (each doubling H and W) with ReLU between them; the last has no activation.
+    """
 
     def __init__(self, config: VAEConfig):
         super().__init__()
+        self.arch = config.arch
         self.input_shape = config.input_shape
+        self.feature_shape = config.conv_output_shape
         widths = [config.latent_dim, *reversed(config.hidden)]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.out = nn.Linear(widths[-1], config.input_dim)
+        if config.arch == "mlp":
+            self.out = nn.Linear(widths[-1], config.input_dim)
+            return
+        c, h, w = self.feature_shape
+        self.project = nn.Linear(widths[-1], c * h * w)
+        channels = [*reversed(config.conv_channels), config.input_shape[0]]
+        self.deconv = nn.ModuleList(
+            _conv_transpose(a, b) for a, b in zip(channels[:-1], channels[1:])
+        )
 
     def forward(self, z):
         h = z
         for layer in self.hidden:
             h = torch.relu(layer(h))
-        return self.out(h).reshape((z.shape[0],) + self.input_shape)
+        if self.arch == "mlp":
+            return self.out(h).reshape((z.shape[0],) + self.input_shape)
+        h = torch.relu(self.project(h)).reshape((z.shape[0],) + self.feature_shape)
+        last = len(self.deconv) - 1
+        for i, layer in enumerate(self.deconv):
+            h = layer(h)
+            if i < last:
+                h = torch.relu(h)
+        return h
 
 
 class VAE(nn.Module):
