@@ -206,10 +206,11 @@ def train(
         if bad.size:
             if bar:
                 bar.close()
+            kept = (f"The last good checkpoint (epoch {epoch - 1}) is kept in {out}"
+                    if epoch > 1 else "No checkpoint was written")
             raise TrainingError(
                 f"loss became {losses[bad[0]]} at epoch {epoch}, step {int(bad[0]) + 1} of "
-                f"{len(losses)}; stopped. The last good checkpoint (epoch {epoch - 1}) is kept"
-                + (f" in {out}" if epoch > 1 else "") + ". Try a smaller --lr."
+                f"{len(losses)}; stopped. {kept}. Try a smaller --lr."
             )
         test = trainer.evaluate(ds.test, seed=settings.seed, batch_size=eval_batch_size)
         metrics.append({

@@ -1,0 +1,279 @@
+"""Training runs on disk (``vae_tools.run``): files, plots, resume, refusals, divergence, kill -9.
+
+The runs use a small slice of the bundled digits passed as ``dataset=`` (no I/O), except the
+kill -9 test, which runs ``vae train`` in a subprocess on IDX files written to ``tmp_path``. Torch
+runs on the CPU with one thread (two are ten times slower on a busy machine, and bit-exact
+comparisons need the same thread count on both sides).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vae_common.checkpoint import load_checkpoint, load_tensors
+from vae_common.config import VAEConfig
+from vae_common.data import IDX_FILES, Dataset, load_digits
+from vae_common.training import TrainConfig, optimizer_state_names
+from vae_tools import cli, run
+from vae_tools.run import ResumeError, RunSettings, TrainingError
+
+torch.set_num_threads(1)
+
+CONFIG = VAEConfig(input_shape=(1, 8, 8), hidden=(32,), latent_dim=2)
+TRAIN = TrainConfig(lr=3e-3)
+SETTINGS = RunSettings("digits-small", batch_size=32, seed=0, dtype="float32")
+STEPS_PER_EPOCH = 256 // 32
+RUN_FILES = {"train_state.safetensors", "checkpoint.safetensors", "metrics.jsonl"}
+PLOTS = {"reconstructions.png", "samples.png", "loss_curves.png", "latent_space.png"}
+METRIC_KEYS = {"epoch", "train_loss", "test_elbo", "test_reconstruction", "test_kl", "seconds"}
+# What atomic_write_bytes leaves behind if killed mid-write: a hidden, clearly temporary name.
+TEMP_FILE = re.compile(r"^\.(train_state\.safetensors|checkpoint\.safetensors|metrics\.jsonl)\..*\.tmp$")
+
+
+@pytest.fixture(scope="module")
+def small_digits() -> Dataset:
+    ds = load_digits()
+    return Dataset("digits-small", ds.train[:256], ds.test[:64], ds.train_labels[:256],
+                   ds.test_labels[:64])
+
+
+def train_run(out: Path, dataset: Dataset, epochs: int, backend: str = "torch", *,
+              config: VAEConfig = CONFIG, train: TrainConfig = TRAIN,
+              settings: RunSettings = SETTINGS, resume: bool = False, plots: bool = False):
+    return run.train(out, backend, config, train, settings, epochs, resume=resume, device="cpu",
+                     dataset=dataset, progress=False, plots=plots)
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def file_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def without_seconds(metrics: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if k != "seconds"} for m in metrics]
+
+
+def assert_same_run(got: Path, want: Path) -> None:
+    """Bit-identical weights, Adam state and progress; the same metrics except wall time."""
+    got_ckpt, want_ckpt = load_checkpoint(got / "checkpoint.safetensors"), load_checkpoint(
+        want / "checkpoint.safetensors")
+    assert got_ckpt[1] == want_ckpt[1]
+    assert list(got_ckpt[0]) == list(want_ckpt[0])
+    unequal = [n for n in want_ckpt[0] if not np.array_equal(got_ckpt[0][n], want_ckpt[0][n])]
+    assert not unequal, f"final weights differ from the uninterrupted run: {unequal}"
+    got_state, got_meta = load_tensors(got / "train_state.safetensors")
+    want_state, want_meta = load_tensors(want / "train_state.safetensors")
+    assert sorted(got_state) == sorted(want_state)
+    unequal = [n for n in want_state if not np.array_equal(got_state[n], want_state[n])]
+    assert not unequal, f"final train state differs from the uninterrupted run: {unequal}"
+    assert (got_meta["epoch"], got_meta["step"]) == (want_meta["epoch"], want_meta["step"])
+    assert without_seconds(read_metrics(got)) == without_seconds(read_metrics(want))
+
+
+def test_run_writes_checkpoint_metrics_and_plots(tmp_path, small_digits):
+    out = tmp_path / "run"
+    metrics = train_run(out, small_digits, 2, plots=True)
+    assert {p.name for p in out.iterdir()} == RUN_FILES | PLOTS
+
+    state, config, meta = load_checkpoint(out / "checkpoint.safetensors", expected_config=CONFIG)
+    assert config == CONFIG
+    assert (meta["epoch"], meta["backend"], meta["dataset"]) == ("2", "torch", "digits-small")
+    tensors, train_meta = load_tensors(out / "train_state.safetensors")
+    assert (train_meta["epoch"], train_meta["step"]) == ("2", str(2 * STEPS_PER_EPOCH))
+    for name, value in state.items():
+        np.testing.assert_array_equal(tensors[run.PARAM + name], value)
+    assert set(tensors) == {run.PARAM + n for n in state} | set(optimizer_state_names(CONFIG))
+
+    lines = read_metrics(out)
+    assert lines == metrics
+    assert [m["epoch"] for m in lines] == [1, 2]
+    for m in lines:
+        assert METRIC_KEYS <= set(m)
+        assert all(np.isfinite(m[k]) for k in METRIC_KEYS)
+        assert m["test_elbo"] == pytest.approx(m["test_reconstruction"] + m["test_kl"])
+        assert len(m["train_losses"]) == STEPS_PER_EPOCH
+    assert lines[1]["train_loss"] < lines[0]["train_loss"]
+
+    import matplotlib.image
+
+    for name in PLOTS:
+        path = out / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and min(image.shape[:2]) > 50, (name, image.shape)
+        assert float(np.std(image)) > 0, f"{name} is blank"
+
+
+def test_no_latent_space_plot_unless_two_dimensional(tmp_path, small_digits):
+    out = tmp_path / "run"
+    train_run(out, small_digits, 1, config=CONFIG.replace(latent_dim=3), plots=True)
+    assert {p.name for p in out.iterdir()} == RUN_FILES | PLOTS - {"latent_space.png"}
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("jax", marks=pytest.mark.slow)])
+def test_resume_after_two_of_four_epochs_is_bit_exact(backend, tmp_path, small_digits):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    train_run(full, small_digits, 4, backend)
+    first = train_run(resumed, small_digits, 2, backend)
+    assert len(first) == 2
+    metrics = train_run(resumed, small_digits, 4, backend, resume=True)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert_same_run(resumed, full)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, small_digits) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    train_run(out, small_digits, 1)
+    return out
+
+
+CHANGES = {
+    "hidden": {"config": CONFIG.replace(hidden=(16,))},
+    "latent_dim": {"config": CONFIG.replace(latent_dim=3)},
+    "lr": {"train": TrainConfig(lr=1e-2)},
+    "beta": {"train": dataclasses.replace(TRAIN, beta=0.5)},
+    "batch_size": {"settings": dataclasses.replace(SETTINGS, batch_size=16)},
+    "seed": {"settings": dataclasses.replace(SETTINGS, seed=1)},
+    "dtype": {"settings": dataclasses.replace(SETTINGS, dtype="float64")},
+}
+
+
+@pytest.mark.parametrize("field", list(CHANGES))
+def test_resume_with_other_settings_is_refused_naming_the_field(field, finished_run,
+                                                                small_digits):
+    before = file_bytes(finished_run)
+    with pytest.raises(ResumeError, match=f'"{field}"') as info:
+        train_run(finished_run, small_digits, 2, resume=True, **CHANGES[field])
+    assert "--resume refused" in str(info.value)
+    assert file_bytes(finished_run) == before
+
+
+def test_starting_over_an_existing_run_is_refused(finished_run, small_digits):
+    before = file_bytes(finished_run)
+    with pytest.raises(ResumeError, match="already holds a training run.*--resume"):
+        train_run(finished_run, small_digits, 2)
+    assert file_bytes(finished_run) == before
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_divergence_stops_with_the_epoch_and_step(backend, tmp_path, small_digits):
+    # A Gaussian decoder with lr=1e8: Adam moves every weight by ~1e8 in the first step, and the
+    # second step's squared error overflows float32.
+    out = tmp_path / "run"
+    config = CONFIG.replace(likelihood="gaussian")
+    with pytest.raises(TrainingError, match=r"loss became (inf|nan) at epoch 1, step 2 of 8") as info:
+        train_run(out, small_digits, 3, backend, config=config, train=TrainConfig(lr=1e8))
+    assert "No checkpoint was written" in str(info.value)
+    assert not (out / "checkpoint.safetensors").exists()
+    assert not (out / "train_state.safetensors").exists()
+
+
+def test_nan_after_good_epochs_keeps_the_last_good_checkpoint(tmp_path, small_digits,
+                                                               monkeypatch):
+    out = tmp_path / "run"
+    train_run(out, small_digits, 2)
+    good_state = load_checkpoint(out / "checkpoint.safetensors")[0]
+    before = file_bytes(out)
+
+    import vae_torch.train
+
+    original = vae_torch.train.Trainer.train_epoch
+
+    def nan_in_epoch_3(self, data, batches, seed, epoch):
+        losses = original(self, data, batches, seed, epoch)
+        if epoch == 3:
+            losses[3] = np.nan
+        return losses
+
+    monkeypatch.setattr(vae_torch.train.Trainer, "train_epoch", nan_in_epoch_3)
+    with pytest.raises(TrainingError, match=r"at epoch 3, step 4 of 8") as info:
+        train_run(out, small_digits, 4, resume=True)
+    assert f"checkpoint (epoch 2) is kept in {out}" in str(info.value)
+    assert file_bytes(out) == before
+    state, _, meta = load_checkpoint(out / "checkpoint.safetensors", expected_config=CONFIG)
+    assert meta["epoch"] == "2"
+    assert all(np.array_equal(state[n], good_state[n]) for n in good_state)
+
+    # The run is still resumable from the good epoch once the cause is gone.
+    monkeypatch.setattr(vae_torch.train.Trainer, "train_epoch", original)
+    metrics = train_run(out, small_digits, 3, resume=True)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+
+
+def write_idx_dir(directory: Path, n_train: int, n_test: int, size: int, seed: int = 0) -> None:
+    """The four standard MNIST-format files (big-endian headers) with random images."""
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        (directory / IDX_FILES[f"{split}_images"]).write_bytes(
+            np.array([2051, n, size, size], ">u4").tobytes() + images.tobytes())
+        (directory / IDX_FILES[f"{split}_labels"]).write_bytes(
+            np.array([2049, n], ">u4").tobytes() + labels.tobytes())
+
+
+def vae_command() -> list[str]:
+    script = Path(sys.executable).with_name("vae")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "vae_tools.cli"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_kill_9_leaves_a_loadable_checkpoint_and_resume_finishes_the_run(backend, tmp_path):
+    data = tmp_path / "idx"
+    write_idx_dir(data, n_train=512, n_test=128, size=8)
+    epochs = 60
+    args = ["train", "--backend", backend, "--dataset", f"idx:{data}", "--epochs", str(epochs),
+            "--batch-size", "32", "--hidden", "32", "--latent-dim", "2", "--device", "cpu",
+            "--quiet"]
+    killed, full = tmp_path / "killed", tmp_path / "full"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*vae_command(), *args, "--out", str(killed)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and not (killed / "checkpoint.safetensors").exists():
+            assert time.monotonic() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        _, stderr = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, (
+        f"vae train ended on its own before the kill (rc {proc.returncode}): {stderr.decode()}")
+
+    names = {p.name for p in killed.iterdir()}
+    leftovers = names - RUN_FILES
+    assert all(TEMP_FILE.match(n) for n in leftovers), f"unexpected files after kill: {leftovers}"
+    assert {"checkpoint.safetensors", "train_state.safetensors"} <= names
+    _, _, ckpt_meta = load_checkpoint(killed / "checkpoint.safetensors")
+    _, state_meta = load_tensors(killed / "train_state.safetensors")
+    done = int(state_meta["epoch"])
+    assert done < epochs and int(ckpt_meta["epoch"]) in (done, done - 1)
+    assert [m["epoch"] for m in read_metrics(killed)][:done] == list(range(1, done + 1))
+
+    assert cli.main([*args, "--out", str(killed), "--resume"]) == 0
+    assert cli.main([*args, "--out", str(full)]) == 0
+    assert len(read_metrics(killed)) == epochs
+    assert_same_run(killed, full)
+    # Stale temporary files, if the kill left any, are never mistaken for run files.
+    for name in leftovers:
+        (killed / name).unlink()
+    shutil.rmtree(full)
