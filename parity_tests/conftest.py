@@ -61,3 +61,10 @@ def dtype(request, parity_dtypes) -> str:
 @pytest.fixture
 def tolerance(dtype) -> float:
     return TOLERANCES[dtype]
+
+
+@pytest.fixture(scope="module")
+def ieee_subnormals():
+    """Subnormal floats on again: ``torch.set_flush_denormal(True)`` (the torch trainer sets it on
+    the CPU) changes process-wide floating-point state, numpy's included, and outlives its test."""
+    torch.set_flush_denormal(False)

@@ -24,8 +24,10 @@ from vae_common import reference
 from vae_common.compare import TOLERANCES, rel_diff
 from vae_common.config import VAEConfig
 from vae_common.spec import param_spec
-from vae_torch.device import ENV_VAR
 from vae_tools.parity import ParityInputs, make_inputs
+from vae_torch.device import ENV_VAR
+
+pytestmark = pytest.mark.usefixtures("ieee_subnormals")
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -61,7 +63,11 @@ def run_jax(inp: ParityInputs, dtype: str) -> Outputs:
     assert value.dtype == jnp.dtype(dtype)
     return Outputs(
         float(value),
-        {"reconstruction": np.asarray(recon), "kl": np.asarray(kl), "objective": np.asarray(per_example)},
+        {
+            "reconstruction": np.asarray(recon),
+            "kl": np.asarray(kl),
+            "objective": np.asarray(per_example),
+        },
         vae_jax.to_canonical(model, grads),
     )
 
@@ -160,7 +166,9 @@ SMALL = VAEConfig(input_shape=(2, 6, 5), hidden=(7, 3), latent_dim=4)
 SMALL_GAUSSIAN = VAEConfig(
     input_shape=(1, 4, 4), hidden=(5,), latent_dim=3, likelihood="gaussian", gaussian_std=0.5
 )
-NO_HIDDEN_GAUSSIAN = VAEConfig(input_shape=(1, 5, 4), hidden=(), latent_dim=2, likelihood="gaussian")
+NO_HIDDEN_GAUSSIAN = VAEConfig(
+    input_shape=(1, 5, 4), hidden=(), latent_dim=2, likelihood="gaussian"
+)
 
 # (config, batch size, K samples, beta, objective)
 CASES = {

@@ -46,7 +46,7 @@ def assert_trajectory_agrees(report: dict, config: VAEConfig, steps: int, dtype:
     assert np.all(np.isfinite(curve["jax"])) and np.all(np.isfinite(curve["torch"]))
     assert curve["torch"][-1] < curve["torch"][0], "the trajectory did not train"
     per_step = {f"loss step {i}": rel_diff(a, b)
-                for i, (a, b) in enumerate(zip(curve["jax"], curve["torch"]))}
+                for i, (a, b) in enumerate(zip(curve["jax"], curve["torch"], strict=True))}
     if dtype in TRAJECTORY_TOLERANCES:
         tol = TRAJECTORY_TOLERANCES[dtype]
         assert report["tolerance"] == tol
@@ -124,7 +124,10 @@ def adam_step_jax(config, train, params, grads, exp_avg, exp_avg_sq, step):
 def adam_step_torch(config, train, params, grads, exp_avg, exp_avg_sq, step, fused, device):
     model = vae_torch.build_model(config, "float64").to(device)
     vae_torch.from_canonical(model, params)
-    optimizer = vae_torch.train.make_optimizer(model, train, fused=fused)
+    try:
+        optimizer = vae_torch.train.make_optimizer(model, train, fused=fused)
+    except (RuntimeError, ValueError) as exc:
+        pytest.skip(f"no fused Adam for {device} in this torch build: {exc}")
     assert bool(optimizer.param_groups[0].get("fused")) == fused
     for n, p in model.named_parameters():
         p.grad = torch.as_tensor(grads[n], device=device)

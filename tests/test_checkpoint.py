@@ -81,7 +81,7 @@ def test_missing_tensor_is_named(tmp_path):
 def test_extra_tensor_is_named(tmp_path):
     path = tmp_path / "m.safetensors"
     write_raw(path, {**init_canonical(CFG), "encoder.hidden.1.weight": np.zeros((2, 2))})
-    with pytest.raises(CheckpointError, match=r"unexpected tensors \['encoder\.hidden\.1\.weight'\]"):
+    with pytest.raises(CheckpointError, match=r"unexpected tensors \['encoder\.hidden\.1\.weight"):
         load_checkpoint(path)
 
 
@@ -90,7 +90,8 @@ def test_mis_shaped_tensor_is_named(tmp_path):
     state = init_canonical(CFG)
     state["encoder.mean.weight"] = state["encoder.mean.weight"].T.copy()
     write_raw(path, state)
-    with pytest.raises(CheckpointError, match=r"'encoder\.mean\.weight' has shape \(5, 2\).*\(2, 5\)"):
+    match = r"'encoder\.mean\.weight' has shape \(5, 2\), the config needs \(2, 5\)"
+    with pytest.raises(CheckpointError, match=match):
         load_checkpoint(path)
 
 
@@ -118,7 +119,9 @@ def test_expected_config_mismatch_names_the_differing_fields(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content", [b"", b"hello, this is not a checkpoint at all", b"\xff" * 64], ids=["empty", "text", "junk"]
+    "content",
+    [b"", b"hello, this is not a checkpoint at all", b"\xff" * 64],
+    ids=["empty", "text", "junk"],
 )
 def test_non_safetensors_file(tmp_path, content):
     path = tmp_path / "m.safetensors"
@@ -210,5 +213,6 @@ def test_save_creates_parent_directories_and_overwrites(tmp_path):
     save_checkpoint(path, init_canonical(CFG, seed=1), CFG)
     save_checkpoint(path, init_canonical(CFG, seed=2), CFG)
     state, _, _ = load_checkpoint(path)
-    assert np.array_equal(state["decoder.out.bias"], init_canonical(CFG, seed=2)["decoder.out.bias"])
+    want = init_canonical(CFG, seed=2)["decoder.out.bias"]
+    assert np.array_equal(state["decoder.out.bias"], want)
     assert sorted(os.listdir(path.parent)) == ["model.safetensors"]

@@ -80,7 +80,9 @@ def test_conv_needs_channels_and_divisible_input():
 
 
 def test_sequences_are_normalised_to_int_tuples():
-    cfg = VAEConfig(input_shape=[1, np.int64(6), 5], hidden=[np.int32(7), 3], latent_dim=np.int64(4))
+    cfg = VAEConfig(
+        input_shape=[1, np.int64(6), 5], hidden=[np.int32(7), 3], latent_dim=np.int64(4)
+    )
     assert cfg.input_shape == (1, 6, 5) and type(cfg.input_shape[1]) is int
     assert cfg.hidden == (7, 3) and type(cfg.hidden[0]) is int
     assert cfg.latent_dim == 4 and type(cfg.latent_dim) is int

@@ -33,7 +33,8 @@ def idx_labels(labels: np.ndarray) -> bytes:
 
 
 def make_split(rng, n, rows=5, cols=4):
-    return rng.integers(0, 256, (n, rows, cols), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8)
+    images = rng.integers(0, 256, (n, rows, cols), dtype=np.uint8)
+    return images, rng.integers(0, 10, n, dtype=np.uint8)
 
 
 def write_idx_dir(directory, gz=False, n_train=7, n_test=3, seed=0):

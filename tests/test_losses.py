@@ -27,6 +27,8 @@ from vae_common.compare import TOLERANCES, rel_diff
 from vae_common.config import VAEConfig
 from vae_common.spec import init_canonical
 
+pytestmark = pytest.mark.usefixtures("ieee_subnormals")
+
 TOL = TOLERANCES["float64"]
 LOG_2PI = math.log(2 * math.pi)
 PROPERTY = settings(max_examples=40, deadline=None)
@@ -337,7 +339,7 @@ def test_k_sample_reconstruction_is_the_mean_of_single_samples(side):
 
 
 def monte_carlo_negative_elbo(side, x, eps):
-    """-ELBO with the KL estimated from the same samples: recon + mean_k [log q(z_k) - log p(z_k)]."""
+    """-ELBO with the KL estimated from the same eps: recon + mean_k [log q(z_k) - log p(z_k)]."""
     recon, _ = side("elbo_terms", x, eps)
     mean, logvar = side("encode", x)
     z = side.pure("reparameterize", *(side.array(a) for a in (mean, logvar, eps)))

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,7 +39,8 @@ RUN_FILES = {"train_state.safetensors", "checkpoint.safetensors", "metrics.jsonl
 PLOTS = {"reconstructions.png", "samples.png", "loss_curves.png", "latent_space.png"}
 METRIC_KEYS = {"epoch", "train_loss", "test_elbo", "test_reconstruction", "test_kl", "seconds"}
 # What atomic_write_bytes leaves behind if killed mid-write: a hidden, clearly temporary name.
-TEMP_FILE = re.compile(r"^\.(train_state\.safetensors|checkpoint\.safetensors|metrics\.jsonl)\..*\.tmp$")
+TEMP_FILE = re.compile(
+    r"^\.(train_state\.safetensors|checkpoint\.safetensors|metrics\.jsonl)\..*\.tmp$")
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,8 @@ def without_seconds(metrics: list[dict]) -> list[dict]:
 
 def assert_same_run(got: Path, want: Path) -> None:
     """Bit-identical weights, Adam state and progress; the same metrics except wall time."""
-    got_ckpt, want_ckpt = load_checkpoint(got / "checkpoint.safetensors"), load_checkpoint(
-        want / "checkpoint.safetensors")
+    got_ckpt = load_checkpoint(got / "checkpoint.safetensors")
+    want_ckpt = load_checkpoint(want / "checkpoint.safetensors")
     assert got_ckpt[1] == want_ckpt[1]
     assert list(got_ckpt[0]) == list(want_ckpt[0])
     unequal = [n for n in want_ckpt[0] if not np.array_equal(got_ckpt[0][n], want_ckpt[0][n])]
@@ -172,13 +172,14 @@ def test_starting_over_an_existing_run_is_refused(finished_run, small_digits):
     assert file_bytes(finished_run) == before
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("jax", marks=pytest.mark.slow)])
 def test_divergence_stops_with_the_epoch_and_step(backend, tmp_path, small_digits):
     # A Gaussian decoder with lr=1e8: Adam moves every weight by ~1e8 in the first step, and the
     # second step's squared error overflows float32.
     out = tmp_path / "run"
     config = CONFIG.replace(likelihood="gaussian")
-    with pytest.raises(TrainingError, match=r"loss became (inf|nan) at epoch 1, step 2 of 8") as info:
+    message = r"loss became (inf|nan) at epoch 1, step 2 of 8"
+    with pytest.raises(TrainingError, match=message) as info:
         train_run(out, small_digits, 3, backend, config=config, train=TrainConfig(lr=1e8))
     assert "No checkpoint was written" in str(info.value)
     assert not (out / "checkpoint.safetensors").exists()
@@ -217,6 +218,27 @@ def test_nan_after_good_epochs_keeps_the_last_good_checkpoint(tmp_path, small_di
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
 
 
+def test_resume_after_a_kill_in_the_middle_of_saving(tmp_path, small_digits):
+    # The worst moment for a kill -9, set up by hand: epoch 3's metrics line is written, its
+    # train state is not, the checkpoint is still epoch 1's (the kill came between epoch 2's
+    # state and checkpoint writes), and a half-written temporary file is left behind.
+    out, full = tmp_path / "crashed", tmp_path / "full"
+    train_run(out, small_digits, 1)
+    epoch_1_checkpoint = (out / "checkpoint.safetensors").read_bytes()
+    train_run(out, small_digits, 2, resume=True)
+    (out / "checkpoint.safetensors").write_bytes(epoch_1_checkpoint)
+    lines = read_metrics(out)
+    ghost = {**lines[-1], "epoch": 3, "train_loss": -1.0}
+    (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines + [ghost]))
+    (out / ".checkpoint.safetensors.x1y2z3.tmp").write_bytes(epoch_1_checkpoint[:100])
+
+    metrics = train_run(out, small_digits, 3, resume=True)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[2]["train_loss"] != -1.0
+    train_run(full, small_digits, 3)
+    assert_same_run(out, full)
+
+
 def write_idx_dir(directory: Path, n_train: int, n_test: int, size: int, seed: int = 0) -> None:
     """The four standard MNIST-format files (big-endian headers) with random images."""
     directory.mkdir(parents=True)
@@ -236,12 +258,15 @@ def vae_command() -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_kill_9_leaves_a_loadable_checkpoint_and_resume_finishes_the_run(backend, tmp_path):
+def test_kill_9_leaves_a_loadable_checkpoint_and_resume_finishes_the_run(tmp_path):
+    # Torch: what is tested here is run.py's write order and atomic files, the same for both
+    # backends (JAX's resume is bit-exact by test_resume_after_two_of_four_epochs_is_bit_exact).
+    # The resumed and the reference runs go through the same CLI in this process; torch's float32
+    # maths does not depend on JAX's x64 switch, which this session has on.
     data = tmp_path / "idx"
     write_idx_dir(data, n_train=512, n_test=128, size=8)
-    epochs = 60
-    args = ["train", "--backend", backend, "--dataset", f"idx:{data}", "--epochs", str(epochs),
+    epochs = 20
+    args = ["train", "--backend", "torch", "--dataset", f"idx:{data}", "--epochs", str(epochs),
             "--batch-size", "32", "--hidden", "32", "--latent-dim", "2", "--device", "cpu",
             "--quiet"]
     killed, full = tmp_path / "killed", tmp_path / "full"
@@ -253,7 +278,7 @@ def test_kill_9_leaves_a_loadable_checkpoint_and_resume_finishes_the_run(backend
         while proc.poll() is None and not (killed / "checkpoint.safetensors").exists():
             assert time.monotonic() < deadline, "no checkpoint after 300 s"
             time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
+        proc.send_signal(signal.SIGKILL)  # a no-op if it has already exited
     finally:
         _, stderr = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, (
@@ -273,7 +298,3 @@ def test_kill_9_leaves_a_loadable_checkpoint_and_resume_finishes_the_run(backend
     assert cli.main([*args, "--out", str(full)]) == 0
     assert len(read_metrics(killed)) == epochs
     assert_same_run(killed, full)
-    # Stale temporary files, if the kill left any, are never mistaken for run files.
-    for name in leftovers:
-        (killed / name).unlink()
-    shutil.rmtree(full)

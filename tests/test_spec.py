@@ -113,7 +113,8 @@ def test_conv_spec_matches_torch_layer_shapes_and_fan_in():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_init_canonical_is_seeded_and_in_torch_default_bounds(dtype):
     cfg = MLP_CONFIGS[1]
-    a, b, c = init_canonical(cfg, 0, dtype), init_canonical(cfg, 0, dtype), init_canonical(cfg, 1, dtype)
+    a, b = init_canonical(cfg, 0, dtype), init_canonical(cfg, 0, dtype)
+    c = init_canonical(cfg, 1, dtype)
     assert list(a) == [s.name for s in param_spec(cfg)]
     for s in param_spec(cfg):
         assert a[s.name].shape == s.shape and a[s.name].dtype == np.dtype(dtype)
@@ -144,7 +145,8 @@ def test_jax_dense_kernel_is_the_transposed_torch_weight():
     model = vae_jax.build_model(cfg, "float64")
     state = init_canonical(cfg, seed=3)
     params = vae_jax.from_canonical(model, state)
-    assert np.array_equal(params["encoder"]["hidden_1"]["kernel"], state["encoder.hidden.1.weight"].T)
+    kernel = params["encoder"]["hidden_1"]["kernel"]
+    assert np.array_equal(kernel, state["encoder.hidden.1.weight"].T)
     assert np.array_equal(params["decoder"]["out"]["bias"], state["decoder.out.bias"])
     table = {e.name: e for e in vae_jax.conversion_table(cfg)}
     assert table["encoder.hidden.1.weight"].path == ("encoder", "hidden_1", "kernel")

@@ -52,7 +52,7 @@ class ThreeEpochs:
     params_after_2: dict[str, np.ndarray]  # deep copies of what state_dict() returned
     optimizer_after_2: dict[str, np.ndarray]
     step_after_2: int
-    returned_after_2: tuple[dict, dict]  # the objects state_dict() and optimizer_state_dict() returned
+    returned_after_2: tuple[dict, dict]  # what state_dict(), optimizer_state_dict() returned
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def test_training_continues_identically_in_the_other_backend_float64():
     for source in BACKENDS:
         (losses, state), (want_losses, want_state) = crossed[source], finals[source]
         worst = {n: rel_diff(state[n], want_state[n]) for n in want_state}
-        worst["losses"] = max(rel_diff(a, b) for a, b in zip(losses, want_losses))
+        worst["losses"] = max(rel_diff(a, b) for a, b in zip(losses, want_losses, strict=True))
         bad = {n: d for n, d in worst.items() if not d <= tol}
         assert not bad, f"continued from {source}'s state in the other backend: {bad} > {tol:g}"
 
