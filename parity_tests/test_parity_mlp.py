@@ -170,20 +170,28 @@ NO_HIDDEN_GAUSSIAN = VAEConfig(
     input_shape=(1, 5, 4), hidden=(), latent_dim=2, likelihood="gaussian"
 )
 
-# (config, batch size, K samples, beta, objective)
+# With this seed one of the two samples has importance weight 3e-12 and the decoder's hidden units
+# are all off for the other, so the decoder weights get their gradient from the tiny weight alone:
+# it must be as precise relative to its size as the others.
+TINY_WEIGHT = VAEConfig(
+    input_shape=(1, 4, 5), hidden=(4,), latent_dim=5, likelihood="gaussian", gaussian_std=0.5
+)
+
+# (config, seed, batch size, K samples, beta, objective)
 CASES = {
-    "gaussian-beta0.25-batch1": (SMALL_GAUSSIAN, 1, 1, 0.25, "elbo"),
-    "bernoulli-K3-beta2-batch128": (SMALL, 128, 3, 2.0, "elbo"),
-    "gaussian-iwae-K4-batch1": (SMALL_GAUSSIAN, 1, 4, 1.0, "iwae"),
-    "bernoulli-iwae-K5-batch128": (SMALL, 128, 5, 1.0, "iwae"),
-    "gaussian-nohidden-K2-beta4-batch16": (NO_HIDDEN_GAUSSIAN, 16, 2, 4.0, "elbo"),
+    "gaussian-beta0.25-batch1": (SMALL_GAUSSIAN, 3, 1, 1, 0.25, "elbo"),
+    "bernoulli-K3-beta2-batch128": (SMALL, 3, 128, 3, 2.0, "elbo"),
+    "gaussian-iwae-K4-batch1": (SMALL_GAUSSIAN, 3, 1, 4, 1.0, "iwae"),
+    "bernoulli-iwae-K5-batch128": (SMALL, 3, 128, 5, 1.0, "iwae"),
+    "gaussian-nohidden-K2-beta4-batch16": (NO_HIDDEN_GAUSSIAN, 3, 16, 2, 4.0, "elbo"),
+    "gaussian-iwae-tiny-weight": (TINY_WEIGHT, 154, 1, 2, 0.0, "iwae"),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_small_configs_agree(case, dtype, torch_device):
-    config, batch, k, beta, objective = CASES[case]
-    inp = make_inputs(config, seed=3, batch_size=batch, k=k, beta=beta, objective=objective)
+    config, seed, batch, k, beta, objective = CASES[case]
+    inp = make_inputs(config, seed=seed, batch_size=batch, k=k, beta=beta, objective=objective)
     check_case(inp, dtype, torch_device)
 
 

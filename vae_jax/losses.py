@@ -162,12 +162,16 @@ def negative_iwae_bound(model: VAE, params, x, eps):
     # log p(x|z_k) is hundreds of nats; summed in float32 it is off by ~1e-5 nats, an error the
     # softmax weights of the gradient inherit. So the log-weights use log p(x|z_k) minus its mean
     # over the K samples, summed pixel by pixel after the per-pixel mean is subtracted, and that
-    # mean is added back outside the logsumexp (the same value in exact arithmetic).
+    # mean is added back outside the logsumexp (the same value in exact arithmetic). The mean is
+    # held constant for the gradient (logsumexp(a) = c + logsumexp(a - c) for any c), which
+    # leaves exactly sum_k softmax_k * grad log w_k; differentiating through it would add and
+    # cancel 1/K terms and lose the precision of small weights.
     terms = jax.vmap(lambda d: _log_likelihood_terms(model, x, d))(decoded)  # (K, B, D)
-    centred = jnp.sum(terms - jnp.mean(terms, axis=0), axis=-1)  # (K, B)
+    centred = jnp.sum(terms - jax.lax.stop_gradient(jnp.mean(terms, axis=0)), axis=-1)  # (K, B)
     log_prior = standard_normal_log_density(z)
     # log q(z|x) with z - mean = std * eps exactly: -0.5 * sum(eps^2 + logvar + log 2 pi).
     log_q = -0.5 * jnp.sum(eps**2 + logvar + LOG_2PI, axis=-1)
     log_w = centred + log_prior - log_q
     k = eps.shape[0]
-    return -(jnp.mean(log_lik, axis=0) + jax.scipy.special.logsumexp(log_w, axis=0) - math.log(k))
+    offset = jax.lax.stop_gradient(jnp.mean(log_lik, axis=0))
+    return -(offset + jax.scipy.special.logsumexp(log_w, axis=0) - math.log(k))

@@ -16,12 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_common.config import CONV_KERNEL, CONV_PADDING, CONV_STRIDE, VAEConfig
+from vae_common.config import CONV_KERNEL, VAEConfig
 from vae_common.spec import spec_by_name
+from vae_jax._conv import conv_stride2, conv_transpose_stride2
 
 DTYPES = ("float32", "float64")
-# Layouts of lax convolutions here: activations NHWC, kernels HWIO.
-_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
 class ShapeError(ValueError):
@@ -60,70 +59,19 @@ def _dense(config: VAEConfig, name: str, features: int, dtype) -> nn.Dense:
     )
 
 
-def _conv_stride2(x, kernel):
-    """torch ``Conv2d(k=4, stride=2, padding=1)`` without bias, in NHWC.
-
-    Args:
-      x: (B, H, W, C_in), H and W even.
-      kernel: (4, 4, C_in, C_out), HWIO (canonical OIHW weight transposed (2, 3, 1, 0)).
-
-    Returns:
-      (B, H/2, W/2, C_out).
-    """
-    p = CONV_PADDING
-    return jax.lax.conv_general_dilated(
-        x, kernel, (CONV_STRIDE, CONV_STRIDE), ((p, p), (p, p)), dimension_numbers=_DIMENSION_NUMBERS
-    )
-
-
-def _phase_kernel(kernel):
-    """(4, 4, I, O) transposed-conv kernel -> (2, 2, I, 4 * O) kernel of its four output phases.
-
-    Output pixel (2m + ry, 2n + rx) of the transposed convolution is a 2x2 correlation of the
-    input padded by one, at (m + ry, n + rx), with taps ``kernel[3 - ry - 2 dy, 3 - rx - 2 dx]``
-    for dy, dx in {0, 1}. The phase kernel holds these taps at [dy, dx, :, (ry, rx, o)].
-    """
-    c_in, c_out = kernel.shape[2], kernel.shape[3]
-    flipped = kernel[::-1, ::-1].reshape(2, 2, 2, 2, c_in, c_out)  # (dy, ry, dx, rx, I, O)
-    return flipped.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, c_in, 4 * c_out)
-
-
-def _conv_transpose_stride2(x, kernel):
-    """torch ``ConvTranspose2d(k=4, stride=2, padding=1)`` without bias, in NHWC.
-
-    Computed as one stride-1 2x2 convolution producing all four output phases (sub-pixel
-    decomposition) followed by a depth-to-space interleave. XLA:CPU runs this form, and above
-    all its gradient, many times faster than the ``lhs_dilation`` form of ``lax.conv_transpose``,
-    and it multiplies no inserted zeros. Every output is the same sum of products as torch's.
-
-    Args:
-      x: (B, H, W, I).
-      kernel: (4, 4, I, O), canonical (I, O, kh, kw) weight transposed (2, 3, 0, 1).
-
-    Returns:
-      (B, 2H, 2W, O).
-    """
-    assert (CONV_KERNEL, CONV_STRIDE, CONV_PADDING) == (4, 2, 1), "phase split assumes k4 s2 p1"
-    b, h, w, _ = x.shape
-    c_out = kernel.shape[3]
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    phases = jax.lax.conv_general_dilated(
-        padded, _phase_kernel(kernel), (1, 1), "VALID", dimension_numbers=_DIMENSION_NUMBERS
-    ).reshape(b, h + 1, w + 1, 2, 2, c_out)
-    rows = [
-        jnp.stack([phases[:, ry : ry + h, rx : rx + w, ry, rx] for rx in range(2)], axis=3)
-        for ry in range(2)
-    ]  # each (B, H, W, 2 (rx), O)
-    return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, c_out)  # (B, H, 2, W, 2, O) -> ...
-
-
 class _Conv(nn.Module):
-    """One encoder convolution, NHWC: (B, H, W, C_in) -> (B, H/2, W/2, C_out), no activation."""
+    """One stride-2 convolution in NHWC, no activation (see ``vae_jax._conv``).
+
+    ``transposed=False``: torch ``Conv2d``, (B, H, W, C_in) -> (B, H/2, W/2, C_out).
+    ``transposed=True``: torch ``ConvTranspose2d``, (B, H, W, C_in) -> (B, 2H, 2W, C_out).
+    Parameters: ``kernel`` (4, 4, C_in, C_out) and ``bias`` (C_out,).
+    """
 
     config: VAEConfig
-    canonical: str  # e.g. "encoder.conv.0"
+    canonical: str  # the canonical prefix, e.g. "encoder.conv.0" or "decoder.deconv.1"
     c_in: int
     c_out: int
+    transposed: bool
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -132,33 +80,16 @@ class _Conv(nn.Module):
         k = CONV_KERNEL
         kernel = self.param("kernel", _uniform(bound), (k, k, self.c_in, self.c_out), self.dtype)
         bias = self.param("bias", _uniform(bound), (self.c_out,), self.dtype)
-        return _conv_stride2(x.astype(self.dtype), kernel) + bias
-
-
-class _ConvTranspose(nn.Module):
-    """One decoder transposed convolution, NHWC: (B, H, W, C_in) -> (B, 2H, 2W, C_out)."""
-
-    config: VAEConfig
-    canonical: str  # e.g. "decoder.deconv.0"
-    c_in: int
-    c_out: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        bound = _bound(self.config, self.canonical)
-        k = CONV_KERNEL
-        kernel = self.param("kernel", _uniform(bound), (k, k, self.c_in, self.c_out), self.dtype)
-        bias = self.param("bias", _uniform(bound), (self.c_out,), self.dtype)
-        return _conv_transpose_stride2(x.astype(self.dtype), kernel) + bias
+        op = conv_transpose_stride2 if self.transposed else conv_stride2
+        return op(x.astype(self.dtype), kernel) + bias
 
 
 def _conv(config: VAEConfig, name: str, c_in: int, c_out: int, dtype) -> _Conv:
-    return _Conv(config, name, c_in, c_out, dtype, name=_module_name(name))
+    return _Conv(config, name, c_in, c_out, False, dtype, name=_module_name(name))
 
 
-def _conv_transpose(config: VAEConfig, name: str, c_in: int, c_out: int, dtype) -> _ConvTranspose:
-    return _ConvTranspose(config, name, c_in, c_out, dtype, name=_module_name(name))
+def _conv_transpose(config: VAEConfig, name: str, c_in: int, c_out: int, dtype) -> _Conv:
+    return _Conv(config, name, c_in, c_out, True, dtype, name=_module_name(name))
 
 
 class Encoder(nn.Module):

@@ -271,22 +271,20 @@ def main(argv=None) -> int:
 
     bad_input = (ConfigError, CheckpointError, DataError, UsageError, ValueError, FileNotFoundError)
     try:
-        from vae_torch.device import DeviceError  # noqa: PLC0415
-
-        bad_input = bad_input + (DeviceError,)
-    except ImportError:
-        pass
-    try:
         return args.func(args)
-    except bad_input as exc:
-        print(f"vae {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except TrainingError as exc:
         print(f"vae {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"vae {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # The torch backend is imported only when a command uses it; so is its DeviceError.
+        device = sys.modules.get("vae_torch.device")
+        if isinstance(exc, bad_input) or (device and isinstance(exc, device.DeviceError)):
+            print(f"vae {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
 
 
 if __name__ == "__main__":
