@@ -65,6 +65,7 @@ def tolerance(dtype) -> float:
 
 @pytest.fixture(scope="module")
 def ieee_subnormals():
-    """Subnormal floats on again: ``torch.set_flush_denormal(True)`` (the torch trainer sets it on
-    the CPU) changes process-wide floating-point state, numpy's included, and outlives its test."""
+    """Subnormal floats on again: ``torch.set_flush_denormal(True)`` changes process-wide
+    floating-point state, numpy's included (the torch trainer switches it off after training;
+    this guards against anything else leaving it on)."""
     torch.set_flush_denormal(False)

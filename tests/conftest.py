@@ -18,9 +18,9 @@ else:
 def ieee_subnormals():
     """Subnormal floats on again for a module whose results depend on them.
 
-    ``torch.set_flush_denormal(True)`` (the torch trainer sets it on the CPU) changes process-wide
-    floating-point state, for numpy, JAX and hypothesis too, and stays set after the test that
-    caused it.
+    ``torch.set_flush_denormal(True)`` changes process-wide floating-point state, for numpy, JAX
+    and hypothesis too; the torch trainer switches it off again after training, and this guards
+    against anything else leaving it on.
     """
     try:
         import torch

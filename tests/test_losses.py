@@ -256,10 +256,12 @@ class Side:
         fn = getattr(self.mod, fn_name)
         if self.name == "jax":
             # Jitted once per function and shape: much faster than op-by-op dispatch here.
-            key = (fn_name, tuple(sorted(kwargs.items())))
-            if key not in self.jitted:
-                self.jitted[key] = jax.jit(lambda p, *a: fn(self.model, p, *a, **kwargs))
-            out = self.jitted[key](self.params, *args)
+            if fn_name not in self.jitted:
+                self.jitted[fn_name] = jax.jit(
+                    lambda p, *a, _fn=fn, **kw: _fn(self.model, p, *a, **kw),
+                    static_argnames=("reduction",),
+                )
+            out = self.jitted[fn_name](self.params, *args, **kwargs)
         else:
             out = fn(self.model, self.params, *args, **kwargs)
         if isinstance(out, tuple):

@@ -154,12 +154,13 @@ class Trainer:
       dtype: ``"float32"`` or ``"float64"`` (float64 needs ``jax_enable_x64``).
       device: ``None`` (JAX's default), ``"cpu"``, ``"gpu"``/``"cuda"`` or a ``jax.Device``.
       compile: accepted for symmetry with torch; JAX always compiles with ``jax.jit``.
+      flush_denormal: accepted for symmetry with torch; XLA flushes denormals on its own.
     """
 
     backend = "jax"
 
     def __init__(self, config: VAEConfig, train: TrainConfig | None = None, dtype="float32",
-                 device=None, compile=False):
+                 device=None, compile=False, flush_denormal=True):
         self.config = config
         self.train_config = train or TrainConfig()
         self.model = build_model(config, dtype)

@@ -119,7 +119,6 @@ def _torch_contender(mode, config, train, dtype, device, data_np, batches_fn, se
     data = trainer.put_data(data_np)
     if mode in ("eager", "compile"):
         def run_epoch(epoch):
-            torch.set_flush_denormal(trainer.device.type == "cpu")
             trainer.train_epoch(data, batches_fn(epoch), seed, epoch)
             _sync_torch(trainer.device)
         return run_epoch

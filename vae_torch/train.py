@@ -8,6 +8,8 @@ same batches (``vae_common.data.batch_indices``) and a ``Trainer`` with the same
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -77,20 +79,20 @@ class Trainer:
       dtype: ``"float32"`` or ``"float64"`` (checked against the device).
       device: a name for ``select_device`` (None: ``$VAE_TORCH_DEVICE``, then xpu, cuda, mps, cpu).
       compile: wrap the objective in ``torch.compile``.
+      flush_denormal: on the CPU, flush denormals to zero while training (``train_epoch`` and
+        ``run_steps``; switched off again after). Adam's moments of rarely-updated weights decay
+        into denormals, which slow x86 CPUs by ~25%; XLA flushes them too.
     """
 
     backend = "torch"
 
     def __init__(self, config: VAEConfig, train: TrainConfig | None = None, dtype="float32",
-                 device=None, compile=False):
+                 device=None, compile=False, flush_denormal=True):
         self.config = config
         self.train_config = train or TrainConfig()
         self.device = select_device(device)
         check_dtype(self.device, dtype)
-        if self.device.type == "cpu":
-            # Adam's moments of rarely-updated weights decay into denormals, which slow x86 CPUs
-            # down by ~25%; XLA flushes them too, so this also keeps the backends alike.
-            torch.set_flush_denormal(True)
+        self.flush_denormal = bool(flush_denormal) and self.device.type == "cpu"
         self.model = build_model(config, dtype).to(self.device)
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         self.optimizer = make_optimizer(self.model, self.train_config)
@@ -110,6 +112,18 @@ class Trainer:
         self.optimizer.step()
         self._step_count += 1
         return value.detach()
+
+    @contextlib.contextmanager
+    def _denormals_flushed(self):
+        # A process-wide switch: on only while this trainer computes, off again after.
+        if not self.flush_denormal:
+            yield
+            return
+        torch.set_flush_denormal(True)
+        try:
+            yield
+        finally:
+            torch.set_flush_denormal(False)
 
     def load_state_dict(self, state: dict) -> None:
         """Start from canonical weights (fresh Adam state, step 0)."""
@@ -167,20 +181,22 @@ class Trainer:
         steps, batch = index.shape
         losses = torch.empty(steps, device=self.device, dtype=data.dtype)
         dynamic = self.train_config.binarize == "dynamic"
-        for i in range(steps):
-            x = data.index_select(0, index[i])
-            if dynamic:
-                x = torch.bernoulli(x, generator=gen)
-            eps = torch.randn((batch, self.config.latent_dim), generator=gen, device=self.device,
-                              dtype=data.dtype)
-            losses[i] = self._train_step(x, eps)
-        return losses.cpu().numpy()
+        with self._denormals_flushed():
+            for i in range(steps):
+                x = data.index_select(0, index[i])
+                if dynamic:
+                    x = torch.bernoulli(x, generator=gen)
+                eps = torch.randn((batch, self.config.latent_dim), generator=gen,
+                                  device=self.device, dtype=data.dtype)
+                losses[i] = self._train_step(x, eps)
+            return losses.cpu().numpy()
 
     def run_steps(self, xs: np.ndarray, eps: np.ndarray) -> np.ndarray:
         """Adam steps on given batches (S, B, C, H, W) and noise (S, B, L); returns (S,) losses."""
         xs, eps = self._put(xs), self._put(eps)
-        losses = torch.stack([self._train_step(xs[i], eps[i]) for i in range(len(xs))])
-        return losses.cpu().numpy()
+        with self._denormals_flushed():
+            losses = torch.stack([self._train_step(xs[i], eps[i]) for i in range(len(xs))])
+            return losses.cpu().numpy()
 
     def evaluate(self, x: np.ndarray, seed: int = 0, batch_size: int = 500, iwae_k: int = 0) -> dict:
         """Mean -ELBO, its terms and (``iwae_k > 1``) the IWAE estimate of -log p(x), in nats.
