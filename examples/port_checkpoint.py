@@ -30,8 +30,11 @@ TRAINERS = {"jax": vae_jax.train.Trainer, "torch": vae_torch.train.Trainer}
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a checkpoint.safetensors")
-    parser.add_argument("--dataset", default="digits",
-                        help="the dataset it was trained on (its test split is evaluated)")
+    parser.add_argument(
+        "--dataset",
+        default="digits",
+        help="the dataset it was trained on (its test split is evaluated)",
+    )
     parser.add_argument("--iwae-k", type=int, default=100, help="importance samples for IWAE")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shared evaluation noise")
     args = parser.parse_args(argv)
@@ -47,11 +50,15 @@ def main(argv: list[str] | None = None) -> dict:
         trainers[backend] = trainer
         results[backend] = trainer.evaluate(data.test, seed=args.seed, iwae_k=args.iwae_k)
     tol = TOLERANCES["float32"]
-    diffs = {k: rel_diff(results["jax"][k], results["torch"][k])
-             for k in ("elbo", "reconstruction", "kl", "iwae")}
+    diffs = {
+        k: rel_diff(results["jax"][k], results["torch"][k])
+        for k in ("elbo", "reconstruction", "kl", "iwae")
+    }
     for key, diff in diffs.items():
-        print(f"{key:>15}: jax {results['jax'][key]:.6f}  torch {results['torch'][key]:.6f}  "
-              f"rel. diff {diff:.1e}")
+        print(
+            f"{key:>15}: jax {results['jax'][key]:.6f}  torch {results['torch'][key]:.6f}  "
+            f"rel. diff {diff:.1e}"
+        )
 
     # Plain PyTorch: the file's tensors go straight into an nn.Module's load_state_dict (strict,
     # so every name and shape must match). build_model is an ordinary torch.nn.Module.
@@ -60,16 +67,26 @@ def main(argv: list[str] | None = None) -> dict:
     x = data.test[:16]
     with torch.no_grad():
         mean, _ = model.encoder(torch.as_tensor(x))
-    diffs["encoder mean (plain torch vs jax)"] = rel_diff(mean.numpy(),
-                                                         trainers["jax"].encode_mean(x))
-    print(f"plain torch load_state_dict: posterior means of {len(x)} test images match JAX's to "
-          f"{diffs['encoder mean (plain torch vs jax)']:.1e}")
+    diffs["encoder mean (plain torch vs jax)"] = rel_diff(
+        mean.numpy(), trainers["jax"].encode_mean(x)
+    )
+    print(
+        f"plain torch load_state_dict: posterior means of {len(x)} test images match JAX's to "
+        f"{diffs['encoder mean (plain torch vs jax)']:.1e}"
+    )
 
     agree = bool(max(diffs.values()) <= tol)
-    print(f"max rel. diff {max(diffs.values()):.1e} (tolerance {tol:g}): "
-          f"{'the backends agree' if agree else 'MISMATCH'}")
-    return {"evaluations": results, "rel_diffs": diffs, "agree": agree,
-            "tolerance": tol, "mean": np.asarray(mean)}
+    print(
+        f"max rel. diff {max(diffs.values()):.1e} (tolerance {tol:g}): "
+        f"{'the backends agree' if agree else 'MISMATCH'}"
+    )
+    return {
+        "evaluations": results,
+        "rel_diffs": diffs,
+        "agree": agree,
+        "tolerance": tol,
+        "mean": np.asarray(mean),
+    }
 
 
 if __name__ == "__main__":

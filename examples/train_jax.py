@@ -23,8 +23,11 @@ from vae_jax.train import Trainer
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--dataset", default="digits",
-                        help="digits | mnist:DIR | fashion-mnist:DIR | kmnist:DIR | npz:FILE")
+    parser.add_argument(
+        "--dataset",
+        default="digits",
+        help="digits | mnist:DIR | fashion-mnist:DIR | kmnist:DIR | npz:FILE",
+    )
     parser.add_argument("--out", default="runs/example-jax", help="directory for the checkpoint")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -49,8 +52,12 @@ def main(argv: list[str] | None = None) -> dict:
     test = trainer.evaluate(data.test, seed=args.seed, iwae_k=100)
     print(f"test -ELBO {test['elbo']:.3f}, IWAE (k=100) -log p(x) {test['iwae']:.3f} nats")
     checkpoint = Path(args.out) / "checkpoint.safetensors"
-    save_checkpoint(checkpoint, trainer.state_dict(), config,
-                    {"backend": "jax", "dataset": args.dataset, "epoch": str(args.epochs)})
+    save_checkpoint(
+        checkpoint,
+        trainer.state_dict(),
+        config,
+        {"backend": "jax", "dataset": args.dataset, "epoch": str(args.epochs)},
+    )
     print(f"saved {checkpoint}")
     return {"checkpoint": checkpoint, "test": test}
 

@@ -25,10 +25,12 @@ from vae_torch.train import Trainer
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--dataset", default="digits",
-                        help="digits | mnist:DIR | fashion-mnist:DIR | kmnist:DIR | npz:FILE")
-    parser.add_argument("--out", default="runs/example-torch",
-                        help="directory for the checkpoint")
+    parser.add_argument(
+        "--dataset",
+        default="digits",
+        help="digits | mnist:DIR | fashion-mnist:DIR | kmnist:DIR | npz:FILE",
+    )
+    parser.add_argument("--out", default="runs/example-torch", help="directory for the checkpoint")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--latent-dim", type=int, default=20)
@@ -53,8 +55,12 @@ def main(argv: list[str] | None = None) -> dict:
     test = trainer.evaluate(data.test, seed=args.seed, iwae_k=100)
     print(f"test -ELBO {test['elbo']:.3f}, IWAE (k=100) -log p(x) {test['iwae']:.3f} nats")
     checkpoint = Path(args.out) / "checkpoint.safetensors"
-    save_checkpoint(checkpoint, trainer.state_dict(), config,
-                    {"backend": "torch", "dataset": args.dataset, "epoch": str(args.epochs)})
+    save_checkpoint(
+        checkpoint,
+        trainer.state_dict(),
+        config,
+        {"backend": "torch", "dataset": args.dataset, "epoch": str(args.epochs)},
+    )
     print(f"saved {checkpoint}")
     return {"checkpoint": checkpoint, "test": test}
 

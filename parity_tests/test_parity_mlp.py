@@ -266,4 +266,3 @@ def test_accelerator_parity(monkeypatch):
         if dtype == "float64" and not vae_torch.supports_float64(device):
             continue
         assert_parity(run_jax(inp, dtype), run_torch(inp, dtype, device), inp, dtype)
-

@@ -45,8 +45,10 @@ def assert_trajectory_agrees(report: dict, config: VAEConfig, steps: int, dtype:
     assert len(curve["jax"]) == len(curve["torch"]) == steps
     assert np.all(np.isfinite(curve["jax"])) and np.all(np.isfinite(curve["torch"]))
     assert curve["torch"][-1] < curve["torch"][0], "the trajectory did not train"
-    per_step = {f"loss step {i}": rel_diff(a, b)
-                for i, (a, b) in enumerate(zip(curve["jax"], curve["torch"], strict=True))}
+    per_step = {
+        f"loss step {i}": rel_diff(a, b)
+        for i, (a, b) in enumerate(zip(curve["jax"], curve["torch"], strict=True))
+    }
     if dtype in TRAJECTORY_TOLERANCES:
         tol = TRAJECTORY_TOLERANCES[dtype]
         assert report["tolerance"] == tol
@@ -68,15 +70,24 @@ def assert_trajectory_agrees(report: dict, config: VAEConfig, steps: int, dtype:
 @pytest.mark.slow
 def test_mlp_784_400_20_batch128_100_steps(dtype, torch_device):
     config = VAEConfig()
-    report = check_trajectory(config, steps=100, dtype=dtype, batch_size=128,
-                              device=str(torch_device))
+    report = check_trajectory(
+        config, steps=100, dtype=dtype, batch_size=128, device=str(torch_device)
+    )
     assert_trajectory_agrees(report, config, 100, dtype)
 
 
 @pytest.mark.slow
 def test_small_config_beta_half_100_steps(dtype, torch_device):
-    report = check_trajectory(SMALL, steps=100, dtype=dtype, batch_size=16, lr=3e-3, beta=0.5,
-                              seed=4, device=str(torch_device))
+    report = check_trajectory(
+        SMALL,
+        steps=100,
+        dtype=dtype,
+        batch_size=16,
+        lr=3e-3,
+        beta=0.5,
+        seed=4,
+        device=str(torch_device),
+    )
     assert_trajectory_agrees(report, SMALL, 100, dtype)
 
 
@@ -107,9 +118,11 @@ def adam_step_jax(config, train, params, grads, exp_avg, exp_avg_sq, step):
     optimizer = vae_jax.train.make_optimizer(train)
     p = vae_jax.from_canonical(model, params)
     state = optimizer.init(p)
-    adam = state[0]._replace(count=jnp.asarray(step, jnp.int32),
-                             mu=vae_jax.from_canonical(model, exp_avg),
-                             nu=vae_jax.from_canonical(model, exp_avg_sq))
+    adam = state[0]._replace(
+        count=jnp.asarray(step, jnp.int32),
+        mu=vae_jax.from_canonical(model, exp_avg),
+        nu=vae_jax.from_canonical(model, exp_avg_sq),
+    )
 
     @jax.jit
     def step_fn(g, opt_state, p):
@@ -117,8 +130,11 @@ def adam_step_jax(config, train, params, grads, exp_avg, exp_avg_sq, step):
         return optax.apply_updates(p, updates), opt_state
 
     new_p, new_state = step_fn(vae_jax.from_canonical(model, grads), (adam,) + tuple(state[1:]), p)
-    return (vae_jax.to_canonical(model, new_p), vae_jax.to_canonical(model, new_state[0].mu),
-            vae_jax.to_canonical(model, new_state[0].nu))
+    return (
+        vae_jax.to_canonical(model, new_p),
+        vae_jax.to_canonical(model, new_state[0].mu),
+        vae_jax.to_canonical(model, new_state[0].nu),
+    )
 
 
 def adam_step_torch(config, train, params, grads, exp_avg, exp_avg_sq, step, fused, device):
@@ -140,8 +156,11 @@ def adam_step_torch(config, train, params, grads, exp_avg, exp_avg_sq, step, fus
     optimizer.step()
     new = {n: p.detach().cpu().numpy() for n, p in model.named_parameters()}
     state = {n: optimizer.state[p] for n, p in model.named_parameters()}
-    return (new, {n: s["exp_avg"].cpu().numpy() for n, s in state.items()},
-            {n: s["exp_avg_sq"].cpu().numpy() for n, s in state.items()})
+    return (
+        new,
+        {n: s["exp_avg"].cpu().numpy() for n, s in state.items()},
+        {n: s["exp_avg_sq"].cpu().numpy() for n, s in state.items()},
+    )
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "for-loop"])
@@ -156,10 +175,12 @@ def test_one_adam_step_matches_float64(fused, torch_device, parity_dtypes):
     diffs = {}
     for n in params:
         diffs[f"param {n} (jax vs torch)"] = rel_diff(j_params[n], t_params[n])
-        diffs[f"update {n} (jax vs torch)"] = rel_diff(j_params[n] - params[n],
-                                                       t_params[n] - params[n])
-        diffs[f"update {n} (torch vs numpy)"] = rel_diff(t_params[n] - params[n],
-                                                         want[n] - params[n])
+        diffs[f"update {n} (jax vs torch)"] = rel_diff(
+            j_params[n] - params[n], t_params[n] - params[n]
+        )
+        diffs[f"update {n} (torch vs numpy)"] = rel_diff(
+            t_params[n] - params[n], want[n] - params[n]
+        )
         diffs[f"exp_avg {n}"] = rel_diff(j_m[n], t_m[n])
         diffs[f"exp_avg_sq {n}"] = rel_diff(j_v[n], t_v[n])
     bad = over(diffs, TOLERANCES["float64"])
@@ -206,8 +227,11 @@ def test_objective_with_warmup_and_free_bits_agrees_float64(torch_device, parity
     j_model = vae_jax.build_model(SMALL, "float64")
     params = vae_jax.from_canonical(j_model, state)
     with jax.default_matmul_precision("highest"):
-        j_value, j_grads = jax.jit(jax.value_and_grad(
-            lambda p: vae_jax.train.objective(j_model, p, x, eps, beta, free_bits)))(params)
+        j_value, j_grads = jax.jit(
+            jax.value_and_grad(
+                lambda p: vae_jax.train.objective(j_model, p, x, eps, beta, free_bits)
+            )
+        )(params)
     j_grads = vae_jax.to_canonical(j_model, j_grads)
 
     diffs = {"objective": rel_diff(float(j_value), float(t_value.detach().cpu()))}

@@ -30,7 +30,8 @@ def test_every_public_function_is_listed_in_all():
         public = {
             name
             for name, obj in vars(mod).items()
-            if not name.startswith("_") and not inspect.ismodule(obj)
+            if not name.startswith("_")
+            and not inspect.ismodule(obj)
             and getattr(obj, "__module__", "").startswith(mod.__name__)
         }
         unlisted = public - set(mod.__all__)
@@ -39,17 +40,32 @@ def test_every_public_function_is_listed_in_all():
 
 def shared_functions() -> list[str]:
     return [
-        n for n in shared_names()
+        n
+        for n in shared_names()
         if inspect.isfunction(getattr(vae_jax, n)) and inspect.isfunction(getattr(vae_torch, n))
     ]
 
 
 def test_the_core_functions_are_shared():
     assert {
-        "build_model", "init_params", "encode", "decode", "decode_mean", "reparameterize",
-        "sample_eps", "gaussian_kl", "bernoulli_log_likelihood", "gaussian_log_likelihood",
-        "log_likelihood", "elbo_terms", "negative_elbo", "loss", "negative_iwae_bound",
-        "standard_normal_log_density", "to_canonical", "from_canonical",
+        "build_model",
+        "init_params",
+        "encode",
+        "decode",
+        "decode_mean",
+        "reparameterize",
+        "sample_eps",
+        "gaussian_kl",
+        "bernoulli_log_likelihood",
+        "gaussian_log_likelihood",
+        "log_likelihood",
+        "elbo_terms",
+        "negative_elbo",
+        "loss",
+        "negative_iwae_bound",
+        "standard_normal_log_density",
+        "to_canonical",
+        "from_canonical",
     } <= set(shared_functions())
 
 

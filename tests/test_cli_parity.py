@@ -47,8 +47,9 @@ def test_checkpoint_weights_and_config_are_used(capsys, tmp_path):
     state = init_canonical(SMALL, seed=7)
     save_checkpoint(path, state, SMALL)
     # The model flags are ignored when a checkpoint gives the config.
-    code, out, err = run(capsys, "--checkpoint", str(path), "--batch-size", "4", "--json",
-                         "--latent-dim", "9")
+    code, out, err = run(
+        capsys, "--checkpoint", str(path), "--batch-size", "4", "--json", "--latent-dim", "9"
+    )
     assert code == 0, err
     report = json.loads(out)
     assert list(report["grads"]) == [s.name for s in param_spec(SMALL)]
@@ -60,8 +61,9 @@ def test_checkpoint_weights_and_config_are_used(capsys, tmp_path):
 
 
 def test_text_table(capsys):
-    code, out, err = run(capsys, *SMALL_ARGS, "--likelihood", "gaussian", "--k", "2",
-                         "--objective", "iwae")
+    code, out, err = run(
+        capsys, *SMALL_ARGS, "--likelihood", "gaussian", "--k", "2", "--objective", "iwae"
+    )
     assert code == 0, err
     assert "grad decoder.out.weight" in out
     assert out.strip().splitlines()[-1].endswith("PASSED")

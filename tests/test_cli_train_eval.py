@@ -32,9 +32,11 @@ def write_idx_dir(directory: Path, n_train: int, n_test: int, size: int, seed: i
         images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
         labels = rng.integers(0, 10, n, dtype=np.uint8)
         (directory / IDX_FILES[f"{split}_images"]).write_bytes(
-            np.array([2051, n, size, size], ">u4").tobytes() + images.tobytes())
+            np.array([2051, n, size, size], ">u4").tobytes() + images.tobytes()
+        )
         (directory / IDX_FILES[f"{split}_labels"]).write_bytes(
-            np.array([2049, n], ">u4").tobytes() + labels.tobytes())
+            np.array([2049, n], ">u4").tobytes() + labels.tobytes()
+        )
     return directory
 
 
@@ -53,8 +55,20 @@ def trained_runs(tmp_path_factory):
     dirs = {}
     for backend in ("jax", "torch"):
         dirs[backend] = root / backend
-        status = cli.main(["train", "--backend", backend, "--dataset", "digits", "--epochs", "1",
-                           "--out", str(dirs[backend]), "--quiet"])
+        status = cli.main(
+            [
+                "train",
+                "--backend",
+                backend,
+                "--dataset",
+                "digits",
+                "--epochs",
+                "1",
+                "--out",
+                str(dirs[backend]),
+                "--quiet",
+            ]
+        )
         assert status == 0
     return dirs
 
@@ -72,9 +86,23 @@ def test_train_one_epoch_on_digits(backend, trained_runs):
 
 
 def test_train_prints_a_summary_line(tmp_path, capsys):
-    status, out, err = vae(capsys, "train", "--backend", "torch", "--dataset", "digits",
-                           "--epochs", "1", "--hidden", "16", "--latent-dim", "3",
-                           "--out", str(tmp_path / "run"), "--quiet")
+    status, out, err = vae(
+        capsys,
+        "train",
+        "--backend",
+        "torch",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--hidden",
+        "16",
+        "--latent-dim",
+        "3",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    )
     assert status == 0, err
     assert out.startswith("epoch 1: train loss ") and "checkpoint.safetensors" in out
     assert err == ""  # --quiet: no progress bar
@@ -85,8 +113,19 @@ def test_eval_json_agrees_across_backends(trained_in, trained_runs, capsys):
     checkpoint = trained_runs[trained_in] / "checkpoint.safetensors"
     results = {}
     for backend in ("jax", "torch"):
-        status, out, err = vae(capsys, "eval", "--checkpoint", str(checkpoint), "--backend",
-                               backend, "--dataset", "digits", "--iwae-k", "10", "--json")
+        status, out, err = vae(
+            capsys,
+            "eval",
+            "--checkpoint",
+            str(checkpoint),
+            "--backend",
+            backend,
+            "--dataset",
+            "digits",
+            "--iwae-k",
+            "10",
+            "--json",
+        )
         assert status == 0, err
         results[backend] = json.loads(out)
         assert set(results[backend]) == EVAL_KEYS
@@ -95,15 +134,24 @@ def test_eval_json_agrees_across_backends(trained_in, trained_runs, capsys):
         assert results[backend]["iwae_k"] == 10 and results[backend]["n"] == 297
         assert results[backend]["iwae"] < results[backend]["elbo"]
     tol = TOLERANCES["float32"]
-    diffs = {k: rel_diff(results["jax"][k], results["torch"][k])
-             for k in ("elbo", "reconstruction", "kl", "iwae")}
+    diffs = {
+        k: rel_diff(results["jax"][k], results["torch"][k])
+        for k in ("elbo", "reconstruction", "kl", "iwae")
+    }
     assert all(d <= tol for d in diffs.values()), f"eval differs across backends: {diffs}"
 
 
 def test_eval_text_output(trained_runs, capsys):
-    status, out, err = vae(capsys, "eval", "--checkpoint",
-                           str(trained_runs["torch"] / "checkpoint.safetensors"),
-                           "--backend", "torch", "--iwae-k", "5")
+    status, out, err = vae(
+        capsys,
+        "eval",
+        "--checkpoint",
+        str(trained_runs["torch"] / "checkpoint.safetensors"),
+        "--backend",
+        "torch",
+        "--iwae-k",
+        "5",
+    )
     assert status == 0, err
     assert "-ELBO" in out and "IWAE" in out and "(k=5)" in out
 
@@ -121,10 +169,24 @@ def bad_inputs(tmp_path_factory):
     six = write_idx_dir(root / "six-by-six", n_train=64, n_test=16, size=6)
     # A finished run of DIGITS_CONFIG with the settings `vae train` uses by default.
     finished = root / "finished"
-    run.train(finished, "torch", DIGITS_CONFIG, TrainConfig(), run.RunSettings("digits"), 1,
-              device="cpu", progress=False, plots=False)
-    return {"root": root, "checkpoint": checkpoint, "garbage": garbage, "six": six,
-            "finished": finished}
+    run.train(
+        finished,
+        "torch",
+        DIGITS_CONFIG,
+        TrainConfig(),
+        run.RunSettings("digits"),
+        1,
+        device="cpu",
+        progress=False,
+        plots=False,
+    )
+    return {
+        "root": root,
+        "checkpoint": checkpoint,
+        "garbage": garbage,
+        "six": six,
+        "finished": finished,
+    }
 
 
 TRAIN = ["train", "--backend", "torch", "--epochs", "1", "--quiet"]
@@ -132,31 +194,68 @@ DIGITS_MODEL = ["--hidden", "16", "--latent-dim", "2"]
 
 # name: (argv with {placeholders}, the command, a phrase the message must contain)
 ERRORS = {
-    "unknown dataset": (TRAIN + ["--dataset", "cifar", "--out", "{root}/o1"], "train",
-                        "unknown dataset 'cifar'"),
-    "unknown dataset kind": (TRAIN + ["--dataset", "cifar:{root}", "--out", "{root}/o2"], "train",
-                             "unknown dataset kind 'cifar'"),
-    "missing dataset directory": (TRAIN + ["--dataset", "mnist:{root}/nowhere", "--out",
-                                           "{root}/o3"], "train", "does not exist"),
-    "files of the wrong format": (TRAIN + ["--dataset", "idx:{garbage}", "--out", "{root}/o4"],
-                                  "train", "is not an IDX image or label file"),
-    "missing checkpoint": (["eval", "--checkpoint", "{root}/none.safetensors", "--backend",
-                            "torch"], "eval", "does not exist"),
+    "unknown dataset": (
+        TRAIN + ["--dataset", "cifar", "--out", "{root}/o1"],
+        "train",
+        "unknown dataset 'cifar'",
+    ),
+    "unknown dataset kind": (
+        TRAIN + ["--dataset", "cifar:{root}", "--out", "{root}/o2"],
+        "train",
+        "unknown dataset kind 'cifar'",
+    ),
+    "missing dataset directory": (
+        TRAIN + ["--dataset", "mnist:{root}/nowhere", "--out", "{root}/o3"],
+        "train",
+        "does not exist",
+    ),
+    "files of the wrong format": (
+        TRAIN + ["--dataset", "idx:{garbage}", "--out", "{root}/o4"],
+        "train",
+        "is not an IDX image or label file",
+    ),
+    "missing checkpoint": (
+        ["eval", "--checkpoint", "{root}/none.safetensors", "--backend", "torch"],
+        "eval",
+        "does not exist",
+    ),
     "checkpoint shape does not fit the dataset": (
         ["eval", "--checkpoint", "{checkpoint}", "--backend", "torch", "--dataset", "idx:{six}"],
-        "eval", "(1, 6, 6) but checkpoint"),
+        "eval",
+        "(1, 6, 6) but checkpoint",
+    ),
     "init checkpoint shape does not fit the dataset": (
         TRAIN + ["--init", "{checkpoint}", "--dataset", "idx:{six}", "--out", "{root}/o5"],
-        "train", "expects images of shape (1, 8, 8)"),
+        "train",
+        "expects images of shape (1, 8, 8)",
+    ),
     "resume with a different config": (
-        TRAIN + ["--dataset", "digits", "--hidden", "16", "--latent-dim", "3", "--out",
-                 "{finished}", "--resume"], "train", '"latent_dim": [2, 3]'),
+        TRAIN
+        + [
+            "--dataset",
+            "digits",
+            "--hidden",
+            "16",
+            "--latent-dim",
+            "3",
+            "--out",
+            "{finished}",
+            "--resume",
+        ],
+        "train",
+        '"latent_dim": [2, 3]',
+    ),
     "resume with a different learning rate": (
-        TRAIN + ["--dataset", "digits", *DIGITS_MODEL, "--lr", "0.01", "--out", "{finished}",
-                 "--resume"], "train", '"lr": [0.001, 0.01]'),
+        TRAIN
+        + ["--dataset", "digits", *DIGITS_MODEL, "--lr", "0.01", "--out", "{finished}", "--resume"],
+        "train",
+        '"lr": [0.001, 0.01]',
+    ),
     "existing run without --resume": (
-        TRAIN + ["--dataset", "digits", *DIGITS_MODEL, "--out", "{finished}"], "train",
-        "already holds a training run"),
+        TRAIN + ["--dataset", "digits", *DIGITS_MODEL, "--out", "{finished}"],
+        "train",
+        "already holds a training run",
+    ),
 }
 
 
@@ -174,17 +273,40 @@ def test_bad_input_exits_2_with_one_line(case, bad_inputs, capsys):
 
 
 def test_divergence_exits_1_naming_epoch_and_step(tmp_path, capsys):
-    status, out, err = vae(capsys, *TRAIN, "--dataset", "digits", *DIGITS_MODEL,
-                           "--likelihood", "gaussian", "--lr", "1e8", "--out",
-                           str(tmp_path / "run"))
+    status, out, err = vae(
+        capsys,
+        *TRAIN,
+        "--dataset",
+        "digits",
+        *DIGITS_MODEL,
+        "--likelihood",
+        "gaussian",
+        "--lr",
+        "1e8",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert status == cli.EXIT_FAILED
     assert len(err.strip().splitlines()) == 1
     assert "at epoch 1, step 2 of 11" in err and "No checkpoint was written" in err
 
 
 def test_parity_steps_json_report(capsys):
-    status, out, err = vae(capsys, "parity", "--steps", "5", "--json", "--input-shape", "1,6,5",
-                           "--hidden", "7,3", "--latent-dim", "3", "--batch-size", "16")
+    status, out, err = vae(
+        capsys,
+        "parity",
+        "--steps",
+        "5",
+        "--json",
+        "--input-shape",
+        "1,6,5",
+        "--hidden",
+        "7,3",
+        "--latent-dim",
+        "3",
+        "--batch-size",
+        "16",
+    )
     assert status == 0, err
     report = json.loads(out)
     keys = {"dtype", "loss", "grads", "params", "max_rel_diff", "tolerance", "passed"}

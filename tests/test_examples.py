@@ -32,7 +32,8 @@ def trained(tmp_path_factory):
     for backend in ("jax", "torch"):
         directory = tmp_path_factory.mktemp(f"example-{backend}")
         out[backend] = load_example(f"train_{backend}").main(
-            ["--epochs", "1", "--out", str(directory)])
+            ["--epochs", "1", "--out", str(directory)]
+        )
     return out
 
 
@@ -67,7 +68,8 @@ def test_both_training_examples_reach_similar_losses(trained):
 def test_port_checkpoint_example(trained, capsys):
     checkpoint = trained["jax"]["checkpoint"]
     result = load_example("port_checkpoint").main(
-        ["--checkpoint", str(checkpoint), "--iwae-k", "20"])
+        ["--checkpoint", str(checkpoint), "--iwae-k", "20"]
+    )
     assert result["agree"]
     assert result["tolerance"] == TOLERANCES["float32"]
     assert set(result["rel_diffs"]) >= {"elbo", "reconstruction", "kl", "iwae"}

@@ -27,6 +27,7 @@ def package_modules(package: str) -> list[str]:
     files = sorted((REPO / package).glob("*.py"))
     return [package] + [f"{package}.{f.stem}" for f in files if f.stem != "__init__"]
 
+
 SCRIPT = textwrap.dedent(
     """
     import importlib, importlib.abc, json, sys
@@ -100,5 +101,6 @@ def test_vae_torch_never_imports_jax():
 
 
 def test_cli_and_parity_checker_import_backends_lazily():
-    assert_imports(["vae_tools", "vae_tools.parity", "vae_tools.cli"], TORCH + JAX,
-                   control="vae_jax")
+    assert_imports(
+        ["vae_tools", "vae_tools.parity", "vae_tools.cli"], TORCH + JAX, control="vae_jax"
+    )

@@ -148,6 +148,7 @@ def test_bernoulli_gradient_is_finite_for_huge_logits(dtype):
 
 # Gaussian
 
+
 @PROPERTY
 @given(
     x=arrays(np.float64, PIXELS, elements=floats(0, 1)),
@@ -186,6 +187,7 @@ def test_standard_normal_log_density_sums_the_last_axis():
 
 
 # Sampling
+
 
 def test_reparameterize_broadcasts_over_samples():
     rng = np.random.default_rng(2)
@@ -281,9 +283,11 @@ class Side:
         return jnp.asarray(a) if self.name == "jax" else torch.as_tensor(a)
 
 
-@pytest.fixture(scope="module", params=[("jax", CFG), ("torch", CFG), ("jax", GAUSSIAN_CFG),
-                                        ("torch", GAUSSIAN_CFG)],
-                ids=["jax-bernoulli", "torch-bernoulli", "jax-gaussian", "torch-gaussian"])
+@pytest.fixture(
+    scope="module",
+    params=[("jax", CFG), ("torch", CFG), ("jax", GAUSSIAN_CFG), ("torch", GAUSSIAN_CFG)],
+    ids=["jax-bernoulli", "torch-bernoulli", "jax-gaussian", "torch-gaussian"],
+)
 def side(request):
     return Side(*request.param)
 
@@ -381,6 +385,7 @@ def test_iwae_bound_needs_samples_axis(side):
 
 
 # Bad input is rejected with a message naming the array and both shapes
+
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_wrong_x_shape_names_both_shapes(backend):

@@ -40,21 +40,43 @@ PLOTS = {"reconstructions.png", "samples.png", "loss_curves.png", "latent_space.
 METRIC_KEYS = {"epoch", "train_loss", "test_elbo", "test_reconstruction", "test_kl", "seconds"}
 # What atomic_write_bytes leaves behind if killed mid-write: a hidden, clearly temporary name.
 TEMP_FILE = re.compile(
-    r"^\.(train_state\.safetensors|checkpoint\.safetensors|metrics\.jsonl)\..*\.tmp$")
+    r"^\.(train_state\.safetensors|checkpoint\.safetensors|metrics\.jsonl)\..*\.tmp$"
+)
 
 
 @pytest.fixture(scope="module")
 def small_digits() -> Dataset:
     ds = load_digits()
-    return Dataset("digits-small", ds.train[:256], ds.test[:64], ds.train_labels[:256],
-                   ds.test_labels[:64])
+    return Dataset(
+        "digits-small", ds.train[:256], ds.test[:64], ds.train_labels[:256], ds.test_labels[:64]
+    )
 
 
-def train_run(out: Path, dataset: Dataset, epochs: int, backend: str = "torch", *,
-              config: VAEConfig = CONFIG, train: TrainConfig = TRAIN,
-              settings: RunSettings = SETTINGS, resume: bool = False, plots: bool = False):
-    return run.train(out, backend, config, train, settings, epochs, resume=resume, device="cpu",
-                     dataset=dataset, progress=False, plots=plots)
+def train_run(
+    out: Path,
+    dataset: Dataset,
+    epochs: int,
+    backend: str = "torch",
+    *,
+    config: VAEConfig = CONFIG,
+    train: TrainConfig = TRAIN,
+    settings: RunSettings = SETTINGS,
+    resume: bool = False,
+    plots: bool = False,
+):
+    return run.train(
+        out,
+        backend,
+        config,
+        train,
+        settings,
+        epochs,
+        resume=resume,
+        device="cpu",
+        dataset=dataset,
+        progress=False,
+        plots=plots,
+    )
 
 
 def read_metrics(out: Path) -> list[dict]:
@@ -156,8 +178,7 @@ CHANGES = {
 
 
 @pytest.mark.parametrize("field", list(CHANGES))
-def test_resume_with_other_settings_is_refused_naming_the_field(field, finished_run,
-                                                                small_digits):
+def test_resume_with_other_settings_is_refused_naming_the_field(field, finished_run, small_digits):
     before = file_bytes(finished_run)
     with pytest.raises(ResumeError, match=f'"{field}"') as info:
         train_run(finished_run, small_digits, 2, resume=True, **CHANGES[field])
@@ -186,8 +207,7 @@ def test_divergence_stops_with_the_epoch_and_step(backend, tmp_path, small_digit
     assert not (out / "train_state.safetensors").exists()
 
 
-def test_nan_after_good_epochs_keeps_the_last_good_checkpoint(tmp_path, small_digits,
-                                                               monkeypatch):
+def test_nan_after_good_epochs_keeps_the_last_good_checkpoint(tmp_path, small_digits, monkeypatch):
     out = tmp_path / "run"
     train_run(out, small_digits, 2)
     good_state = load_checkpoint(out / "checkpoint.safetensors")[0]
@@ -247,9 +267,11 @@ def write_idx_dir(directory: Path, n_train: int, n_test: int, size: int, seed: i
         images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
         labels = rng.integers(0, 10, n, dtype=np.uint8)
         (directory / IDX_FILES[f"{split}_images"]).write_bytes(
-            np.array([2051, n, size, size], ">u4").tobytes() + images.tobytes())
+            np.array([2051, n, size, size], ">u4").tobytes() + images.tobytes()
+        )
         (directory / IDX_FILES[f"{split}_labels"]).write_bytes(
-            np.array([2049, n], ">u4").tobytes() + labels.tobytes())
+            np.array([2049, n], ">u4").tobytes() + labels.tobytes()
+        )
 
 
 def vae_command() -> list[str]:
@@ -266,13 +288,32 @@ def test_kill_9_leaves_a_loadable_checkpoint_and_resume_finishes_the_run(tmp_pat
     data = tmp_path / "idx"
     write_idx_dir(data, n_train=512, n_test=128, size=8)
     epochs = 20
-    args = ["train", "--backend", "torch", "--dataset", f"idx:{data}", "--epochs", str(epochs),
-            "--batch-size", "32", "--hidden", "32", "--latent-dim", "2", "--device", "cpu",
-            "--quiet"]
+    args = [
+        "train",
+        "--backend",
+        "torch",
+        "--dataset",
+        f"idx:{data}",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "32",
+        "--hidden",
+        "32",
+        "--latent-dim",
+        "2",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     killed, full = tmp_path / "killed", tmp_path / "full"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*vae_command(), *args, "--out", str(killed)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*vae_command(), *args, "--out", str(killed)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 300
         while proc.poll() is None and not (killed / "checkpoint.safetensors").exists():
@@ -282,7 +323,8 @@ def test_kill_9_leaves_a_loadable_checkpoint_and_resume_finishes_the_run(tmp_pat
     finally:
         _, stderr = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, (
-        f"vae train ended on its own before the kill (rc {proc.returncode}): {stderr.decode()}")
+        f"vae train ended on its own before the kill (rc {proc.returncode}): {stderr.decode()}"
+    )
 
     names = {p.name for p in killed.iterdir()}
     leftovers = names - RUN_FILES

@@ -78,19 +78,29 @@ def test_spec_is_the_torch_state_dict(cfg):
 
 
 def test_conv_spec_matches_torch_layer_shapes_and_fan_in():
-    cfg = VAEConfig(input_shape=(3, 16, 8), hidden=(32,), latent_dim=5, arch="conv",
-                    conv_channels=(8, 16))
+    cfg = VAEConfig(
+        input_shape=(3, 16, 8), hidden=(32,), latent_dim=5, arch="conv", conv_channels=(8, 16)
+    )
     specs = spec_by_name(cfg)
     assert [s.name for s in param_spec(cfg)] == [
-        "encoder.conv.0.weight", "encoder.conv.0.bias",
-        "encoder.conv.1.weight", "encoder.conv.1.bias",
-        "encoder.hidden.0.weight", "encoder.hidden.0.bias",
-        "encoder.mean.weight", "encoder.mean.bias",
-        "encoder.logvar.weight", "encoder.logvar.bias",
-        "decoder.hidden.0.weight", "decoder.hidden.0.bias",
-        "decoder.project.weight", "decoder.project.bias",
-        "decoder.deconv.0.weight", "decoder.deconv.0.bias",
-        "decoder.deconv.1.weight", "decoder.deconv.1.bias",
+        "encoder.conv.0.weight",
+        "encoder.conv.0.bias",
+        "encoder.conv.1.weight",
+        "encoder.conv.1.bias",
+        "encoder.hidden.0.weight",
+        "encoder.hidden.0.bias",
+        "encoder.mean.weight",
+        "encoder.mean.bias",
+        "encoder.logvar.weight",
+        "encoder.logvar.bias",
+        "decoder.hidden.0.weight",
+        "decoder.hidden.0.bias",
+        "decoder.project.weight",
+        "decoder.project.bias",
+        "decoder.deconv.0.weight",
+        "decoder.deconv.0.bias",
+        "decoder.deconv.1.weight",
+        "decoder.deconv.1.bias",
     ]
     layers = {
         "encoder.conv.0": torch.nn.Conv2d(3, 8, 4, 2, 1),

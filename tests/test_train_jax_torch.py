@@ -33,8 +33,9 @@ BACKENDS = ("jax", "torch")
 TRAINERS = {"jax": vae_jax.train.Trainer, "torch": vae_torch.train.Trainer}
 
 
-def make_trainer(backend: str, train: TrainConfig = TRAIN, dtype: str = "float32",
-                 config: VAEConfig = CONFIG):
+def make_trainer(
+    backend: str, train: TrainConfig = TRAIN, dtype: str = "float32", config: VAEConfig = CONFIG
+):
     device = "cpu" if backend == "torch" else None
     return TRAINERS[backend](config, train, dtype=dtype, device=device)
 
@@ -77,8 +78,9 @@ def trained(digits, init_state):
             data = trainer.put_data(digits.train)
             losses, snapshot = [], None
             for epoch in (1, 2, 3):
-                losses.append(trainer.train_epoch(data, batches(len(digits.train), epoch), SEED,
-                                                  epoch))
+                losses.append(
+                    trainer.train_epoch(data, batches(len(digits.train), epoch), SEED, epoch)
+                )
                 if epoch == 2:
                     returned = (trainer.state_dict(), trainer.optimizer_state_dict())
                     snapshot = (*copy.deepcopy(returned), trainer.step, returned)
@@ -118,8 +120,9 @@ def test_resume_from_saved_state_is_bit_identical(backend, trained, digits):
     np.testing.assert_array_equal(losses, run.losses[2])
     assert fresh.step == run.trainer.step
     assert_states_equal(fresh.state_dict(), run.trainer.state_dict(), f"{backend} weights")
-    assert_states_equal(fresh.optimizer_state_dict(), run.trainer.optimizer_state_dict(),
-                        f"{backend} Adam moments")
+    assert_states_equal(
+        fresh.optimizer_state_dict(), run.trainer.optimizer_state_dict(), f"{backend} Adam moments"
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -129,8 +132,9 @@ def test_state_dicts_are_snapshots(backend, trained):
     run = trained(backend)
     params, moments = run.returned_after_2
     assert_states_equal(params, run.params_after_2, f"{backend} state_dict() after more training")
-    assert_states_equal(moments, run.optimizer_after_2,
-                        f"{backend} optimizer_state_dict() after more training")
+    assert_states_equal(
+        moments, run.optimizer_after_2, f"{backend} optimizer_state_dict() after more training"
+    )
     later = run.trainer.state_dict()
     assert all(not np.array_equal(later[n], params[n]) for n in params), "epoch 3 changed nothing"
 
@@ -174,8 +178,9 @@ def test_optimizer_state_loads_into_the_other_backend(source, target, trained):
     other.load_optimizer_state_dict(run.optimizer_after_2, run.step_after_2)
     assert other.step == run.step_after_2
     assert_states_equal(other.state_dict(), run.params_after_2, f"{source} weights in {target}")
-    assert_states_equal(other.optimizer_state_dict(), run.optimizer_after_2,
-                        f"{source} Adam moments in {target}")
+    assert_states_equal(
+        other.optimizer_state_dict(), run.optimizer_after_2, f"{source} Adam moments in {target}"
+    )
 
 
 def test_training_continues_identically_in_the_other_backend_float64():
@@ -225,8 +230,9 @@ def test_training_continues_identically_in_the_other_backend_float64():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_dynamic_binarization_is_drawn_per_step_and_reproducible(backend, trained, digits,
-                                                                 init_state):
+def test_dynamic_binarization_is_drawn_per_step_and_reproducible(
+    backend, trained, digits, init_state
+):
     trainer = make_trainer(backend, TrainConfig(lr=TRAIN.lr, binarize="dynamic"))
     data = trainer.put_data(digits.train)
     runs = []
@@ -258,8 +264,9 @@ def test_reconstruct_sample_and_encode_mean_shapes(backend, trained, digits):
     assert not np.allclose(recon[0], recon[1]), "different inputs, identical reconstructions"
 
 
-def evaluate_in_both(state: dict, x: np.ndarray, dtype: str, iwae_k: int,
-                     trainers: dict | None = None) -> dict[str, dict]:
+def evaluate_in_both(
+    state: dict, x: np.ndarray, dtype: str, iwae_k: int, trainers: dict | None = None
+) -> dict[str, dict]:
     """Evaluate ``state`` with each backend (``trainers[backend]`` if given, already holding it)."""
     out = {}
     for backend in BACKENDS:

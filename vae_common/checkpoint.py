@@ -75,7 +75,7 @@ def save_tensors(
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read a safetensors file into numpy arrays and its metadata; a clear error if it is not one."""
+    """Read a safetensors file into numpy arrays and its metadata ; CheckpointError if not one."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")

@@ -50,7 +50,7 @@ class Dataset:
 
 
 def validate_images(x: np.ndarray, likelihood: str = "bernoulli", name: str = "x") -> None:
-    """Raise ``DataError`` unless ``x`` is a finite float array (N, C, H, W), in [0, 1] if Bernoulli."""
+    """``DataError`` unless ``x`` is a finite float array (N, C, H, W), in [0, 1] if Bernoulli."""
     if not isinstance(x, np.ndarray):
         raise DataError(f"{name} must be a numpy array, got {type(x).__name__}")
     if x.ndim != 4:
@@ -231,5 +231,5 @@ def batch_indices(
 
 
 def standard_normal(seed: int, stream: int, shape: tuple[int, ...], dtype: str = "float64"):
-    """Seeded N(0, 1) noise shared by both backends: the same ``(seed, stream)`` gives the same array."""
+    """Seeded N(0, 1) noise both backends share: one ``(seed, stream)``, one array."""
     return np.random.default_rng([seed, stream]).standard_normal(shape).astype(dtype)

@@ -90,7 +90,7 @@ def param_spec(config: VAEConfig) -> list[ParamSpec]:
         return specs
     specs += _linear("decoder.project", width, features)
     channels = list(reversed(config.conv_channels)) + [config.input_shape[0]]
-    for i, (a, b) in enumerate(zip(channels[:-1], channels[1:])):
+    for i, (a, b) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
         specs += _conv_transpose(f"decoder.deconv.{i}", a, b)
     return specs
 
@@ -99,7 +99,9 @@ def spec_by_name(config: VAEConfig) -> dict[str, ParamSpec]:
     return {s.name: s for s in param_spec(config)}
 
 
-def init_canonical(config: VAEConfig, seed: int = 0, dtype: str = "float64") -> dict[str, np.ndarray]:
+def init_canonical(
+    config: VAEConfig, seed: int = 0, dtype: str = "float64"
+) -> dict[str, np.ndarray]:
     """Fresh weights in canonical layout, drawn with numpy so both backends can start from them.
 
     Uses PyTorch's default initialisation for every layer: weights and biases uniform in

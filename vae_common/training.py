@@ -29,7 +29,8 @@ class TrainConfig:
       b1, b2, eps: Adam's moment decays and denominator epsilon (PyTorch and optax defaults);
         both compute ``lr * m_hat / (sqrt(v_hat) + eps)``.
       beta: weight of the KL term.
-      warmup_steps: KL warm-up: the weight at step t (0-based) is ``beta * min(1, t / warmup_steps)``;
+      warmup_steps: KL warm-up: the weight at 0-based step t is
+        ``beta * min(1, t / warmup_steps)``;
         0 disables it.
       free_bits: nats per latent dimension (Kingma et al. 2016): the KL term becomes
         ``sum_j max(free_bits, mean_batch KL_j)``; 0 disables it (the plain summed KL).
@@ -90,7 +91,9 @@ def split_optimizer_state(
     """``{adam.exp_avg.*, adam.exp_avg_sq.*}`` -> (exp_avg, exp_avg_sq) keyed by parameter name."""
     missing = [n for n in optimizer_state_names(config) if n not in tensors]
     if missing:
-        raise ConfigError(f"optimizer state lacks tensors {missing[:4]}{'...' if len(missing) > 4 else ''}")
+        raise ConfigError(
+            f"optimizer state lacks tensors {missing[:4]}{'...' if len(missing) > 4 else ''}"
+        )
     names = [s.name for s in param_spec(config)]
     return (
         {n: tensors[EXP_AVG + n] for n in names},
@@ -100,4 +103,6 @@ def split_optimizer_state(
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """A 63-bit integer seed for ``(seed, epoch)``, for generators that take one integer."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    return int(
+        np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint64)[0] >> np.uint64(1)
+    )

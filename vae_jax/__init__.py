@@ -52,5 +52,5 @@ __all__ = [
     "sample_eps",
     "standard_normal_log_density",
     "to_canonical",
-    *JAX_ONLY,
+    "conversion_table",
 ]

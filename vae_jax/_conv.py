@@ -37,10 +37,6 @@ DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 if (CONV_KERNEL, CONV_STRIDE, CONV_PADDING) != (4, 2, 1):
     raise ImportError("vae_jax._conv assumes kernel 4, stride 2, padding 1")
 
-# dot_general contracting the leading (row) axis of both operands: a^T @ b.
-_CONTRACT_ROWS = (((0,), (0,)), ((), ()))
-
-
 def _pad1(x):
     return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
 
@@ -86,14 +82,6 @@ def _conv_transpose_forward(x, kernel):
     return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, c_out)  # (B, H, 2, W, 2, O) -> ...
 
 
-def _patches(y):
-    """The 16 taps of a k4 s2 p1 window: (B, 2H, 2W, C) -> (B, H, W, 16 C) in (ky, kx, c) order."""
-    _, h2, w2, _ = y.shape
-    padded = _pad1(y)
-    taps = [padded[:, ky : ky + h2 : 2, kx : kx + w2 : 2] for ky in range(4) for kx in range(4)]
-    return jnp.concatenate(taps, axis=-1)
-
-
 @jax.custom_vjp
 def conv_transpose_stride2(x, kernel):
     """torch ``ConvTranspose2d(k=4, stride=2, padding=1)`` without bias.
@@ -114,15 +102,12 @@ def _conv_transpose_fwd(x, kernel):
 
 def _conv_transpose_bwd(residuals, g):
     x, kernel = residuals
-    c_in, c_out = kernel.shape[2], kernel.shape[3]
-    # The adjoint of the transposed convolution is the strided convolution, in/out swapped.
-    dx = conv_stride2(g, kernel.transpose(0, 1, 3, 2))
-    # dK[ky, kx, i, o] = sum over (b, m, n) of x[b, m, n, i] * padded_g[b, 2m + ky, 2n + kx, o].
-    dk = jax.lax.dot_general(
-        x.reshape(-1, c_in), _patches(g).reshape(-1, 16 * c_out), _CONTRACT_ROWS
-    )  # (I, 16 O)
-    dk = dk.reshape(c_in, 4, 4, c_out).transpose(1, 2, 0, 3)
-    return dx, dk
+    # ConvTranspose2d(., K) is the adjoint of Conv2d(., K with in/out swapped), so its input
+    # gradient is that strided convolution applied to g, and its kernel gradient is that
+    # convolution's kernel gradient at input g and output cotangent x.
+    dx, kernel_vjp = jax.vjp(lambda k: conv_stride2(g, k), kernel.transpose(0, 1, 3, 2))
+    (dk,) = kernel_vjp(x)
+    return dx, dk.transpose(0, 1, 3, 2)
 
 
 conv_transpose_stride2.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)

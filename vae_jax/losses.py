@@ -80,7 +80,7 @@ def log_likelihood(model: VAE, x, decoded):
 
 
 def _log_likelihood_terms(model: VAE, x, decoded):
-    """The per-pixel terms of log p(x|z) that depend on z (constants left out): (B, ...) -> (B, D)."""
+    """Per-pixel terms of log p(x|z) that depend on z (constants left out): (B, ...) -> (B, D)."""
     x = x.reshape(x.shape[0], -1)
     decoded = decoded.reshape(decoded.shape[0], -1)
     if model.config.likelihood == "bernoulli":

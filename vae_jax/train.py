@@ -1,4 +1,4 @@
-"""Training and evaluation in JAX: optax Adam, a jitted step, and a whole epoch in one compiled call.
+"""Training and evaluation in JAX: optax Adam, a jitted step, a whole epoch in one compiled call.
 
 The epoch (``make_train_epoch``) is one ``lax.scan`` over the batches of an epoch: the data stay on
 the device, batches are gathered by index inside the scan, the noise (and the dynamic
@@ -27,6 +27,7 @@ from vae_jax.losses import (
 )
 from vae_jax.model import VAE, build_model, check_eps, check_input, decode, decode_mean, encode
 from vae_jax.sampling import reparameterize
+
 
 class TrainState(NamedTuple):
     """Parameters, optax state and the number of steps taken (int32 scalar)."""
@@ -146,7 +147,7 @@ def _platform_device(device):
 
 
 class Trainer:
-    """Stateful convenience around the pure functions; mirrors ``vae_torch.Trainer`` method by method.
+    """Stateful convenience around the pure functions; mirrors ``vae_torch.Trainer`` by method.
 
     Args:
       config: the model.
@@ -159,8 +160,15 @@ class Trainer:
 
     backend = "jax"
 
-    def __init__(self, config: VAEConfig, train: TrainConfig | None = None, dtype="float32",
-                 device=None, compile=False, flush_denormal=True):
+    def __init__(
+        self,
+        config: VAEConfig,
+        train: TrainConfig | None = None,
+        dtype="float32",
+        device=None,
+        compile=False,
+        flush_denormal=True,
+    ):
         self.config = config
         self.train_config = train or TrainConfig()
         self.model = build_model(config, dtype)
@@ -182,7 +190,9 @@ class Trainer:
         """Start from canonical weights (fresh Adam state, step 0)."""
         # Every leaf committed to the device, so later calls hit the same compiled executable.
         params = from_canonical(self.model, state)
-        self.state = jax.device_put(init_train_state(self.model, params, self.train_config), self.device)
+        self.state = jax.device_put(
+            init_train_state(self.model, params, self.train_config), self.device
+        )
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The current weights, canonical names and layouts, as numpy arrays."""
@@ -209,8 +219,11 @@ class Trainer:
             nu=from_canonical(self.model, nu),
         )
         self.state = jax.device_put(
-            TrainState(self.state.params, (adam,) + tuple(self.state.opt_state[1:]),
-                       jnp.asarray(step, jnp.int32)),
+            TrainState(
+                self.state.params,
+                (adam,) + tuple(self.state.opt_state[1:]),
+                jnp.asarray(step, jnp.int32),
+            ),
             self.device,
         )
 
@@ -230,15 +243,23 @@ class Trainer:
         self.state, losses = self._steps(self.state, self._put(xs), self._put(eps))
         return np.asarray(losses)
 
-    def evaluate(self, x: np.ndarray, seed: int = 0, batch_size: int = 500, iwae_k: int = 0) -> dict:
+    def evaluate(
+        self, x: np.ndarray, seed: int = 0, batch_size: int = 500, iwae_k: int = 0
+    ) -> dict:
         """Mean -ELBO, its terms and (``iwae_k > 1``) the IWAE estimate of -log p(x), in nats.
 
         The noise comes from ``vae_common.data.standard_normal(seed, stream, ...)``, the same
         arrays in both backends, so one checkpoint evaluates to the same numbers in each.
         """
         return evaluate_batches(
-            self._batch_terms, self._batch_iwae, x, self.config.latent_dim, self.dtype,
-            seed, batch_size, iwae_k,
+            self._batch_terms,
+            self._batch_iwae,
+            x,
+            self.config.latent_dim,
+            self.dtype,
+            seed,
+            batch_size,
+            iwae_k,
         )
 
     def reconstruct(self, x: np.ndarray) -> np.ndarray:

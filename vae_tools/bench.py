@@ -91,9 +91,11 @@ def _jax_contender(mode, config, train, dtype, device, data_np, batches_fn, seed
     trainer.load_state_dict(init_canonical(config, seed, dtype))
     data = trainer.put_data(data_np)
     if mode == "epoch":
+
         def run_epoch(epoch):
             losses = trainer.train_epoch(data, batches_fn(epoch), seed, epoch)
             assert np.isfinite(losses[-1])
+
         return run_epoch
     step = make_indexed_step(trainer.model, trainer.train_config)
 
@@ -106,11 +108,11 @@ def _jax_contender(mode, config, train, dtype, device, data_np, batches_fn, seed
             losses.append(loss)
         trainer.state = state
         jax.block_until_ready(losses)
+
     return run_epoch
 
 
 def _torch_contender(mode, config, train, dtype, device, data_np, batches_fn, seed):
-    import torch
 
     from vae_torch.train import Trainer
 
@@ -118,9 +120,11 @@ def _torch_contender(mode, config, train, dtype, device, data_np, batches_fn, se
     trainer.load_state_dict(init_canonical(config, seed, dtype))
     data = trainer.put_data(data_np)
     if mode in ("eager", "compile"):
+
         def run_epoch(epoch):
             trainer.train_epoch(data, batches_fn(epoch), seed, epoch)
             _sync_torch(trainer.device)
+
         return run_epoch
     return _cudagraph_epoch(trainer, data, batches_fn, seed)
 
@@ -135,9 +139,13 @@ def _cudagraph_epoch(trainer, data, batches_fn, seed):
         raise ValueError("mode 'cudagraph' needs --device cuda")
     model, cfg = trainer.model, trainer.config
     batch = batches_fn(1).shape[1]
-    opt = torch.optim.Adam(model.parameters(), lr=trainer.train_config.lr,
-                           betas=(trainer.train_config.b1, trainer.train_config.b2),
-                           eps=trainer.train_config.eps, capturable=True)
+    opt = torch.optim.Adam(
+        model.parameters(),
+        lr=trainer.train_config.lr,
+        betas=(trainer.train_config.b1, trainer.train_config.b2),
+        eps=trainer.train_config.eps,
+        capturable=True,
+    )
     static_idx = torch.zeros(batch, dtype=torch.long, device=trainer.device)
     static_eps = torch.zeros(batch, cfg.latent_dim, dtype=data.dtype, device=trainer.device)
     beta = trainer.train_config.beta
@@ -170,6 +178,7 @@ def _cudagraph_epoch(trainer, data, batches_fn, seed):
             graph.replay()
             losses[i] = static_loss
         torch.cuda.synchronize()
+
     return run_epoch
 
 
@@ -205,6 +214,7 @@ def _reference_contender(config, train, dtype, device, data_np, batch_size, seed
             optimizer.step()
             total += loss.item()
         _sync_torch(dev)
+
     return run_epoch
 
 
@@ -247,13 +257,15 @@ def host_info(device: str) -> dict:
     try:
         import torch
 
-        info.update({
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "float32_matmul_precision": torch.get_float32_matmul_precision(),
-            "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-            "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-        })
+        info.update(
+            {
+                "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+                "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            }
+        )
         if device == "cuda" and torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name()
         if device == "xpu" and hasattr(torch, "xpu") and torch.xpu.is_available():
@@ -265,11 +277,15 @@ def host_info(device: str) -> dict:
         import jax
         import optax
 
-        info.update({
-            "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-            "jax_devices": [str(d) for d in jax.devices()],
-            "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
-        })
+        info.update(
+            {
+                "jax": jax.__version__,
+                "flax": flax.__version__,
+                "optax": optax.__version__,
+                "jax_devices": [str(d) for d in jax.devices()],
+                "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+            }
+        )
         if device == "xpu":
             info["note"] = "JAX has no Intel GPU backend; its rows ran on the CPU"
     except ImportError:
@@ -318,9 +334,17 @@ def run_bench(
 ) -> dict:
     """Run every contender for every batch size; returns ``{"records": [...], "host": {...}}``."""
     if config is None:
-        config = (VAEConfig(input_shape=(1, 28, 28), hidden=(400,), latent_dim=20) if arch == "mlp"
-                  else VAEConfig(input_shape=(1, 28, 28), hidden=(256,), latent_dim=20,
-                                 arch="conv", conv_channels=(32, 64)))
+        config = (
+            VAEConfig(input_shape=(1, 28, 28), hidden=(400,), latent_dim=20)
+            if arch == "mlp"
+            else VAEConfig(
+                input_shape=(1, 28, 28),
+                hidden=(256,),
+                latent_dim=20,
+                arch="conv",
+                conv_channels=(32, 64),
+            )
+        )
     if data is None:
         data = make_data(config, samples, seed)
     if dtype == "float64" and "jax" in backends:
@@ -351,44 +375,54 @@ def run_bench(
             for mode in modes.get(backend, ()):
                 if mode == "cudagraph" and device != "cuda":
                     continue
-                log(f"  {backend}/{mode} batch {batch_size}: warm-up {warmup_epochs} epoch(s), "
-                    f"{repeats} timed")
+                log(
+                    f"  {backend}/{mode} batch {batch_size}: warm-up {warmup_epochs} epoch(s), "
+                    f"{repeats} timed"
+                )
                 if backend == "jax":
                     fn = _jax_contender(mode, config, train, dtype, device, data, batches_fn, seed)
                 elif backend == "torch":
-                    fn = _torch_contender(mode, config, train, dtype, device, data, batches_fn, seed)
+                    fn = _torch_contender(
+                        mode, config, train, dtype, device, data, batches_fn, seed
+                    )
                 else:
                     fn = _reference_contender(config, train, dtype, device, data, batch_size, seed)
                 timing = measure(fn, warmup_epochs, repeats)
                 per_s = steps * batch_size / timing["median_s"]
-                records.append({
-                    "backend": backend,
-                    "mode": mode,
-                    "arch": config.arch,
-                    "device": "cpu" if backend == "jax" and device == "xpu" else device,
-                    "dtype": dtype,
-                    "batch_size": batch_size,
-                    "samples_per_s": per_s,
-                    "steps_per_s": steps / timing["median_s"],
-                    "compile_s": timing["compile_s"],
-                    "repeats": repeats,
-                    "spread": timing["spread"],
-                    "median_epoch_s": timing["median_s"],
-                    "first_epoch_s": timing["first_epoch_s"],
-                    "warmup_s": timing["warmup_s"],
-                    "samples_per_epoch": steps * batch_size,
-                    "gflops": per_s * flops / 1e9,
-                    "flush_denormal": backend == "torch" and device == "cpu",
-                })
+                records.append(
+                    {
+                        "backend": backend,
+                        "mode": mode,
+                        "arch": config.arch,
+                        "device": "cpu" if backend == "jax" and device == "xpu" else device,
+                        "dtype": dtype,
+                        "batch_size": batch_size,
+                        "samples_per_s": per_s,
+                        "steps_per_s": steps / timing["median_s"],
+                        "compile_s": timing["compile_s"],
+                        "repeats": repeats,
+                        "spread": timing["spread"],
+                        "median_epoch_s": timing["median_s"],
+                        "first_epoch_s": timing["first_epoch_s"],
+                        "warmup_s": timing["warmup_s"],
+                        "samples_per_epoch": steps * batch_size,
+                        "gflops": per_s * flops / 1e9,
+                        "flush_denormal": backend == "torch" and device == "cpu",
+                    }
+                )
         ref = [r for r in records if r["backend"] == "reference" and r["batch_size"] == batch_size]
         for r in records:
             if r["batch_size"] == batch_size:
-                r["ratio_to_reference"] = (r["samples_per_s"] / ref[0]["samples_per_s"]
-                                           if ref else None)
+                r["ratio_to_reference"] = (
+                    r["samples_per_s"] / ref[0]["samples_per_s"] if ref else None
+                )
     host = host_info(device)
     host["flops_per_sample"] = flops
-    host["peak_gflops"] = matmul_peak_gflops(device, dtype) if "torch" in backends or \
-        "reference" in backends else None
+    host["peak_gflops"] = (
+        matmul_peak_gflops(device, dtype)
+        if "torch" in backends or "reference" in backends
+        else None
+    )
     host["config"] = config.to_dict()
     return {"records": records, "host": host}
 
@@ -397,12 +431,26 @@ def format_table(result: dict) -> str:
     rows = [("backend", "mode", "batch", "samples/s", "x ref", "GFLOP/s", "compile s", "spread")]
     for r in result["records"]:
         ratio = r.get("ratio_to_reference")
-        rows.append((r["backend"], r["mode"], str(r["batch_size"]), f"{r['samples_per_s']:,.0f}",
-                     f"{ratio:.2f}" if ratio else "-", f"{r['gflops']:.1f}",
-                     f"{r['compile_s']:.2f}", f"{100 * r['spread']:.1f}%"))
+        rows.append(
+            (
+                r["backend"],
+                r["mode"],
+                str(r["batch_size"]),
+                f"{r['samples_per_s']:,.0f}",
+                f"{ratio:.2f}" if ratio else "-",
+                f"{r['gflops']:.1f}",
+                f"{r['compile_s']:.2f}",
+                f"{100 * r['spread']:.1f}%",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in
-                       enumerate(zip(row, widths))) for row in rows]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i > 1 else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     h = result["host"]
     peak = h.get("peak_gflops")
@@ -425,17 +473,29 @@ def save_plot(result: dict, path: str | Path) -> None:
     labels = [f"{r['backend']}/{r['mode']}\nbatch {r['batch_size']}" for r in recs]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(recs)), 4))
     colors = {"jax": "tab:blue", "torch": "tab:orange", "reference": "tab:gray"}
-    ax.bar(range(len(recs)), [r["samples_per_s"] for r in recs],
-           color=[colors[r["backend"]] for r in recs])
+    ax.bar(
+        range(len(recs)),
+        [r["samples_per_s"] for r in recs],
+        color=[colors[r["backend"]] for r in recs],
+    )
     for i, r in enumerate(recs):
         if r.get("ratio_to_reference"):
-            ax.text(i, r["samples_per_s"], f"{r['ratio_to_reference']:.2f}x", ha="center",
-                    va="bottom", fontsize=8)
+            ax.text(
+                i,
+                r["samples_per_s"],
+                f"{r['ratio_to_reference']:.2f}x",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
     ax.set_xticks(range(len(recs)), labels, fontsize=7)
     ax.set_ylabel("training samples / s")
     h = result["host"]
-    ax.set_title(f"{recs[0]['arch']} VAE, {recs[0]['dtype']}, {h['device']} "
-                 f"({h.get('gpu') or h.get('processor')})", fontsize=9)
+    ax.set_title(
+        f"{recs[0]['arch']} VAE, {recs[0]['dtype']}, {h['device']} "
+        f"({h.get('gpu') or h.get('processor')})",
+        fontsize=9,
+    )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -26,7 +26,9 @@ def int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
     if not values:
         raise argparse.ArgumentTypeError("expected at least one integer")
     return values
@@ -35,7 +37,9 @@ def int_list(text: str) -> tuple[int, ...]:
 def add_model_args(p: argparse.ArgumentParser, input_shape: bool = True) -> None:
     g = p.add_argument_group("model (ignored when a checkpoint gives the config)")
     g.add_argument("--arch", choices=("mlp", "conv"), default="mlp")
-    g.add_argument("--hidden", type=int_list, default=None, help="hidden widths, e.g. 400 or 512,256")
+    g.add_argument(
+        "--hidden", type=int_list, default=None, help="hidden widths, e.g. 400 or 512,256"
+    )
     g.add_argument("--latent-dim", type=int, default=20)
     g.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
     g.add_argument("--conv-channels", type=int_list, default=(32, 64), help="conv arch only")
@@ -69,14 +73,25 @@ def cmd_parity(args) -> int:
         from vae_tools.trajectory import check_trajectory
 
         report = check_trajectory(
-            config, steps=args.steps, dtype=args.dtype, seed=args.seed,
-            batch_size=args.batch_size, lr=args.lr, beta=args.beta, state=state,
+            config,
+            steps=args.steps,
+            dtype=args.dtype,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            beta=args.beta,
+            state=state,
             device=args.device,
         )
     else:
         inp = parity.make_inputs(
-            config, seed=args.seed, batch_size=args.batch_size, k=args.k, beta=args.beta,
-            objective=args.objective, state=state,
+            config,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            k=args.k,
+            beta=args.beta,
+            objective=args.objective,
+            state=state,
         )
         report = parity.check_parity(inp, args.dtype, args.device)
     if args.json:
@@ -103,31 +118,63 @@ def cmd_train(args) -> int:
             )
     else:
         config = config_from_args(args, ds.image_shape)
-    train = TrainConfig(lr=args.lr, beta=args.beta, warmup_steps=args.warmup_steps,
-                        free_bits=args.free_bits,
-                        binarize="dynamic" if args.binarize == "dynamic" else "none")
-    settings = run.RunSettings(args.dataset, args.batch_size, args.seed, args.dtype,
-                               static_binarize=args.binarize == "static")
-    metrics = run.train(args.out, args.backend, config, train, settings, args.epochs,
-                        resume=args.resume, device=args.device, compile=args.compile,
-                        init_state=init_state, dataset=ds, progress=not args.quiet)
+    train = TrainConfig(
+        lr=args.lr,
+        beta=args.beta,
+        warmup_steps=args.warmup_steps,
+        free_bits=args.free_bits,
+        binarize="dynamic" if args.binarize == "dynamic" else "none",
+    )
+    settings = run.RunSettings(
+        args.dataset,
+        args.batch_size,
+        args.seed,
+        args.dtype,
+        static_binarize=args.binarize == "static",
+    )
+    metrics = run.train(
+        args.out,
+        args.backend,
+        config,
+        train,
+        settings,
+        args.epochs,
+        resume=args.resume,
+        device=args.device,
+        compile=args.compile,
+        init_state=init_state,
+        dataset=ds,
+        progress=not args.quiet,
+    )
     last = metrics[-1] if metrics else None
     if last:
-        print(f"epoch {last['epoch']}: train loss {last['train_loss']:.3f}, test -ELBO "
-              f"{last['test_elbo']:.3f} nats ({args.out}/checkpoint.safetensors)")
+        print(
+            f"epoch {last['epoch']}: train loss {last['train_loss']:.3f}, test -ELBO "
+            f"{last['test_elbo']:.3f} nats ({args.out}/checkpoint.safetensors)"
+        )
     return 0
 
 
 def cmd_eval(args) -> int:
     from vae_tools import run
 
-    result = run.evaluate_checkpoint(args.checkpoint, args.backend, args.dataset, seed=args.seed,
-                                     iwae_k=args.iwae_k, dtype=args.dtype, device=args.device,
-                                     batch_size=args.batch_size)
+    result = run.evaluate_checkpoint(
+        args.checkpoint,
+        args.backend,
+        args.dataset,
+        seed=args.seed,
+        iwae_k=args.iwae_k,
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['backend']} {result['dtype']} on {result['n']} test images (nats per example):")
+        print(
+            f"{result['backend']} {result['dtype']} on {result['n']} test images "
+            "(nats per example):"
+        )
         print(f"  -ELBO          {result['elbo']:.4f}")
         print(f"  reconstruction {result['reconstruction']:.4f}")
         print(f"  KL             {result['kl']:.4f}")
@@ -159,13 +206,25 @@ def cmd_bench(args) -> int:
 
         ds = load_dataset(args.dataset)
         data = ds.train[: args.samples]
-        config = VAEConfig(input_shape=ds.image_shape, hidden=(400,) if args.arch == "mlp"
-                           else (256,), latent_dim=20, arch=args.arch,
-                           conv_channels=(32, 64) if args.arch == "conv" else ())
+        config = VAEConfig(
+            input_shape=ds.image_shape,
+            hidden=(400,) if args.arch == "mlp" else (256,),
+            latent_dim=20,
+            arch=args.arch,
+            conv_channels=(32, 64) if args.arch == "conv" else (),
+        )
     result = bench.run_bench(
-        backends=backends, arch=args.arch, device=args.device, batch_sizes=args.batch_size,
-        dtype=args.dtype, samples=args.samples, repeats=args.repeats,
-        warmup_steps=args.warmup_steps, modes=modes, data=data, config=config,
+        backends=backends,
+        arch=args.arch,
+        device=args.device,
+        batch_sizes=args.batch_size,
+        dtype=args.dtype,
+        samples=args.samples,
+        repeats=args.repeats,
+        warmup_steps=args.warmup_steps,
+        modes=modes,
+        data=data,
+        config=config,
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     print(bench.format_table(result))
@@ -197,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=1.0)
     p.add_argument("--k", type=int, default=1, help="noise samples per example")
     p.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
-    p.add_argument("--steps", type=int, default=0, help="compare N Adam steps instead of one gradient")
+    p.add_argument(
+        "--steps", type=int, default=0, help="compare N Adam steps instead of one gradient"
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate for --steps")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, xpu, mps or auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -205,8 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a VAE with one backend")
     p.add_argument("--backend", choices=("jax", "torch"), required=True)
-    p.add_argument("--dataset", default="digits",
-                   help="digits | mnist:DIR | fashion-mnist:DIR | kmnist:DIR | npz:FILE")
+    p.add_argument(
+        "--dataset",
+        default="digits",
+        help="digits | mnist:DIR | fashion-mnist:DIR | kmnist:DIR | npz:FILE",
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -238,20 +302,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="compare training speed across frameworks")
-    p.add_argument("--backends", default="jax,torch,reference",
-                   help="comma list of jax, torch, reference")
-    p.add_argument("--modes", default=None,
-                   help="restrict to these, e.g. jax/epoch,torch/compile (default: all)")
+    p.add_argument(
+        "--backends", default="jax,torch,reference", help="comma list of jax, torch, reference"
+    )
+    p.add_argument(
+        "--modes",
+        default=None,
+        help="restrict to these, e.g. jax/epoch,torch/compile (default: all)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda", "xpu"), default="cpu")
     p.add_argument("--arch", choices=("mlp", "conv"), default="mlp")
     p.add_argument("--batch-size", type=int_list, default=(128,), help="one or a list: 64,128,256")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--samples", type=int, default=60000, help="samples per epoch")
-    p.add_argument("--dataset", default=None,
-                   help="train on this dataset's images (default: synthetic MNIST-shaped data)")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="train on this dataset's images (default: synthetic MNIST-shaped data)",
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed epochs per contender")
-    p.add_argument("--warmup-steps", type=int, default=900,
-                   help="untimed steps first (past PyTorch's denormal slowdown at ~800)")
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=900,
+        help="untimed steps first (past PyTorch's denormal slowdown at ~800)",
+    )
     p.add_argument("--json", help="write the records and host info here")
     p.add_argument("--plot", help="write a bar chart here")
     p.set_defaults(func=cmd_bench)

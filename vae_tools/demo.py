@@ -29,8 +29,9 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: str | Path = "runs/demo", epochs: int = 30, seed: int = 0,
-             progress: bool = True) -> Path:
+def run_demo(
+    out: str | Path = "runs/demo", epochs: int = 30, seed: int = 0, progress: bool = True
+) -> Path:
     """Run the whole demo into ``out`` (its ``jax/`` and ``torch/`` runs are replaced)."""
     import jax
 
@@ -47,20 +48,35 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 30, seed: int = 0,
     for backend in run.BACKENDS:
         shutil.rmtree(out / backend, ignore_errors=True)
         t0 = time.perf_counter()
-        metrics[backend] = run.train(out / backend, backend, CONFIG, TRAIN, settings, epochs,
-                                     init_state=init, dataset=ds, progress=progress)
+        metrics[backend] = run.train(
+            out / backend,
+            backend,
+            CONFIG,
+            TRAIN,
+            settings,
+            epochs,
+            init_state=init,
+            dataset=ds,
+            progress=progress,
+        )
         times[backend] = time.perf_counter() - t0
 
     cross = {}
     for trained in run.BACKENDS:
         for evaluator in run.BACKENDS:
             cross[trained, evaluator] = run.evaluate_checkpoint(
-                out / trained / "checkpoint.safetensors", evaluator, "digits", seed=seed,
-                iwae_k=IWAE_K, data=ds)
+                out / trained / "checkpoint.safetensors",
+                evaluator,
+                "digits",
+                seed=seed,
+                iwae_k=IWAE_K,
+                data=ds,
+            )
 
     one_step = parity.check_parity(
         parity.make_inputs(CONFIG, seed=seed, batch_size=128, x=ds.train[:128].astype(np.float64)),
-        "float64")
+        "float64",
+    )
     trajectory = check_trajectory(CONFIG, steps=100, dtype="float64", seed=seed)
 
     trainers = {}
@@ -73,16 +89,26 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 30, seed: int = 0,
     z = np.random.default_rng([seed, 5]).standard_normal((32, CONFIG.latent_dim))
     x = ds.test[:16]
     images = np.concatenate([x] + [trainers[b].reconstruct(x) for b in run.BACKENDS])
-    plots.save_samples(out / "reconstructions.png", images, ncols=16,
-                       title="inputs / jax reconstructions / torch reconstructions")
+    plots.save_samples(
+        out / "reconstructions.png",
+        images,
+        ncols=16,
+        title="inputs / jax reconstructions / torch reconstructions",
+    )
     samples = np.concatenate([trainers[b].sample(z) for b in run.BACKENDS])
-    plots.save_samples(out / "samples.png", samples, ncols=16,
-                       title="prior samples, same z: jax (top two rows) / torch (bottom two)")
+    plots.save_samples(
+        out / "samples.png",
+        samples,
+        ncols=16,
+        title="prior samples, same z: jax (top two rows) / torch (bottom two)",
+    )
     plots.save_loss_curves(
         out / "loss_curves.png",
         {b: [v for m in metrics[b] for v in m["train_losses"]] for b in run.BACKENDS},
-        {b: ([m["step"] for m in metrics[b]], [m["test_elbo"] for m in metrics[b]])
-         for b in run.BACKENDS},
+        {
+            b: ([m["step"] for m in metrics[b]], [m["test_elbo"] for m in metrics[b]])
+            for b in run.BACKENDS
+        },
     )
     total = time.perf_counter() - started
     report = out / "report.md"
@@ -93,24 +119,37 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 30, seed: int = 0,
 def _report(epochs, metrics, times, cross, one_step, trajectory, total) -> str:
     c = CONFIG
     train_rows = [
-        [b, f"{metrics[b][-1]['train_loss']:.3f}", f"{metrics[b][-1]['test_elbo']:.3f}",
-         f"{metrics[b][-1]['test_reconstruction']:.3f}", f"{metrics[b][-1]['test_kl']:.3f}",
-         f"{np.median([m['seconds'] for m in metrics[b][1:]] or [metrics[b][0]['seconds']]):.3f}",
-         f"{times[b]:.1f}"]
+        [
+            b,
+            f"{metrics[b][-1]['train_loss']:.3f}",
+            f"{metrics[b][-1]['test_elbo']:.3f}",
+            f"{metrics[b][-1]['test_reconstruction']:.3f}",
+            f"{metrics[b][-1]['test_kl']:.3f}",
+            f"{np.median([m['seconds'] for m in metrics[b][1:]] or [metrics[b][0]['seconds']]):.3f}",
+            f"{times[b]:.1f}",
+        ]
         for b in run.BACKENDS
     ]
     cross_rows = []
     for trained in run.BACKENDS:
         a, b = cross[trained, "jax"], cross[trained, "torch"]
         rel = abs(a["elbo"] - b["elbo"]) / abs(b["elbo"])
-        cross_rows.append([trained, f"{a['elbo']:.5f}", f"{b['elbo']:.5f}", f"{rel:.1e}",
-                           f"{a['iwae']:.4f}", f"{b['iwae']:.4f}"])
+        cross_rows.append(
+            [
+                trained,
+                f"{a['elbo']:.5f}",
+                f"{b['elbo']:.5f}",
+                f"{rel:.1e}",
+                f"{a['iwae']:.4f}",
+                f"{b['iwae']:.4f}",
+            ]
+        )
     worst_grad = max(g["max_rel_diff"] for g in one_step["grads"].values())
     worst_param = max(p["max_rel_diff"] for p in trajectory["params"].values())
     return f"""# Demo: the same VAE trained in JAX and in PyTorch
 
 Data: scikit-learn's bundled digits (1500 train / 297 test images, 8x8, scaled to [0, 1]).
-Model: MLP {c.input_dim}-{'-'.join(map(str, c.hidden))}-{c.latent_dim}, Bernoulli likelihood.
+Model: MLP {c.input_dim}-{"-".join(map(str, c.hidden))}-{c.latent_dim}, Bernoulli likelihood.
 Training: Adam lr {TRAIN.lr}, batch {BATCH_SIZE}, {epochs} epochs, float32, both backends from the
 same initial weights and the same batch order; each backend draws its own noise.
 All figures are nats per example; -ELBO sums over the 64 pixels and the latent dimensions.
@@ -133,10 +172,10 @@ k = {IWAE_K} (tighter than the ELBO when it is lower).
 
 | check | result | tolerance | passed |
 |---|---|---|---|
-| one step: loss rel. diff | {one_step['loss']['rel_diff']:.1e} | {one_step['tolerance']:.0e} | {one_step['passed']} |
-| one step: worst gradient rel. diff ({len(one_step['grads'])} tensors) | {worst_grad:.1e} | {one_step['tolerance']:.0e} | {one_step['passed']} |
-| 100 Adam steps: worst parameter rel. diff | {worst_param:.1e} | {trajectory['tolerance']:.0e} | {trajectory['passed']} |
-| 100 Adam steps: worst per-step loss rel. diff | {trajectory['loss_curve']['max_rel_diff']:.1e} | {trajectory['tolerance']:.0e} | {trajectory['passed']} |
+| one step: loss rel. diff | {one_step["loss"]["rel_diff"]:.1e} | {one_step["tolerance"]:.0e} | {one_step["passed"]} |
+| one step: worst gradient rel. diff ({len(one_step["grads"])} tensors) | {worst_grad:.1e} | {one_step["tolerance"]:.0e} | {one_step["passed"]} |
+| 100 Adam steps: worst parameter rel. diff | {worst_param:.1e} | {trajectory["tolerance"]:.0e} | {trajectory["passed"]} |
+| 100 Adam steps: worst per-step loss rel. diff | {trajectory["loss_curve"]["max_rel_diff"]:.1e} | {trajectory["tolerance"]:.0e} | {trajectory["passed"]} |
 
 ## Reconstructions and samples
 

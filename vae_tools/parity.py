@@ -36,7 +36,7 @@ def make_inputs(
     state: dict | None = None,
     x: np.ndarray | None = None,
 ) -> ParityInputs:
-    """Shared weights (``init_canonical`` unless ``state`` is given), a batch and noise from ``seed``.
+    """Shared weights (``init_canonical`` unless ``state`` is given), a batch, noise from ``seed``.
 
     Without ``x`` the batch is uniform in [0, 1] (valid for both likelihoods).
     """
@@ -179,7 +179,9 @@ def format_table(report: dict) -> str:
     loss = report["loss"]
     rows.append(("loss", f"{abs(loss['jax'] - loss['torch']):.3e}", f"{loss['rel_diff']:.3e}"))
     for name, t in report.get("terms", {}).items():
-        rows.append((f"{name} (per example)", f"{t['max_abs_diff']:.3e}", f"{t['max_rel_diff']:.3e}"))
+        rows.append(
+            (f"{name} (per example)", f"{t['max_abs_diff']:.3e}", f"{t['max_rel_diff']:.3e}")
+        )
     for name, g in report["grads"].items():
         rows.append((f"grad {name}", f"{g['max_abs_diff']:.3e}", f"{g['max_rel_diff']:.3e}"))
     for name, p in report.get("params", {}).items():
@@ -190,6 +192,7 @@ def format_table(report: dict) -> str:
     verdict = "PASSED" if report["passed"] else "FAILED"
     lines.append(
         f"{report['dtype']}: loss jax {loss['jax']:.10g}, torch {loss['torch']:.10g}; "
-        f"max rel diff {report['max_rel_diff']:.3e} (tolerance {report['tolerance']:.0e}): {verdict}"
+        f"max rel diff {report['max_rel_diff']:.3e} "
+        f"(tolerance {report['tolerance']:.0e}): {verdict}"
     )
     return "\n".join(lines)

@@ -32,8 +32,9 @@ def _save(fig, path) -> None:
 
 
 def _show(ax, grid, title):
-    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0,
-              interpolation="nearest")
+    ax.imshow(
+        grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest"
+    )
     ax.set_title(title)
     ax.axis("off")
 

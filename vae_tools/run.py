@@ -56,8 +56,14 @@ class RunSettings:
     static_binarize: bool = False
 
 
-def make_trainer(backend: str, config: VAEConfig, train: TrainConfig, dtype: str,
-                 device: str | None = None, compile: bool = False):
+def make_trainer(
+    backend: str,
+    config: VAEConfig,
+    train: TrainConfig,
+    dtype: str,
+    device: str | None = None,
+    compile: bool = False,
+):
     """The backend's ``Trainer`` (imported only when asked for)."""
     if backend == "jax":
         if dtype == "float64":
@@ -79,8 +85,13 @@ def prepare_data(settings: RunSettings, dataset: Dataset | None, likelihood: str
     validate_images(ds.test, likelihood, name=f"{ds.name} test images")
     if settings.static_binarize:
         rng = np.random.default_rng([settings.seed, 7])
-        ds = Dataset(ds.name, binarize(ds.train, rng), binarize(ds.test, rng), ds.train_labels,
-                     ds.test_labels)
+        ds = Dataset(
+            ds.name,
+            binarize(ds.train, rng),
+            binarize(ds.test, rng),
+            ds.train_labels,
+            ds.test_labels,
+        )
     return ds
 
 
@@ -96,8 +107,14 @@ def save_train_state(path: Path, trainer, config, train, settings, epoch: int) -
     tensors = {PARAM + k: v for k, v in trainer.state_dict().items()}
     tensors.update(trainer.optimizer_state_dict())
     meta = _settings_meta(config, train, settings)
-    meta.update({"format": STATE_FORMAT, "epoch": str(epoch), "step": str(trainer.step),
-                 "backend": trainer.backend})
+    meta.update(
+        {
+            "format": STATE_FORMAT,
+            "epoch": str(epoch),
+            "step": str(trainer.step),
+            "backend": trainer.backend,
+        }
+    )
     save_tensors(path, tensors, meta)
 
 
@@ -115,13 +132,16 @@ def load_train_state(path: Path, config: VAEConfig, train: TrainConfig, settings
     for key in ("config", "train", "settings"):
         if stored[key] != wanted[key]:
             old, new = json.loads(stored[key] or "{}"), json.loads(wanted[key])
-            diffs = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))
-                     if old.get(k) != new.get(k)}
+            diffs = {
+                k: [old.get(k), new.get(k)]
+                for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k)
+            }
             raise ResumeError(
                 f"--resume refused: {path} was made with a different {key}; differing fields "
                 f"[stored, requested]: {json.dumps(diffs)}"
             )
-    params = {k[len(PARAM):]: v for k, v in tensors.items() if k.startswith(PARAM)}
+    params = {k[len(PARAM) :]: v for k, v in tensors.items() if k.startswith(PARAM)}
     check_state(params, config, what=str(path))
     opt = {k: v for k, v in tensors.items() if not k.startswith(PARAM)}
     missing = [n for n in optimizer_state_names(config) if n not in opt]
@@ -170,7 +190,9 @@ def train(
     if epochs < 1:
         raise ValueError(f"epochs must be positive, got {epochs}")
     if state_path.exists() and not resume:
-        raise ResumeError(f"{out} already holds a training run; pass --resume or choose another --out")
+        raise ResumeError(
+            f"{out} already holds a training run; pass --resume or choose another --out"
+        )
     ds = prepare_data(settings, dataset, config.likelihood)
     if ds.image_shape != config.input_shape:
         raise ValueError(
@@ -206,31 +228,43 @@ def train(
         if bad.size:
             if bar:
                 bar.close()
-            kept = (f"The last good checkpoint (epoch {epoch - 1}) is kept in {out}"
-                    if epoch > 1 else "No checkpoint was written")
+            kept = (
+                f"The last good checkpoint (epoch {epoch - 1}) is kept in {out}"
+                if epoch > 1
+                else "No checkpoint was written"
+            )
             raise TrainingError(
                 f"loss became {losses[bad[0]]} at epoch {epoch}, step {int(bad[0]) + 1} of "
                 f"{len(losses)}; stopped. {kept}. Try a smaller --lr."
             )
         test = trainer.evaluate(ds.test, seed=settings.seed, batch_size=eval_batch_size)
-        metrics.append({
-            "epoch": epoch,
-            "step": trainer.step,
-            "train_loss": float(np.mean(losses)),
-            "train_losses": [float(v) for v in losses],
-            "test_elbo": test["elbo"],
-            "test_reconstruction": test["reconstruction"],
-            "test_kl": test["kl"],
-            "seconds": train_seconds,
-            "backend": backend,
-        })
+        metrics.append(
+            {
+                "epoch": epoch,
+                "step": trainer.step,
+                "train_loss": float(np.mean(losses)),
+                "train_losses": [float(v) for v in losses],
+                "test_elbo": test["elbo"],
+                "test_reconstruction": test["reconstruction"],
+                "test_kl": test["kl"],
+                "seconds": train_seconds,
+                "backend": backend,
+            }
+        )
         # Order matters for kill -9: metrics first, then the resumable state, then the
         # checkpoint. A resume truncates metrics to the epochs the state has.
         _write_metrics(metrics_path, metrics)
         save_train_state(state_path, trainer, config, train_config, settings, epoch)
-        save_checkpoint(ckpt_path, trainer.state_dict(), config, {
-            "epoch": str(epoch), "backend": backend, "dataset": settings.dataset,
-        })
+        save_checkpoint(
+            ckpt_path,
+            trainer.state_dict(),
+            config,
+            {
+                "epoch": str(epoch),
+                "backend": backend,
+                "dataset": settings.dataset,
+            },
+        )
         if bar:
             bar.set_postfix(loss=f"{metrics[-1]['train_loss']:.2f}", test=f"{test['elbo']:.2f}")
             bar.update(1)
@@ -250,18 +284,28 @@ def save_run_plots(out: Path, trainer, ds: Dataset, metrics: list[dict], seed: i
     plots.save_samples(out / "samples.png", trainer.sample(z))
     curve = [v for m in metrics for v in m["train_losses"]]
     plots.save_loss_curves(
-        out / "loss_curves.png", {trainer.backend: curve},
+        out / "loss_curves.png",
+        {trainer.backend: curve},
         {trainer.backend: ([m["step"] for m in metrics], [m["test_elbo"] for m in metrics])},
     )
     if trainer.config.latent_dim == 2:
         n = min(len(ds.test), 5000)
-        plots.save_latent_space(out / "latent_space.png", trainer.encode_mean(ds.test[:n]),
-                                ds.test_labels[:n])
+        plots.save_latent_space(
+            out / "latent_space.png", trainer.encode_mean(ds.test[:n]), ds.test_labels[:n]
+        )
 
 
-def evaluate_checkpoint(path: str | Path, backend: str, dataset: str, seed: int = 0,
-                        iwae_k: int = 0, dtype: str = "float32", device: str | None = None,
-                        batch_size: int = 500, data: Dataset | None = None) -> dict:
+def evaluate_checkpoint(
+    path: str | Path,
+    backend: str,
+    dataset: str,
+    seed: int = 0,
+    iwae_k: int = 0,
+    dtype: str = "float32",
+    device: str | None = None,
+    batch_size: int = 500,
+    data: Dataset | None = None,
+) -> dict:
     """Test-set -ELBO, its terms and the IWAE estimate for a checkpoint in ``backend``."""
     from vae_common.checkpoint import load_checkpoint
 

@@ -67,9 +67,12 @@ def check_trajectory(
         j_state, t_state = jt.state_dict(), tt.state_dict()
         final = parity.make_inputs(config, seed=seed + 1, batch_size=batch_size, beta=beta)
         j_out = parity.jax_side(parity.ParityInputs(**{**final.__dict__, "state": j_state}), dtype)
-    t_out = parity.torch_side(parity.ParityInputs(**{**final.__dict__, "state": t_state}), dtype,
-                              device)
-    report = parity.compare(j_out, t_out, dtype, TRAJECTORY_TOLERANCES.get(dtype, TOLERANCES[dtype]))
+    t_out = parity.torch_side(
+        parity.ParityInputs(**{**final.__dict__, "state": t_state}), dtype, device
+    )
+    report = parity.compare(
+        j_out, t_out, dtype, TRAJECTORY_TOLERANCES.get(dtype, TOLERANCES[dtype])
+    )
     report["loss"] = {
         "jax": float(j_losses[-1]),
         "torch": float(t_losses[-1]),
@@ -78,16 +81,20 @@ def check_trajectory(
     report["loss_curve"] = {
         "jax": [float(v) for v in j_losses],
         "torch": [float(v) for v in t_losses],
-        "max_rel_diff": max(rel_diff(a, b) for a, b in zip(j_losses, t_losses)),
+        "max_rel_diff": max(rel_diff(a, b) for a, b in zip(j_losses, t_losses, strict=True)),
     }
     report["params"] = {
-        n: {"max_abs_diff": max_abs_diff(j_state[n], t_state[n]),
-            "max_rel_diff": rel_diff(j_state[n], t_state[n])}
+        n: {
+            "max_abs_diff": max_abs_diff(j_state[n], t_state[n]),
+            "max_rel_diff": rel_diff(j_state[n], t_state[n]),
+        }
         for n in t_state
     }
     report["steps"] = steps
     curve = [report["loss"]["rel_diff"], report["loss_curve"]["max_rel_diff"]]
-    worst = max(curve + [report["max_rel_diff"]] + [p["max_rel_diff"] for p in report["params"].values()])
+    worst = max(
+        curve + [report["max_rel_diff"]] + [p["max_rel_diff"] for p in report["params"].values()]
+    )
     report["max_rel_diff"] = worst
     if dtype in TRAJECTORY_TOLERANCES:
         report["judged"] = "params, loss curve, final gradient"

@@ -1,6 +1,7 @@
 """The VAE in PyTorch: the same functions, names and reductions as ``vae_jax``.
 
-Never imports jax. Parameters live under canonical names, so ``state_dict()`` is the canonical state.
+Never imports jax. Parameters live under canonical names, so ``state_dict()`` is the canonical
+state.
 """
 
 from vae_common.config import VAEConfig
@@ -53,5 +54,9 @@ __all__ = [
     "sample_eps",
     "standard_normal_log_density",
     "to_canonical",
-    *TORCH_ONLY,
+    "DeviceError",
+    "check_dtype",
+    "select_device",
+    "supports_float64",
+    "synchronize",
 ]

@@ -55,12 +55,16 @@ def select_device(name: str | None = None) -> torch.device:
         )
     kind = match.group(1)
     if not _available(kind):
-        raise DeviceError(f"device {name!r} was requested but this torch build has no usable {kind}")
+        raise DeviceError(
+            f"device {name!r} was requested but this torch build has no usable {kind}"
+        )
     device = torch.device(name)
     if kind in ("cuda", "xpu") and device.index is not None:
         count = getattr(torch, kind).device_count()
         if device.index >= count:
-            raise DeviceError(f"device {name!r} was requested but only {count} {kind} device(s) exist")
+            raise DeviceError(
+                f"device {name!r} was requested but only {count} {kind} device(s) exist"
+            )
     return device
 
 

@@ -67,7 +67,7 @@ def log_likelihood(model: VAE, x, decoded):
 
 
 def _log_likelihood_terms(model: VAE, x, decoded):
-    """The per-pixel terms of log p(x|z) that depend on z (constants left out): (B, ...) -> (B, D)."""
+    """Per-pixel terms of log p(x|z) that depend on z (constants left out): (B, ...) -> (B, D)."""
     x = torch.flatten(x, 1)
     decoded = torch.flatten(decoded, 1)
     if model.config.likelihood == "bernoulli":
@@ -144,7 +144,9 @@ def negative_iwae_bound(model: VAE, params, x, eps):
     """
     x, eps = _prepare(model, x, eps)
     if eps.ndim != 3:
-        raise ValueError(f"negative_iwae_bound needs eps of shape (K, B, L), got {tuple(eps.shape)}")
+        raise ValueError(
+            f"negative_iwae_bound needs eps of shape (K, B, L), got {tuple(eps.shape)}"
+        )
     mean, logvar = encode(model, params, x)
     k, b, latent = eps.shape
     z = reparameterize(mean, logvar, eps)  # (K, B, L)

@@ -21,5 +21,5 @@ def reparameterize(mean, logvar, eps):
 
 
 def sample_eps(rng, shape, dtype="float32"):
-    """Standard normal noise of ``shape`` drawn from the ``torch.Generator`` ``rng``, on its device."""
+    """Standard normal noise of ``shape`` from the ``torch.Generator`` ``rng``, on its device."""
     return torch.randn(tuple(shape), generator=rng, dtype=resolve_dtype(dtype), device=rng.device)

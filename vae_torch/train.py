@@ -86,8 +86,15 @@ class Trainer:
 
     backend = "torch"
 
-    def __init__(self, config: VAEConfig, train: TrainConfig | None = None, dtype="float32",
-                 device=None, compile=False, flush_denormal=True):
+    def __init__(
+        self,
+        config: VAEConfig,
+        train: TrainConfig | None = None,
+        dtype="float32",
+        device=None,
+        compile=False,
+        flush_denormal=True,
+    ):
         self.config = config
         self.train_config = train or TrainConfig()
         self.device = select_device(device)
@@ -102,7 +109,9 @@ class Trainer:
         self._step_count = 0
 
     def _put(self, a) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(a), device=self.device).to(next(self.model.parameters()).dtype)
+        return torch.as_tensor(np.asarray(a), device=self.device).to(
+            next(self.model.parameters()).dtype
+        )
 
     def _train_step(self, x, eps):
         beta = beta_at(self.train_config, self._step_count)
@@ -147,7 +156,8 @@ class Trainer:
             for prefix, key in ((EXP_AVG, "exp_avg"), (EXP_AVG_SQ, "exp_avg_sq")):
                 value = st.get(key)
                 out[prefix + name] = (
-                    np.zeros(tuple(p.shape), self.dtype) if value is None
+                    np.zeros(tuple(p.shape), self.dtype)
+                    if value is None
                     else value.detach().cpu().numpy().copy()
                 )
         return dict(sorted(out.items(), key=lambda kv: kv[0].startswith(EXP_AVG_SQ)))
@@ -186,8 +196,12 @@ class Trainer:
                 x = data.index_select(0, index[i])
                 if dynamic:
                     x = torch.bernoulli(x, generator=gen)
-                eps = torch.randn((batch, self.config.latent_dim), generator=gen,
-                                  device=self.device, dtype=data.dtype)
+                eps = torch.randn(
+                    (batch, self.config.latent_dim),
+                    generator=gen,
+                    device=self.device,
+                    dtype=data.dtype,
+                )
                 losses[i] = self._train_step(x, eps)
             return losses.cpu().numpy()
 
@@ -198,15 +212,23 @@ class Trainer:
             losses = torch.stack([self._train_step(xs[i], eps[i]) for i in range(len(xs))])
             return losses.cpu().numpy()
 
-    def evaluate(self, x: np.ndarray, seed: int = 0, batch_size: int = 500, iwae_k: int = 0) -> dict:
+    def evaluate(
+        self, x: np.ndarray, seed: int = 0, batch_size: int = 500, iwae_k: int = 0
+    ) -> dict:
         """Mean -ELBO, its terms and (``iwae_k > 1``) the IWAE estimate of -log p(x), in nats.
 
         The noise comes from ``vae_common.data.standard_normal(seed, stream, ...)``, the same
         arrays in both backends, so one checkpoint evaluates to the same numbers in each.
         """
         return evaluate_batches(
-            self._batch_terms, self._batch_iwae, x, self.config.latent_dim, self.dtype,
-            seed, batch_size, iwae_k,
+            self._batch_terms,
+            self._batch_iwae,
+            x,
+            self.config.latent_dim,
+            self.dtype,
+            seed,
+            batch_size,
+            iwae_k,
         )
 
     @torch.no_grad()
