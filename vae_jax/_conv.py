@@ -1,27 +1,25 @@
 """The two convolutions of the conv VAE as lax functions on NHWC arrays, laid out for XLA:CPU.
 
 Both are PyTorch's layers with kernel 4, stride 2, padding 1 (``vae_common.config``):
+``conv_stride2`` is ``Conv2d`` and ``conv_transpose_stride2`` is ``ConvTranspose2d``.
 
-- ``conv_stride2`` is ``Conv2d``: one ``lax.conv_general_dilated``; its autodiff gradients are fine.
-- ``conv_transpose_stride2`` is ``ConvTranspose2d``. The textbook JAX form (``lax.conv_transpose``,
-  a convolution with ``lhs_dilation=2``) is very slow on XLA:CPU, above all its kernel gradient
-  (~160 ms vs ~17 ms for a 64->32 layer at batch 128 here). Instead:
+The textbook JAX transposed convolution (``lax.conv_transpose``: a convolution of the input
+dilated by 2, ``lhs_dilation``) is slow on XLA:CPU, above all its kernel gradient, and autodiff of
+a strided convolution produces that same dilated form for the input gradient. So:
 
-  * forward: the sub-pixel (phase) decomposition. Output pixel (2m + ry, 2n + rx) only meets
-    kernel taps of one parity, so all four output phases are one stride-1 2x2 convolution of the
-    input padded by one, with 4 * O output channels, followed by a depth-to-space interleave. No
-    dilation, no multiplications by inserted zeros.
-  * backward (``jax.custom_vjp``): the input gradient of a transposed convolution is the strided
-    convolution of the output gradient with the same kernel, and the kernel gradient is one
-    matmul, ``x^T @ patches(g)``, where ``patches`` gathers the 16 stride-2 taps of the padded
-    output gradient. Autodiff of the forward would instead emit a large-window convolution for
-    the kernel gradient, which XLA:CPU runs ~2x slower than this whole layer.
+- the transposed convolution's forward is the sub-pixel (phase) decomposition: output pixel
+  (2m + ry, 2n + rx) only meets kernel taps of one parity, so all four output phases are one
+  stride-1 2x2 convolution of the input padded by one, with 4 * O output channels, followed by a
+  depth-to-space interleave. No dilation, no multiplications by inserted zeros.
+- the two layers are each other's adjoint in the input, so each one's input gradient is the
+  other's forward, written out in a ``jax.custom_vjp``; both kernel gradients are XLA's own
+  kernel gradient of the strided convolution (``_conv_kernel_grad``).
 
-Every output and gradient element is the same sum of products as PyTorch's, only summed in another
+Every output and gradient element is the same sum of products as PyTorch's, summed in another
 order, so float64 results agree to rounding (~1e-15 relative).
 
-Limitation: a ``custom_vjp`` function supports reverse mode (``grad``, ``vjp``) and ``vmap`` but not
-forward mode; ``jax.jvp``/``jax.jacfwd`` through the conv decoder raise a ``TypeError``.
+Limitation: ``custom_vjp`` functions support reverse mode (``grad``, ``vjp``), ``jit`` and ``vmap``
+but not forward mode: ``jax.jvp``/``jax.jacfwd`` through a conv model raise a ``TypeError``.
 """
 
 from __future__ import annotations
@@ -33,27 +31,24 @@ from vae_common.config import CONV_KERNEL, CONV_PADDING, CONV_STRIDE
 
 # Activations NHWC, kernels HWIO (kh, kw, in, out).
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-# The phase split and the 16-tap patches below are written for this one layer shape.
+# The phase split below is written for this one layer shape.
 if (CONV_KERNEL, CONV_STRIDE, CONV_PADDING) != (4, 2, 1):
     raise ImportError("vae_jax._conv assumes kernel 4, stride 2, padding 1")
 
-def _pad1(x):
-    return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
 
-
-def conv_stride2(x, kernel):
-    """torch ``Conv2d(k=4, stride=2, padding=1)`` without bias.
-
-    Args:
-      x: (B, H, W, C_in), H and W even.
-      kernel: (4, 4, C_in, C_out), HWIO (the canonical OIHW weight transposed (2, 3, 1, 0)).
-
-    Returns:
-      (B, H/2, W/2, C_out).
-    """
+def _conv_forward(x, kernel):
+    """(B, H, W, I), (4, 4, I, O) -> (B, H/2, W/2, O)."""
     return jax.lax.conv_general_dilated(
         x, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DIMENSION_NUMBERS
     )
+
+
+def _conv_kernel_grad(x, g):
+    """The gradient of ``sum(_conv_forward(x, K) * g)`` in K: (B, H, W, I), (B, H/2, W/2, O) ->
+    (4, 4, I, O), as XLA differentiates a strided convolution (its fast path for this one)."""
+    shape = jax.ShapeDtypeStruct((4, 4, x.shape[-1], g.shape[-1]), x.dtype)
+    (dk,) = jax.linear_transpose(lambda k: _conv_forward(x, k), shape)(g)
+    return dk
 
 
 def _phase_kernel(kernel):
@@ -69,17 +64,49 @@ def _phase_kernel(kernel):
 
 
 def _conv_transpose_forward(x, kernel):
+    """(B, H, W, I), (4, 4, I, O) -> (B, 2H, 2W, O) by the phase decomposition."""
     b, h, w, _ = x.shape
     c_out = kernel.shape[3]
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     phases = jax.lax.conv_general_dilated(
-        _pad1(x), _phase_kernel(kernel), (1, 1), "VALID", dimension_numbers=DIMENSION_NUMBERS
+        padded, _phase_kernel(kernel), (1, 1), "VALID", dimension_numbers=DIMENSION_NUMBERS
     ).reshape(b, h + 1, w + 1, 2, 2, c_out)
-    # Phase (ry, rx) of output row block m sits at phases[m + ry, n + rx, ry, rx].
+    # Phase (ry, rx) of output block (m, n) sits at phases[m + ry, n + rx, ry, rx].
     rows = [
         jnp.stack([phases[:, ry : ry + h, rx : rx + w, ry, rx] for rx in range(2)], axis=3)
         for ry in range(2)
     ]  # each (B, H, W, 2, O)
     return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, c_out)  # (B, H, 2, W, 2, O) -> ...
+
+
+def _swap_in_out(kernel):
+    return kernel.transpose(0, 1, 3, 2)
+
+
+@jax.custom_vjp
+def conv_stride2(x, kernel):
+    """torch ``Conv2d(k=4, stride=2, padding=1)`` without bias.
+
+    Args:
+      x: (B, H, W, I), H and W even.
+      kernel: (4, 4, I, O), HWIO (the canonical OIHW weight transposed (2, 3, 1, 0)).
+
+    Returns:
+      (B, H/2, W/2, O).
+    """
+    return _conv_forward(x, kernel)
+
+
+def _conv_fwd(x, kernel):
+    return _conv_forward(x, kernel), (x, kernel)
+
+
+def _conv_bwd(residuals, g):
+    x, kernel = residuals
+    return _conv_transpose_forward(g, _swap_in_out(kernel)), _conv_kernel_grad(x, g)
+
+
+conv_stride2.defvjp(_conv_fwd, _conv_bwd)
 
 
 @jax.custom_vjp
@@ -101,13 +128,12 @@ def _conv_transpose_fwd(x, kernel):
 
 
 def _conv_transpose_bwd(residuals, g):
+    # ConvTranspose2d(., K) is the adjoint of Conv2d(., K with in/out swapped): its input gradient
+    # is that convolution of g, its kernel gradient that convolution's kernel gradient at input g
+    # and output cotangent x.
     x, kernel = residuals
-    # ConvTranspose2d(., K) is the adjoint of Conv2d(., K with in/out swapped), so its input
-    # gradient is that strided convolution applied to g, and its kernel gradient is that
-    # convolution's kernel gradient at input g and output cotangent x.
-    dx, kernel_vjp = jax.vjp(lambda k: conv_stride2(g, k), kernel.transpose(0, 1, 3, 2))
-    (dk,) = kernel_vjp(x)
-    return dx, dk.transpose(0, 1, 3, 2)
+    dx = _conv_forward(g, _swap_in_out(kernel))
+    return dx, _swap_in_out(_conv_kernel_grad(g, x))
 
 
 conv_transpose_stride2.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)

@@ -74,7 +74,7 @@ def to_canonical(model: VAE, params) -> dict[str, np.ndarray]:
     for e in table:
         arr = np.asarray(flat[e.path])
         inverse = tuple(int(i) for i in np.argsort(e.permutation))
-        state[e.name] = np.ascontiguousarray(arr.transpose(inverse))
+        state[e.name] = np.array(arr.transpose(inverse), order="C", copy=True)
     check_state(state, model.config, what="Flax params")
     return state
 
