@@ -90,7 +90,8 @@ def np_conv_vae(state, config: VAEConfig, x, z):
     h = z
     for i in range(len(config.hidden)):
         h = np.maximum(dense(h, f"decoder.hidden.{i}"), 0.0)
-    h = np.maximum(dense(h, "decoder.project"), 0.0).reshape((z.shape[0],) + config.conv_output_shape)
+    h = np.maximum(dense(h, "decoder.project"), 0.0)
+    h = h.reshape((z.shape[0],) + config.conv_output_shape)
     n = len(config.conv_channels)
     for i in range(n):
         name = f"decoder.deconv.{i}"
@@ -125,7 +126,7 @@ def test_jax_params_are_the_table(name):
     flat = _flat(vae_jax.init_params(model, jax.random.key(0)))
     table = conversion_table(config)
     assert sorted(flat) == sorted(e.path for e in table)
-    for entry, spec in zip(table, param_spec(config)):
+    for entry, spec in zip(table, param_spec(config), strict=True):
         want = tuple(spec.shape[i] for i in entry.permutation)
         assert flat[entry.path].shape == want, entry.name
         assert flat[entry.path].dtype == jnp.float64, entry.name
@@ -136,7 +137,7 @@ def test_jax_params_are_the_table(name):
 def test_jax_init_draws_from_torch_default_distribution():
     model = vae_jax.build_model(MNIST, "float32")
     flat = _flat(vae_jax.init_params(model, jax.random.key(1)))
-    for entry, spec in zip(conversion_table(MNIST), param_spec(MNIST)):
+    for entry, spec in zip(conversion_table(MNIST), param_spec(MNIST), strict=True):
         values = np.asarray(flat[entry.path])
         bound = 1.0 / np.sqrt(spec.fan_in)
         assert np.max(np.abs(values)) <= bound, entry.name
@@ -169,8 +170,8 @@ def test_round_trips_are_bit_exact(name, dtype):
             assert back[key].dtype == value.dtype, key
             assert np.array_equal(back[key], value), key
 
-    # JAX -> torch -> JAX (copies: the arrays of a JAX state can be read-only, which torch warns of)
-    vae_torch.from_canonical(tmodel, {k: np.array(v) for k, v in state.items()})
+    # JAX -> torch -> JAX
+    vae_torch.from_canonical(tmodel, state)
     through_torch = vae_torch.to_canonical(tmodel, None)
     for key, value in state.items():
         assert np.array_equal(through_torch[key], value), key
@@ -182,9 +183,7 @@ def test_round_trips_are_bit_exact(name, dtype):
 @pytest.mark.parametrize("backend", [vae_jax, vae_torch])
 def test_wrong_image_size_raises_shape_error_naming_both_shapes(backend, shape):
     model = backend.build_model(MNIST, "float64")
-    params = (
-        vae_jax.init_params(model, jax.random.key(0)) if backend is vae_jax else None
-    )
+    params = vae_jax.init_params(model, jax.random.key(0)) if backend is vae_jax else None
     x = np.zeros(shape)
     eps = np.zeros((shape[0], MNIST.latent_dim))
     for call in (
@@ -268,7 +267,7 @@ def test_encode_and_decode_match_numpy_in_both_backends(name):
         got_torch = (*vae_torch.encode(tmodel, None, x), vae_torch.decode(tmodel, None, z))
     got_jax = (*vae_jax.encode(jmodel, jparams, x), vae_jax.decode(jmodel, jparams, z))
     for label, got in (("jax", got_jax), ("torch", got_torch)):
-        for part, g, w in zip(("mean", "logvar", "decoded"), got, want):
+        for part, g, w in zip(("mean", "logvar", "decoded"), got, want, strict=True):
             g = np.asarray(g.numpy() if isinstance(g, torch.Tensor) else g)
             assert g.shape == w.shape, (label, part)
             assert rel_diff(g, w) <= TOL, (label, part, rel_diff(g, w))
@@ -287,24 +286,44 @@ def _conv_transpose_lhs_dilation(x, kernel):
     )
 
 
+def _conv_autodiff(x, kernel):
+    return jax.lax.conv_general_dilated(
+        x, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+# (custom-VJP op, plain-autodiff reference, input shape from (B, h, w, I), output size factor)
+OPS = {
+    "conv_transpose": (conv_transpose_stride2, _conv_transpose_lhs_dilation, 1, 2),
+    "conv": (conv_stride2, _conv_autodiff, 2, 0.5),
+}
+
+
+@pytest.mark.parametrize("op", list(OPS))
 @pytest.mark.parametrize("shape", [(2, 3, 5, 4, 3), (1, 1, 1, 2, 1), (3, 7, 7, 6, 5)])
-def test_conv_transpose_custom_vjp_equals_autodiff_of_the_textbook_form(shape):
+def test_custom_vjp_equals_autodiff_of_the_plain_form(op, shape):
+    fast, plain, in_scale, out_scale = OPS[op]
     b, h, w, c_in, c_out = shape
     rng = np.random.default_rng(9)
-    x = jnp.asarray(rng.normal(size=(b, h, w, c_in)))
+    x = jnp.asarray(rng.normal(size=(b, h * in_scale, w * in_scale, c_in)))
     kernel = jnp.asarray(rng.normal(size=(4, 4, c_in, c_out)))
-    cotangent = jnp.asarray(rng.normal(size=(b, 2 * h, 2 * w, c_out)))
-    out, vjp = jax.vjp(conv_transpose_stride2, x, kernel)
-    want_out, want_vjp = jax.vjp(_conv_transpose_lhs_dilation, x, kernel)
+    out_hw = (int(x.shape[1] * out_scale), int(x.shape[2] * out_scale))
+    cotangent = jnp.asarray(rng.normal(size=(b, *out_hw, c_out)))
+    out, vjp = jax.vjp(fast, x, kernel)
+    want_out, want_vjp = jax.vjp(plain, x, kernel)
+    assert out.shape == want_out.shape == cotangent.shape
     assert rel_diff(out, want_out) <= TOL
-    for got, want, what in zip(vjp(cotangent), want_vjp(cotangent), ("dx", "dkernel")):
+    for got, want, what in zip(vjp(cotangent), want_vjp(cotangent), ("dx", "dkernel"), strict=True):
         assert got.shape == want.shape, what
         assert rel_diff(got, want) <= TOL, what
+
     # the same under jit and vmap (K samples per example go through vmap in the losses)
-    batched = jax.jit(jax.vmap(jax.grad(lambda x, k: jnp.sum(conv_transpose_stride2(x, k) ** 2)),
-                               in_axes=(0, None)))(jnp.stack([x, 2 * x]), kernel)
+    def loss_of(f):
+        return lambda x, k: jnp.sum(f(x, k) * cotangent)
+
+    batched = jax.jit(jax.vmap(jax.grad(loss_of(fast), argnums=(0, 1)), in_axes=(0, None)))
+    got_dx, got_dk = batched(jnp.stack([x, 2 * x]), kernel)
     for i, scale in enumerate((1.0, 2.0)):
-        want_dx = jax.grad(lambda x: jnp.sum(_conv_transpose_lhs_dilation(x, kernel) ** 2))(
-            scale * x
-        )
-        assert rel_diff(batched[i], want_dx) <= TOL
+        want_dx, want_dk = jax.grad(loss_of(plain), argnums=(0, 1))(scale * x, kernel)
+        assert rel_diff(got_dx[i], want_dx) <= TOL
+        assert rel_diff(got_dk[i], want_dk) <= TOL

@@ -149,7 +149,7 @@ class Decoder(nn.Module):
         h = h.reshape((z.shape[0],) + shape).transpose(0, 2, 3, 1)  # (B, h, w, C_last)
         channels = [*reversed(cfg.conv_channels), cfg.input_shape[0]]
         last = len(channels) - 2
-        for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
+        for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
             h = _conv_transpose(cfg, f"decoder.deconv.{i}", c_in, c_out, self.dtype)(h)
             if i < last:
                 h = nn.relu(h)

@@ -23,6 +23,11 @@ class ShapeError(ValueError):
     """An input array has the wrong shape or dtype; the message names the array and both shapes."""
 
 
+def _pairs(widths):
+    """Consecutive pairs (in, out) of a list of layer widths."""
+    return zip(widths[:-1], widths[1:], strict=True)
+
+
 def _conv(c_in: int, c_out: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, CONV_KERNEL, stride=CONV_STRIDE, padding=CONV_PADDING)
 
@@ -42,10 +47,10 @@ class Encoder(nn.Module):
         super().__init__()
         if config.arch == "conv":
             channels = [config.input_shape[0], *config.conv_channels]
-            self.conv = nn.ModuleList(_conv(a, b) for a, b in zip(channels[:-1], channels[1:]))
+            self.conv = nn.ModuleList(_conv(a, b) for a, b in _pairs(channels))
         c, h, w = config.conv_output_shape
         widths = [c * h * w, *config.hidden]
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in _pairs(widths))
         self.mean = nn.Linear(widths[-1], config.latent_dim)
         self.logvar = nn.Linear(widths[-1], config.latent_dim)
 
@@ -72,16 +77,14 @@ class Decoder(nn.Module):
         self.input_shape = config.input_shape
         self.feature_shape = config.conv_output_shape
         widths = [config.latent_dim, *reversed(config.hidden)]
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in _pairs(widths))
         if config.arch == "mlp":
             self.out = nn.Linear(widths[-1], config.input_dim)
             return
         c, h, w = self.feature_shape
         self.project = nn.Linear(widths[-1], c * h * w)
         channels = [*reversed(config.conv_channels), config.input_shape[0]]
-        self.deconv = nn.ModuleList(
-            _conv_transpose(a, b) for a, b in zip(channels[:-1], channels[1:])
-        )
+        self.deconv = nn.ModuleList(_conv_transpose(a, b) for a, b in _pairs(channels))
 
     def forward(self, z):
         h = z
