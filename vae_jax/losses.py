@@ -25,7 +25,9 @@ REDUCTIONS = ("mean", "sum")
 
 
 def _kl_one(mean, logvar):
-    return -0.5 * jnp.sum(1.0 + logvar - mean**2 - jnp.exp(logvar))
+    # -0.5 * (1 + logvar - mean^2 - exp(logvar)) rearranged: expm1 keeps float32 accurate near the
+    # prior (logvar ~ 0), where 1 + logvar - exp(logvar) cancels to noise.
+    return 0.5 * jnp.sum(mean**2 + jnp.expm1(logvar) - logvar)
 
 
 def gaussian_kl(mean, logvar):

@@ -49,7 +49,7 @@ def objective(model: VAE, params, x, eps, beta=1.0, free_bits=0.0):
     eps = check_eps(model, eps, x.shape[0])
     mean, logvar = encode(model, params, x)
     recon = -log_likelihood(model, x, decode(model, params, reparameterize(mean, logvar, eps)))
-    kl_dims = jnp.mean(-0.5 * (1.0 + logvar - mean**2 - jnp.exp(logvar)), axis=0)
+    kl_dims = jnp.mean(0.5 * (mean**2 + jnp.expm1(logvar) - logvar), axis=0)
     return jnp.mean(recon) + beta * jnp.sum(jnp.maximum(free_bits, kl_dims))
 
 
@@ -177,6 +177,7 @@ class Trainer:
         self._step = make_train_step(self.model, self.train_config)
         self._steps = make_train_steps(self.model, self.train_config)
         self._epoch = make_train_epoch(self.model, self.train_config)
+        self._indexed_step = make_indexed_step(self.model, self.train_config)
         self._terms = jax.jit(lambda p, x, e: elbo_terms(self.model, p, x, e))
         self._iwae = jax.jit(lambda p, x, e: negative_iwae_bound(self.model, p, x, e))
         self._decode_mean = jax.jit(lambda p, z: decode_mean(self.model, p, z))
@@ -234,6 +235,16 @@ class Trainer:
     def train_epoch(self, data, batches: np.ndarray, seed: int, epoch: int) -> np.ndarray:
         """One epoch in one compiled call; returns the (S,) per-step losses (one host sync)."""
         key = jax.device_put(jax.random.fold_in(jax.random.key(seed), epoch), self.device)
+        if self.config.arch == "conv" and self.device.platform == "cpu":
+            # XLA:CPU runs convolutions inside a lax.scan ~8x slower than the same step jitted
+            # on its own (measured: 212 vs 1,683 samples/s), so conv models loop over a jitted
+            # step there; the updates and the noise are the same as the scanned epoch's.
+            state, losses = self.state, []
+            for i, idx in enumerate(np.asarray(batches, np.int32)):
+                state, loss_i = self._indexed_step(state, data, idx, key, np.int32(i))
+                losses.append(loss_i)
+            self.state = state
+            return np.asarray(jnp.stack(losses))
         batches = jax.device_put(jnp.asarray(batches, jnp.int32), self.device)
         self.state, losses = self._epoch(self.state, data, batches, key)
         return np.asarray(losses)

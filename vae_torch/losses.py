@@ -26,7 +26,9 @@ def gaussian_kl(mean, logvar):
 
     ``-0.5 * sum(1 + logvar - mean^2 - exp(logvar))``: (B, L) -> (B,).
     """
-    return -0.5 * torch.sum(1.0 + logvar - mean**2 - torch.exp(logvar), dim=-1)
+    # -0.5 * (1 + logvar - mean^2 - exp(logvar)) rearranged: expm1 keeps float32 accurate near the
+    # prior (logvar ~ 0), where 1 + logvar - exp(logvar) cancels to noise.
+    return 0.5 * torch.sum(mean**2 + torch.expm1(logvar) - logvar, dim=-1)
 
 
 def bernoulli_log_likelihood(x, logits):

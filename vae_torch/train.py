@@ -42,7 +42,7 @@ def objective(model: VAE, params, x, eps, beta=1.0, free_bits=0.0):
     eps = check_eps(model, eps, x.shape[0])
     mean, logvar = encode(model, params, x)
     recon = -log_likelihood(model, x, decode(model, params, reparameterize(mean, logvar, eps)))
-    kl_dims = torch.mean(-0.5 * (1.0 + logvar - mean**2 - torch.exp(logvar)), dim=0)
+    kl_dims = torch.mean(0.5 * (mean**2 + torch.expm1(logvar) - logvar), dim=0)
     return torch.mean(recon) + beta * torch.sum(torch.clamp(kl_dims, min=free_bits))
 
 
