@@ -4,11 +4,11 @@ errors (exit status 2 and one line on stderr naming the problem, never a traceba
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from idx_files import write_idx_dir
 
 from vae_common.checkpoint import load_checkpoint, save_checkpoint
 from vae_common.compare import TOLERANCES, TRAJECTORY_TOLERANCES, rel_diff
@@ -22,22 +22,6 @@ torch.set_num_threads(1)
 
 EVAL_KEYS = {"elbo", "reconstruction", "kl", "iwae", "iwae_k", "n", "backend", "dtype"}
 DIGITS_CONFIG = VAEConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=2)
-
-
-def write_idx_dir(directory: Path, n_train: int, n_test: int, size: int, seed: int = 0) -> Path:
-    """The four standard MNIST-format files (big-endian headers) with random images."""
-    directory.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        (directory / IDX_FILES[f"{split}_images"]).write_bytes(
-            np.array([2051, n, size, size], ">u4").tobytes() + images.tobytes()
-        )
-        (directory / IDX_FILES[f"{split}_labels"]).write_bytes(
-            np.array([2049, n], ">u4").tobytes() + labels.tobytes()
-        )
-    return directory
 
 
 def vae(capsys, *argv: str) -> tuple[int, str, str]:

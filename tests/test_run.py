@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from idx_files import write_idx_dir
 
 from vae_common.checkpoint import load_checkpoint, load_tensors
 from vae_common.config import VAEConfig
-from vae_common.data import IDX_FILES, Dataset, load_digits
+from vae_common.data import Dataset, load_digits
 from vae_common.training import TrainConfig, optimizer_state_names
 from vae_tools import cli, run
 from vae_tools.run import ResumeError, RunSettings, TrainingError
@@ -257,21 +258,6 @@ def test_resume_after_a_kill_in_the_middle_of_saving(tmp_path, small_digits):
     assert metrics[2]["train_loss"] != -1.0
     train_run(full, small_digits, 3)
     assert_same_run(out, full)
-
-
-def write_idx_dir(directory: Path, n_train: int, n_test: int, size: int, seed: int = 0) -> None:
-    """The four standard MNIST-format files (big-endian headers) with random images."""
-    directory.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        (directory / IDX_FILES[f"{split}_images"]).write_bytes(
-            np.array([2051, n, size, size], ">u4").tobytes() + images.tobytes()
-        )
-        (directory / IDX_FILES[f"{split}_labels"]).write_bytes(
-            np.array([2049, n], ">u4").tobytes() + labels.tobytes()
-        )
 
 
 def vae_command() -> list[str]:
