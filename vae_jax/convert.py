@@ -69,7 +69,9 @@ def to_canonical(model: VAE, params) -> dict[str, np.ndarray]:
     missing = ["/".join(e.path) for e in table if e.path not in flat]
     extra = sorted("/".join(p) for p in set(flat) - expected)
     if missing or extra:
-        raise CheckpointError(f"Flax params do not match the config: missing {missing}, extra {extra}")
+        raise CheckpointError(
+            f"Flax params do not match the config: missing {missing}, extra {extra}"
+        )
     state = {}
     for e in table:
         arr = np.asarray(flat[e.path])

@@ -208,12 +208,13 @@ def init_params(model: VAE, rng) -> dict:
 
 
 def check_input(model: VAE, x, name: str = "x"):
-    """``x`` as an array of the model's dtype; ``ShapeError`` unless it is (B, C, H, W) of the config."""
+    """``x`` in the model's dtype; ``ShapeError`` unless it is (B, C, H, W) of the config."""
     x = jnp.asarray(x)
     expected = model.config.input_shape
     if x.ndim != 4 or tuple(x.shape[1:]) != expected:
         raise ShapeError(
-            f"{name} has shape {tuple(x.shape)} but the model expects (batch, {', '.join(map(str, expected))})"
+            f"{name} has shape {tuple(x.shape)} but the model expects "
+            f"(batch, {', '.join(map(str, expected))})"
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ShapeError(f"{name} must be floating point, got dtype {x.dtype}")

@@ -189,12 +189,13 @@ def _as_tensor(model: VAE, a, name: str) -> torch.Tensor:
 
 
 def check_input(model: VAE, x, name: str = "x") -> torch.Tensor:
-    """``x`` as a tensor of the model's dtype; ``ShapeError`` unless it is (B, C, H, W) of the config."""
+    """``x`` in the model's dtype; ``ShapeError`` unless it is (B, C, H, W) of the config."""
     expected = model.config.input_shape
     shape = tuple(np.shape(x))
     if len(shape) != 4 or shape[1:] != expected:
         raise ShapeError(
-            f"{name} has shape {shape} but the model expects (batch, {', '.join(map(str, expected))})"
+            f"{name} has shape {shape} but the model expects "
+            f"(batch, {', '.join(map(str, expected))})"
         )
     return _as_tensor(model, x, name)
 
