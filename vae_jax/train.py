@@ -286,6 +286,10 @@ class Trainer:
         """Posterior means (B, L)."""
         return np.asarray(self._encode(self.state.params, self._put(x))[0])
 
+    def synchronize(self) -> None:
+        """Wait until the current train state has been computed."""
+        jax.block_until_ready(self.state)
+
     def _batch_terms(self, x, eps):
         r, k = self._terms(self.state.params, self._put(x), self._put(eps))
         return np.asarray(r, np.float64), np.asarray(k, np.float64)

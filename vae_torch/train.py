@@ -61,10 +61,19 @@ def make_optimizer(model: VAE, train: TrainConfig, fused: bool | None = None) ->
     return torch.optim.Adam(model.parameters(), **kwargs)
 
 
-def train_step(model: VAE, optimizer: torch.optim.Optimizer, x, eps, beta=1.0, free_bits=0.0):
-    """One Adam step on the objective; returns the loss as a 0-d device tensor (no sync)."""
+def train_step(
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    x,
+    eps,
+    beta=1.0,
+    free_bits=0.0,
+    loss_fn=objective,
+):
+    """One Adam step on ``loss_fn`` (``objective``, or a compiled version of it); returns the loss
+    as a 0-d device tensor (no sync)."""
     optimizer.zero_grad(set_to_none=True)
-    value = objective(model, None, x, eps, beta, free_bits)
+    value = loss_fn(model, None, x, eps, beta, free_bits)
     value.backward()
     optimizer.step()
     return value.detach()
@@ -115,12 +124,11 @@ class Trainer:
 
     def _train_step(self, x, eps):
         beta = beta_at(self.train_config, self._step_count)
-        self.optimizer.zero_grad(set_to_none=True)
-        value = self._objective(self.model, None, x, eps, beta, self.train_config.free_bits)
-        value.backward()
-        self.optimizer.step()
+        value = train_step(
+            self.model, self.optimizer, x, eps, beta, self.train_config.free_bits, self._objective
+        )
         self._step_count += 1
-        return value.detach()
+        return value
 
     @contextlib.contextmanager
     def _denormals_flushed(self):
@@ -258,6 +266,7 @@ class Trainer:
         return bound.double().cpu().numpy()
 
     def synchronize(self) -> None:
+        """Wait until all queued work on the trainer's device has finished."""
         synchronize(self.device)
 
 
