@@ -322,3 +322,22 @@ def test_trained_model_beats_its_initialisation(trained, digits, init_state):
     initial = before.evaluate(digits.test, seed=3)["elbo"]
     for backend in BACKENDS:
         assert trained(backend).trainer.evaluate(digits.test, seed=3)["elbo"] < initial - 5.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_out_of_range_or_malformed_batches_are_refused_by_name(backend, digits):
+    trainer = make_trainer(backend)
+    trainer.load_state_dict(init_canonical(CONFIG, SEED, "float32"))
+    data = trainer.put_data(digits.train[:100])
+    before = trainer.state_dict()
+    bad = batches(100, 0)
+    bad[0, 3] = 100
+    with pytest.raises(ValueError, match=r"indices in \[0, 100\] but data has 100 samples"):
+        trainer.train_epoch(data, bad, SEED, 0)
+    with pytest.raises(ValueError, match=r"\(steps, batch\) integer array"):
+        trainer.train_epoch(data, bad.astype(np.float32), SEED, 0)
+    with pytest.raises(ValueError, match=r"\(steps, batch\) integer array"):
+        trainer.train_epoch(data, bad[0], SEED, 0)
+    assert trainer.step == 0
+    for name, value in trainer.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])

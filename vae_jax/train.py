@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from vae_common.config import VAEConfig
+from vae_common.data import check_batches
 from vae_common.evaluation import evaluate_batches
 from vae_common.training import EXP_AVG, EXP_AVG_SQ, TrainConfig, beta_at, split_optimizer_state
 from vae_jax.convert import from_canonical, to_canonical
@@ -90,7 +91,10 @@ def make_train_steps(model: VAE, train: TrainConfig):
 def _indexed_update(model: VAE, train: TrainConfig, state: TrainState, data, idx, key):
     """One step on ``data[idx]``; noise (and dynamic binarization) drawn from ``key``."""
     k_bin, k_eps = jax.random.split(key)
-    x = jnp.take(data, idx, axis=0)
+    # Gathered as rows of the flattened images with clamped indices: without a fill value for
+    # out-of-range indices XLA needs no masking pass (``Trainer.train_epoch`` checks the range).
+    rows = jnp.take(data.reshape(data.shape[0], -1), idx, axis=0, mode="clip")
+    x = rows.reshape(idx.shape + data.shape[1:])
     if train.binarize == "dynamic":
         x = jax.random.bernoulli(k_bin, x).astype(model.dtype)
     eps = jax.random.normal(k_eps, (idx.shape[0], model.config.latent_dim), model.dtype)
@@ -234,6 +238,7 @@ class Trainer:
 
     def train_epoch(self, data, batches: np.ndarray, seed: int, epoch: int) -> np.ndarray:
         """One epoch in one compiled call; returns the (S,) per-step losses (one host sync)."""
+        batches = check_batches(batches, data.shape[0])
         key = jax.device_put(jax.random.fold_in(jax.random.key(seed), epoch), self.device)
         if self.config.arch == "conv" and self.device.platform == "cpu":
             # XLA:CPU runs convolutions inside a lax.scan ~8x slower than the same step jitted

@@ -7,6 +7,9 @@ Method, the same for every contender:
   denormal Adam moments (CPU) has set in before timing;
 - ``repeats`` timed epochs, the device synchronised before every clock read; the median is
   reported with the spread ``(max - min) / median``;
+- the timed epochs are interleaved: round r times epoch r of every contender in turn, so a slow
+  spell of a shared host (other jobs, frequency changes) lands on all contenders alike instead
+  of on whichever happened to run then; the ratios are what this protects;
 - every figure is also a ratio to the reference row measured in the same run: the canonical
   eager PyTorch loop (DataLoader with shuffling, sigmoid + BCE summed, default Adam,
   ``loss.item()`` every step, flush-to-zero off).
@@ -218,30 +221,35 @@ def _reference_contender(config, train, dtype, device, data_np, batch_size, seed
     return run_epoch
 
 
-def measure(contender_epoch: Callable[[int], None], warmup_epochs: int, repeats: int) -> dict:
-    """Time one contender: warm-up epochs (the first includes compilation), then repeats."""
-    t0 = time.perf_counter()
-    contender_epoch(0)
-    first = time.perf_counter() - t0
-    warm = [first]
-    for e in range(1, warmup_epochs):
-        t0 = time.perf_counter()
-        contender_epoch(e)
-        warm.append(time.perf_counter() - t0)
-    times = []
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        contender_epoch(warmup_epochs + r)
-        times.append(time.perf_counter() - t0)
+def _summary(warm: list[float], times: list[float]) -> dict:
     median = statistics.median(times)
     return {
         "times_s": times,
         "median_s": median,
-        "first_epoch_s": first,
-        "compile_s": max(0.0, first - median),
+        "first_epoch_s": warm[0],
+        "compile_s": max(0.0, warm[0] - median),
         "warmup_s": sum(warm),
         "spread": (max(times) - min(times)) / median,
     }
+
+
+def _timed(run_epoch: Callable[[int], None], epoch: int) -> float:
+    t0 = time.perf_counter()
+    run_epoch(epoch)  # every contender synchronises its device before returning
+    return time.perf_counter() - t0
+
+
+def measure_interleaved(
+    contenders: list[Callable[[int], None]], warmup_epochs: int, repeats: int
+) -> list[dict]:
+    """Time several contenders fairly: each warms up on its own (the first epoch includes
+    compilation), then ``repeats`` rounds each time one epoch of every contender in turn."""
+    warm = [[_timed(fn, e) for e in range(warmup_epochs)] for fn in contenders]
+    times: list[list[float]] = [[] for _ in contenders]
+    for r in range(repeats):
+        for i, fn in enumerate(contenders):
+            times[i].append(_timed(fn, warmup_epochs + r))
+    return [_summary(w, t) for w, t in zip(warm, times, strict=True)]
 
 
 def host_info(device: str) -> dict:
@@ -371,45 +379,51 @@ def run_bench(
             return batch_indices(len(data), _bs, seed, epoch)
 
         order = [b for b in ("reference", "jax", "torch") if b in backends]
-        for backend in order:
-            for mode in modes.get(backend, ()):
-                if mode == "cudagraph" and device != "cuda":
-                    continue
-                log(
-                    f"  {backend}/{mode} batch {batch_size}: warm-up {warmup_epochs} epoch(s), "
-                    f"{repeats} timed"
-                )
-                if backend == "jax":
-                    fn = _jax_contender(mode, config, train, dtype, device, data, batches_fn, seed)
-                elif backend == "torch":
-                    fn = _torch_contender(
-                        mode, config, train, dtype, device, data, batches_fn, seed
-                    )
-                else:
-                    fn = _reference_contender(config, train, dtype, device, data, batch_size, seed)
-                timing = measure(fn, warmup_epochs, repeats)
-                per_s = steps * batch_size / timing["median_s"]
-                records.append(
-                    {
-                        "backend": backend,
-                        "mode": mode,
-                        "arch": config.arch,
-                        "device": "cpu" if backend == "jax" and device == "xpu" else device,
-                        "dtype": dtype,
-                        "batch_size": batch_size,
-                        "samples_per_s": per_s,
-                        "steps_per_s": steps / timing["median_s"],
-                        "compile_s": timing["compile_s"],
-                        "repeats": repeats,
-                        "spread": timing["spread"],
-                        "median_epoch_s": timing["median_s"],
-                        "first_epoch_s": timing["first_epoch_s"],
-                        "warmup_s": timing["warmup_s"],
-                        "samples_per_epoch": steps * batch_size,
-                        "gflops": per_s * flops / 1e9,
-                        "flush_denormal": backend == "torch" and device == "cpu",
-                    }
-                )
+        chosen = [
+            (backend, mode)
+            for backend in order
+            for mode in modes.get(backend, ())
+            if not (mode == "cudagraph" and device != "cuda")
+        ]
+        log(
+            f"  batch {batch_size}: {len(chosen)} contenders, warm-up {warmup_epochs} epoch(s) "
+            f"each, then {repeats} interleaved timed rounds"
+        )
+        epochs = []
+        for backend, mode in chosen:
+            if backend == "jax":
+                fn = _jax_contender(mode, config, train, dtype, device, data, batches_fn, seed)
+            elif backend == "torch":
+                fn = _torch_contender(mode, config, train, dtype, device, data, batches_fn, seed)
+            else:
+                fn = _reference_contender(config, train, dtype, device, data, batch_size, seed)
+            epochs.append(fn)
+        for (backend, mode), timing in zip(
+            chosen, measure_interleaved(epochs, warmup_epochs, repeats), strict=True
+        ):
+            per_s = steps * batch_size / timing["median_s"]
+            records.append(
+                {
+                    "backend": backend,
+                    "mode": mode,
+                    "arch": config.arch,
+                    "device": "cpu" if backend == "jax" and device == "xpu" else device,
+                    "dtype": dtype,
+                    "batch_size": batch_size,
+                    "samples_per_s": per_s,
+                    "steps_per_s": steps / timing["median_s"],
+                    "compile_s": timing["compile_s"],
+                    "repeats": repeats,
+                    "spread": timing["spread"],
+                    "median_epoch_s": timing["median_s"],
+                    "first_epoch_s": timing["first_epoch_s"],
+                    "warmup_s": timing["warmup_s"],
+                    "samples_per_epoch": steps * batch_size,
+                    "gflops": per_s * flops / 1e9,
+                    "flush_denormal": backend == "torch" and device == "cpu",
+                }
+            )
+        del epochs
         ref = [r for r in records if r["backend"] == "reference" and r["batch_size"] == batch_size]
         for r in records:
             if r["batch_size"] == batch_size:

@@ -281,7 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--device", default=None, help="torch: cpu|cuda|xpu|mps; jax: cpu|gpu")
-    p.add_argument("--compile", action="store_true", help="torch.compile the torch objective")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch: compile each training step (forward, backward, Adam) into one graph",
+    )
     p.add_argument("--init", help="start from this checkpoint's weights and config")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")

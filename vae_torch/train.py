@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from vae_common.config import VAEConfig
+from vae_common.data import check_batches
 from vae_common.evaluation import evaluate_batches
 from vae_common.training import (
     EXP_AVG,
@@ -79,6 +80,104 @@ def train_step(
     return value.detach()
 
 
+def _adam_hyperparameters(optimizer: torch.optim.Optimizer) -> dict:
+    if not isinstance(optimizer, torch.optim.Adam) or len(optimizer.param_groups) != 1:
+        raise TypeError("make_compiled_step needs a torch.optim.Adam with one parameter group")
+    group = optimizer.param_groups[0]
+    if group["amsgrad"] or group["maximize"] or group["weight_decay"]:
+        raise ValueError(
+            "make_compiled_step supports plain Adam (no amsgrad, maximize or weight decay)"
+        )
+    b1, b2 = group["betas"]
+    return dict(lr=group["lr"], beta1=b1, beta2=b2, eps=group["eps"])
+
+
+def make_compiled_step(model: VAE, optimizer: torch.optim.Optimizer, free_bits=0.0, **options):
+    """The whole training step as one graph compiled by ``torch.compile(fullgraph=True)``:
+    forward pass, gradients (``torch.func.grad_and_value`` of ``objective``) and the Adam update,
+    which is ``torch.optim.Adam``'s own update function applied to the optimizer's own state
+    (``exp_avg``, ``exp_avg_sq``, ``step``), so ``optimizer.state_dict()`` and the canonical
+    optimizer state stay valid and the numbers are those of ``train_step``.
+
+    Returns ``step(x, eps, beta) -> loss`` (a 0-d tensor, no sync); ``beta`` may vary between
+    calls without recompiling (it enters the graph as a tensor). ``options`` go to
+    ``torch.compile`` (e.g. ``mode="max-autotune-no-cudagraphs"``).
+
+    Why: compiling only the objective leaves the backward, the optimizer and the glue between
+    them to eager dispatch (graph breaks at ``backward()`` and ``step()``); one graph removes
+    that overhead. Bias corrections are computed in tensors (Adam's ``capturable`` form), in
+    float64 for float64 models, so there is no host sync and no recompilation per step.
+    """
+    from torch.optim.adam import adam as adam_update
+
+    hyper = _adam_hyperparameters(optimizer)
+    names = [name for name, _ in model.named_parameters()]
+    params = [p for _, p in model.named_parameters()]
+    if {id(p) for p in optimizer.param_groups[0]["params"]} != {id(p) for p in params}:
+        raise ValueError("the optimizer must hold exactly the model's parameters")
+
+    def step_graph(params, exp_avgs, exp_avg_sqs, steps, x, eps, beta):
+        # Outside autograd (the parameters are updated in place); func.grad differentiates the
+        # objective with respect to the parameter dict on its own.
+        with torch.no_grad():
+            value_and_grads = torch.func.grad_and_value(
+                lambda p: objective(model, p, x, eps, beta, free_bits)
+            )
+            grads, value = value_and_grads(dict(zip(names, params, strict=True)))
+            adam_update(
+                params,
+                [grads[name] for name in names],
+                exp_avgs,
+                exp_avg_sqs,
+                [],
+                steps,
+                foreach=False,
+                capturable=True,
+                differentiable=False,
+                fused=None,
+                grad_scale=None,
+                found_inf=None,
+                has_complex=False,
+                amsgrad=False,
+                weight_decay=0.0,
+                maximize=False,
+                **hyper,
+            )
+        return value
+
+    compiled = torch.compile(step_graph, fullgraph=True, **options)
+
+    def step(x, eps, beta=1.0):
+        states = [_adam_state(optimizer, p) for p in params]
+        beta_t = torch.as_tensor(beta, dtype=x.dtype, device=x.device)
+        return compiled(
+            params,
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["step"] for s in states],
+            x,
+            eps,
+            beta_t,
+        )
+
+    return step
+
+
+def _adam_state(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict:
+    """The Adam state of ``p``, created (zeros, step 0) or converted for the compiled step: the
+    step count as a tensor on ``p``'s device, float64 for float64 parameters."""
+    state = optimizer.state[p]
+    step_dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
+    if not state:
+        state["step"] = torch.zeros((), dtype=step_dtype, device=p.device)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    step_t = state["step"]
+    if not torch.is_tensor(step_t) or step_t.dtype != step_dtype or step_t.device != p.device:
+        state["step"] = torch.as_tensor(float(step_t), dtype=step_dtype, device=p.device)
+    return state
+
+
 class Trainer:
     """Stateful trainer; mirrors ``vae_jax.Trainer`` method by method.
 
@@ -87,7 +186,8 @@ class Trainer:
       train: optimizer and objective settings.
       dtype: ``"float32"`` or ``"float64"`` (checked against the device).
       device: a name for ``select_device`` (None: ``$VAE_TORCH_DEVICE``, then xpu, cuda, mps, cpu).
-      compile: wrap the objective in ``torch.compile``.
+      compile: run each step as one compiled graph (``make_compiled_step``: forward,
+        gradients and Adam); the first steps compile (seconds to a minute).
       flush_denormal: on the CPU, flush denormals to zero while training (``train_epoch`` and
         ``run_steps``; switched off again after). Adam's moments of rarely-updated weights decay
         into denormals, which slow x86 CPUs by ~25%; XLA flushes them too.
@@ -112,9 +212,8 @@ class Trainer:
         self.model = build_model(config, dtype).to(self.device)
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         self.optimizer = make_optimizer(self.model, self.train_config)
-        self._objective = objective
-        if compile:
-            self._objective = torch.compile(objective)
+        self.compile = bool(compile)
+        self._compiled_step = None
         self._step_count = 0
 
     def _put(self, a) -> torch.Tensor:
@@ -124,9 +223,16 @@ class Trainer:
 
     def _train_step(self, x, eps):
         beta = beta_at(self.train_config, self._step_count)
-        value = train_step(
-            self.model, self.optimizer, x, eps, beta, self.train_config.free_bits, self._objective
-        )
+        if self.compile:
+            if self._compiled_step is None:
+                self._compiled_step = make_compiled_step(
+                    self.model, self.optimizer, self.train_config.free_bits
+                )
+            value = self._compiled_step(x, eps, beta)
+        else:
+            value = train_step(
+                self.model, self.optimizer, x, eps, beta, self.train_config.free_bits
+            )
         self._step_count += 1
         return value
 
@@ -146,6 +252,7 @@ class Trainer:
         """Start from canonical weights (fresh Adam state, step 0)."""
         from_canonical(self.model, state)
         self.optimizer = make_optimizer(self.model, self.train_config)
+        self._compiled_step = None  # bound to the optimizer it was made with
         self._step_count = 0
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -195,7 +302,7 @@ class Trainer:
         """
         gen = torch.Generator(device=self.device)
         gen.manual_seed(epoch_seed(seed, epoch))
-        index = torch.as_tensor(np.asarray(batches), device=self.device)
+        index = torch.as_tensor(check_batches(batches, len(data), wide=True), device=self.device)
         steps, batch = index.shape
         losses = torch.empty(steps, device=self.device, dtype=data.dtype)
         dynamic = self.train_config.binarize == "dynamic"
@@ -270,4 +377,4 @@ class Trainer:
         synchronize(self.device)
 
 
-__all__ = ["Trainer", "make_optimizer", "objective", "train_step"]
+__all__ = ["Trainer", "make_compiled_step", "make_optimizer", "objective", "train_step"]
