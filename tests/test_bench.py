@@ -88,9 +88,21 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
         "float32_matmul_precision",
         "peak_gflops",
         "flops_per_sample",
+        "gemm_ceiling_samples_per_s",
     ):
         assert key in host
+    assert set(host["gemm_ceiling_samples_per_s"]) == {"64", "128"}
+    assert "GEMM-only ceiling, batch 64" in table
     assert plot.stat().st_size > 1000
+
+
+def test_gemm_ceiling_is_for_mlps_and_positive():
+    mlp = VAEConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=2)
+    assert bench.gemm_ceiling(mlp, 32, "cpu", repeats=2) > 0
+    conv = VAEConfig(
+        input_shape=(1, 8, 8), hidden=(), latent_dim=2, arch="conv", conv_channels=(2,)
+    )
+    assert bench.gemm_ceiling(conv, 32, "cpu") is None
 
 
 def test_bench_rejects_bad_arguments(capsys):

@@ -325,6 +325,53 @@ def matmul_peak_gflops(device: str, dtype: str = "float32", size: int = 2048) ->
     return 2 * size**3 / min(times) / 1e9
 
 
+def gemm_ceiling(
+    config: VAEConfig, batch_size: int, device: str, dtype: str = "float32", repeats: int = 7
+) -> float | None:
+    """Samples/s if a training step cost nothing but its matrix products (MLP only): every GEMM
+    of the forward and backward pass (per dense layer: forward, input gradient except for the
+    first layer, weight gradient) timed on its own in torch, best of ``repeats`` loops, summed.
+
+    No contender can beat it; with Adam and the elementwise work on top, it tells how much of a
+    ratio to the reference this machine allows at all.
+    """
+    if config.arch != "mlp":
+        return None
+    try:
+        import torch
+
+        from vae_torch.device import select_device
+        from vae_torch.model import resolve_dtype
+    except ImportError:
+        return None
+    dev = select_device(device)
+    dt = resolve_dtype(dtype)
+    shapes = []  # (m, k, n) of an (m, k) @ (k, n) product, operands laid out as autograd has them
+    layers = [s.shape for s in param_spec(config) if s.kind == "linear_weight"]
+    for i, (out_f, in_f) in enumerate(layers):
+        shapes.append((batch_size, in_f, out_f))  # x @ W.T
+        if i > 0:
+            shapes.append((batch_size, out_f, in_f))  # grad_y @ W
+        shapes.append((out_f, batch_size, in_f))  # grad_y.T @ x
+    total = 0.0
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=dev, dtype=dt)
+        b = torch.randn(k, n, device=dev, dtype=dt)
+        for _ in range(3):
+            a @ b
+        loops = 20
+        best = float("inf")
+        for _ in range(repeats):
+            _sync_torch(dev)
+            t0 = time.perf_counter()
+            for _ in range(loops):
+                a @ b
+            _sync_torch(dev)
+            best = min(best, (time.perf_counter() - t0) / loops)
+        total += best
+    return batch_size / total
+
+
 def run_bench(
     backends=("jax", "torch", "reference"),
     arch: str = "mlp",
@@ -437,6 +484,11 @@ def run_bench(
         if "torch" in backends or "reference" in backends
         else None
     )
+    host["gemm_ceiling_samples_per_s"] = (
+        {str(b): gemm_ceiling(config, b, device, dtype) for b in batch_sizes}
+        if "torch" in backends or "reference" in backends
+        else None
+    )
     host["config"] = config.to_dict()
     return {"records": records, "host": host}
 
@@ -467,6 +519,21 @@ def format_table(result: dict) -> str:
     ]
     lines.insert(1, "-" * len(lines[0]))
     h = result["host"]
+    for batch, ceiling in (h.get("gemm_ceiling_samples_per_s") or {}).items():
+        ref = next(
+            (
+                r["samples_per_s"]
+                for r in result["records"]
+                if r["backend"] == "reference" and str(r["batch_size"]) == batch
+            ),
+            None,
+        )
+        if ceiling:
+            lines.append(
+                f"GEMM-only ceiling, batch {batch}: {ceiling:,.0f} samples/s"
+                + (f" = {ceiling / ref:.2f} x ref" if ref else "")
+                + " (the step's matrix products alone, nothing else)"
+            )
     peak = h.get("peak_gflops")
     lines.append(
         f"{h.get('processor')} x{h.get('cpu_count')}, device {h['device']}, torch "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from vae_torch.model import VAE, check_eps, check_input, decode, encode
 from vae_torch.sampling import reparameterize
@@ -41,11 +42,13 @@ def bernoulli_log_likelihood(x, logits):
 
 
 def _bernoulli_terms(x, logits):
-    # log p = x*l - softplus(l); softplus(l) = logaddexp(l, 0) = max(l, 0) + log1p(exp(-|l|)) never
-    # overflows, and its derivative is sigmoid(l) everywhere: the max/abs form written out gets the
-    # kink at l = 0 wrong, differently in JAX and torch (derivative 0 or 1 there instead of 1/2).
-    # (F.softplus switches to the identity above 20, which differs from JAX's by 1e-11.)
-    return x * logits - torch.logaddexp(logits, torch.zeros_like(logits))
+    # log p = x*l - softplus(l), computed as minus torch's fused BCE-with-logits,
+    # (1 - x) * l - log_sigmoid(l): one kernel forward and one backward (sigmoid(l) - x), stable
+    # for any logit, with derivative sigmoid(l) everywhere, also at the kink l = 0 where the
+    # max/abs form written out gets 0 or 1 instead of 1/2. It equals JAX's
+    # x * l - logaddexp(0, l) up to rounding (parity tests, float64). F.softplus is not used: it
+    # switches to the identity above 20, which differs from JAX's by 1e-11.
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
 
 
 def gaussian_log_likelihood(x, mean, std=1.0):
