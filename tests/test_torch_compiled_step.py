@@ -1,9 +1,9 @@
-"""``vae_torch.train.make_compiled_step`` (``Trainer(compile=True)``): one compiled graph per step
-computes the same trajectory as the eager ``train_step``, keeps ``torch.optim.Adam``'s state
-usable, and does not recompile as beta changes.
+"""``vae_torch.train.make_compiled_step`` (``Trainer(compile=True)``): gradients from one compiled
+graph, then torch's Adam update, follow the same trajectory as the eager ``train_step``, keep
+``torch.optim.Adam``'s state usable, and do not recompile as beta changes.
 
-Compared in float64, where the only differences are rounding (Adam's bias corrections are
-computed in tensors rather than Python floats), against the trajectory tolerance of the one table.
+Compared in float64, where the only differences are rounding (the compiled graph orders some sums
+differently), against the trajectory tolerance of the one table.
 """
 
 from __future__ import annotations
