@@ -183,8 +183,9 @@ class Trainer:
       train: optimizer and objective settings.
       dtype: ``"float32"`` or ``"float64"`` (checked against the device).
       device: a name for ``select_device`` (None: ``$VAE_TORCH_DEVICE``, then xpu, cuda, mps, cpu).
-      compile: run each step as one compiled graph (``make_compiled_step``: forward,
-        gradients and Adam); the first steps compile (seconds to a minute).
+      compile: compute each step's loss and gradients in one compiled graph, then torch's
+        (fused) Adam update (``make_compiled_step``); the first step compiles (seconds to a
+        minute).
       flush_denormal: on the CPU, flush denormals to zero while training (``train_epoch`` and
         ``run_steps``; switched off again after). Adam's moments of rarely-updated weights decay
         into denormals, which slow x86 CPUs by ~25%; XLA flushes them too.
