@@ -16,9 +16,15 @@ from vae_common.compare import TRAJECTORY_TOLERANCES, rel_diff
 from vae_common.config import VAEConfig
 from vae_common.spec import init_canonical
 from vae_common.training import TrainConfig
-from vae_torch.train import Trainer, make_compiled_step, make_optimizer
+from vae_tools.cli import main
+from vae_torch.device import DeviceError
+from vae_torch.train import Trainer, cpu_compiler, make_compiled_step, make_optimizer
 
 torch.set_num_threads(1)
+
+needs_compiler = pytest.mark.skipif(
+    cpu_compiler() is None, reason="torch.compile on the CPU needs a C++ compiler"
+)
 
 CONFIG = VAEConfig(input_shape=(1, 6, 6), hidden=(16,), latent_dim=3)
 STEPS = 12
@@ -53,6 +59,7 @@ def eager_and_compiled():
     return _trained(False, train), _trained(True, train), train
 
 
+@needs_compiler
 def test_compiled_step_follows_the_eager_trajectory_float64(eager_and_compiled):
     (eager, eager_losses), (compiled, compiled_losses), _ = eager_and_compiled
     tol = TRAJECTORY_TOLERANCES["float64"]
@@ -71,6 +78,7 @@ def test_compiled_step_follows_the_eager_trajectory_float64(eager_and_compiled):
     assert max(rel_diff(params_c[n], init[n]) for n in init) > 1e-3
 
 
+@needs_compiler
 def test_compiled_step_resumes_from_canonical_optimizer_state(eager_and_compiled):
     (_, eager_losses), _, train = eager_and_compiled
     resumed, losses = _trained(True, train, resume_at=5)
@@ -78,6 +86,7 @@ def test_compiled_step_resumes_from_canonical_optimizer_state(eager_and_compiled
     assert resumed.step == STEPS
 
 
+@needs_compiler
 def test_beta_changes_do_not_recompile():
     torch._dynamo.reset()
     trainer = Trainer(CONFIG, TrainConfig(warmup_steps=100), "float32", device="cpu")
@@ -104,3 +113,29 @@ def test_compiled_step_refuses_optimizers_it_cannot_reproduce():
     other = make_optimizer(Trainer(CONFIG, TrainConfig(), device="cpu").model, TrainConfig())
     with pytest.raises(ValueError, match="exactly the model's parameters"):
         make_compiled_step(trainer.model, other)
+
+
+def test_missing_cpu_compiler_is_named(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    trainer = Trainer(CONFIG, TrainConfig(), "float32", device="cpu")
+    missing = "'no-such-c\\+\\+-compiler' was not found"
+    with pytest.raises(DeviceError, match=missing):
+        make_compiled_step(trainer.model, trainer.optimizer)
+    with pytest.raises(DeviceError, match=missing):  # refused at once, not at the first step
+        Trainer(CONFIG, TrainConfig(), "float32", device="cpu", compile=True)
+    code = main(
+        [
+            "train",
+            "--backend",
+            "torch",
+            "--compile",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert code == 2
+    assert "needs a C++ compiler" in capsys.readouterr().err

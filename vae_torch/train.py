@@ -9,6 +9,9 @@ same batches (``vae_common.data.batch_indices``) and a ``Trainer`` with the same
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import sys
 
 import numpy as np
 import torch
@@ -25,7 +28,7 @@ from vae_common.training import (
     split_optimizer_state,
 )
 from vae_torch.convert import from_canonical, to_canonical
-from vae_torch.device import check_dtype, select_device, synchronize
+from vae_torch.device import DeviceError, check_dtype, select_device, synchronize
 from vae_torch.losses import elbo_terms, log_likelihood, loss, negative_iwae_bound
 from vae_torch.model import VAE, build_model, check_eps, check_input, decode, decode_mean, encode
 from vae_torch.sampling import reparameterize
@@ -92,6 +95,24 @@ def _adam_hyperparameters(optimizer: torch.optim.Optimizer) -> dict:
     return dict(lr=group["lr"], beta1=b1, beta2=b2, eps=group["eps"])
 
 
+def cpu_compiler() -> str | None:
+    """The C++ compiler ``torch.compile`` builds CPU kernels with (``$CXX``, else ``g++``;
+    ``clang++`` on macOS), as a path, or None when it is not installed."""
+    default = "clang++" if sys.platform == "darwin" else "g++"
+    return shutil.which(os.environ.get("CXX", default))
+
+
+def require_compiler(device_types) -> None:
+    """``DeviceError`` naming the missing C++ compiler when ``torch.compile`` would need one
+    (any of ``device_types`` is ``"cpu"``) and it is not installed."""
+    if "cpu" in set(device_types) and cpu_compiler() is None:
+        wanted = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+        raise DeviceError(
+            f"torch.compile on the CPU needs a C++ compiler and {wanted!r} was not found; "
+            "install one (e.g. apt install g++), point $CXX at one, or train without compile"
+        )
+
+
 def make_compiled_step(model: VAE, optimizer: torch.optim.Optimizer, free_bits=0.0, **options):
     """A training step whose forward and backward pass are one graph compiled by
     ``torch.compile(fullgraph=True)`` (``torch.func.grad_and_value`` of ``objective``), followed
@@ -117,6 +138,7 @@ def make_compiled_step(model: VAE, optimizer: torch.optim.Optimizer, free_bits=0
     params = [p for _, p in model.named_parameters()]
     if {id(p) for p in optimizer.param_groups[0]["params"]} != {id(p) for p in params}:
         raise ValueError("the optimizer must hold exactly the model's parameters")
+    require_compiler({p.device.type for p in params})
     group = optimizer.param_groups[0]
 
     def gradients(params, x, eps, beta):
@@ -211,6 +233,8 @@ class Trainer:
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         self.optimizer = make_optimizer(self.model, self.train_config)
         self.compile = bool(compile)
+        if self.compile:
+            require_compiler({self.device.type})
         self._compiled_step = None
         self._step_count = 0
 
@@ -375,4 +399,12 @@ class Trainer:
         synchronize(self.device)
 
 
-__all__ = ["Trainer", "make_compiled_step", "make_optimizer", "objective", "train_step"]
+__all__ = [
+    "Trainer",
+    "cpu_compiler",
+    "make_compiled_step",
+    "make_optimizer",
+    "require_compiler",
+    "objective",
+    "train_step",
+]
