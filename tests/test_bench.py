@@ -96,6 +96,18 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     assert plot.stat().st_size > 1000
 
 
+def test_timed_epochs_are_interleaved_after_each_warm_up():
+    calls = []
+    contenders = [lambda e, name=name: calls.append((name, e)) for name in "abc"]
+    timings = bench.measure_interleaved(contenders, warmup_epochs=2, repeats=3)
+    warm_up = [(n, e) for n in "abc" for e in (0, 1)]
+    rounds = [(n, 2 + r) for r in range(3) for n in "abc"]
+    assert calls == warm_up + rounds
+    for t in timings:
+        assert len(t["times_s"]) == 3 and t["median_s"] > 0 and t["compile_s"] >= 0
+        assert t["spread"] == (max(t["times_s"]) - min(t["times_s"])) / t["median_s"]
+
+
 def test_gemm_ceiling_is_for_mlps_and_positive():
     mlp = VAEConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=2)
     assert bench.gemm_ceiling(mlp, 32, "cpu", repeats=2) > 0
