@@ -139,3 +139,19 @@ def test_missing_cpu_compiler_is_named(monkeypatch, tmp_path, capsys):
     )
     assert code == 2
     assert "needs a C++ compiler" in capsys.readouterr().err
+
+
+@needs_compiler
+def test_each_compiled_step_has_its_own_cache():
+    # torch.compile keeps graphs per code object up to a recompile limit (8 by default) and,
+    # under fullgraph=True, fails past it: a sweep over models in one process must not hit it.
+    xs, eps = _batches("float64")
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for hidden in (5, 6, 7):
+            config = VAEConfig(input_shape=CONFIG.input_shape, hidden=(hidden,), latent_dim=3)
+            losses = {}
+            for compile in (False, True):
+                trainer = Trainer(config, TrainConfig(), "float64", device="cpu", compile=compile)
+                trainer.load_state_dict(init_canonical(config, 0, "float64"))
+                losses[compile] = trainer.run_steps(xs[:2], eps[:2])
+            assert rel_diff(losses[True], losses[False]) <= TRAJECTORY_TOLERANCES["float64"]

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import sys
+import types
 
 import numpy as np
 import torch
@@ -148,7 +149,7 @@ def make_compiled_step(model: VAE, optimizer: torch.optim.Optimizer, free_bits=0
         grads, value = value_and_grads(dict(zip(names, params, strict=True)))
         return value, [grads[name] for name in names]
 
-    compiled = torch.compile(gradients, fullgraph=True, **options)
+    compiled = torch.compile(_own_code(gradients), fullgraph=True, **options)
 
     def step(x, eps, beta=1.0):
         states = [_adam_state(optimizer, p) for p in params]
@@ -179,6 +180,16 @@ def make_compiled_step(model: VAE, optimizer: torch.optim.Optimizer, free_bits=0
         return value
 
     return step
+
+
+def _own_code(fn):
+    """``fn`` with a code object of its own. torch.compile keeps its graphs per code object and
+    stops at ``torch._dynamo.config.recompile_limit`` (8) of them, failing outright under
+    ``fullgraph=True``: without this, the ninth model compiled in one process (a sweep, a test
+    session) would raise, and every call would check the guards of all earlier models."""
+    return types.FunctionType(
+        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
 
 
 def _adam_state(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict:
