@@ -22,9 +22,15 @@ from vae_torch.train import Trainer, cpu_compiler, make_compiled_step, make_opti
 
 torch.set_num_threads(1)
 
-needs_compiler = pytest.mark.skipif(
+# Compiling takes seconds per model (about 17 s cold on 2 cores): these run in `make test` and
+# are left out of `make test-fast` (marked slow).
+_no_compiler = pytest.mark.skipif(
     cpu_compiler() is None, reason="torch.compile on the CPU needs a C++ compiler"
 )
+
+
+def needs_compiler(test):
+    return pytest.mark.slow(_no_compiler(test))
 
 CONFIG = VAEConfig(input_shape=(1, 6, 6), hidden=(16,), latent_dim=3)
 STEPS = 12
