@@ -301,42 +301,10 @@ def host_info(device: str) -> dict:
     return info
 
 
-def matmul_peak_gflops(device: str, dtype: str = "float32", size: int = 2048) -> float | None:
-    """Measured dense matmul throughput (torch), the ceiling for achieved GFLOP/s."""
-    try:
-        import torch
-
-        from vae_torch.device import select_device
-        from vae_torch.model import resolve_dtype
-    except ImportError:
-        return None
-    dev = select_device(device)
-    a = torch.randn(size, size, device=dev, dtype=resolve_dtype(dtype))
-    b = torch.randn(size, size, device=dev, dtype=resolve_dtype(dtype))
-    for _ in range(2):
-        a @ b
-    _sync_torch(dev)
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        a @ b
-        _sync_torch(dev)
-        times.append(time.perf_counter() - t0)
-    return 2 * size**3 / min(times) / 1e9
-
-
-def gemm_ceiling(
-    config: VAEConfig, batch_size: int, device: str, dtype: str = "float32", repeats: int = 7
-) -> float | None:
-    """Samples/s if a training step cost nothing but its matrix products (MLP only): every GEMM
-    of the forward and backward pass (per dense layer: forward, input gradient except for the
-    first layer, weight gradient) timed on its own in torch, best of ``repeats`` loops, summed.
-
-    No contender can beat it; with Adam and the elementwise work on top, it tells how much of a
-    ratio to the reference this machine allows at all.
-    """
-    if config.arch != "mlp":
-        return None
+def _matmul_seconds(shapes, device: str, dtype: str, repeats: int, loops: int) -> list | None:
+    """Best-of-``repeats`` seconds of one (m, k) @ (k, n) torch product for each ``(m, k, n)``
+    in ``shapes`` (each timed over ``loops`` back-to-back calls, the device synchronised around
+    them); None without torch."""
     try:
         import torch
 
@@ -346,20 +314,12 @@ def gemm_ceiling(
         return None
     dev = select_device(device)
     dt = resolve_dtype(dtype)
-    shapes = []  # (m, k, n) of an (m, k) @ (k, n) product, operands laid out as autograd has them
-    layers = [s.shape for s in param_spec(config) if s.kind == "linear_weight"]
-    for i, (out_f, in_f) in enumerate(layers):
-        shapes.append((batch_size, in_f, out_f))  # x @ W.T
-        if i > 0:
-            shapes.append((batch_size, out_f, in_f))  # grad_y @ W
-        shapes.append((out_f, batch_size, in_f))  # grad_y.T @ x
-    total = 0.0
+    seconds = []
     for m, k, n in shapes:
         a = torch.randn(m, k, device=dev, dtype=dt)
         b = torch.randn(k, n, device=dev, dtype=dt)
-        for _ in range(3):
+        for _ in range(2):
             a @ b
-        loops = 20
         best = float("inf")
         for _ in range(repeats):
             _sync_torch(dev)
@@ -368,8 +328,37 @@ def gemm_ceiling(
                 a @ b
             _sync_torch(dev)
             best = min(best, (time.perf_counter() - t0) / loops)
-        total += best
-    return batch_size / total
+        seconds.append(best)
+    return seconds
+
+
+def matmul_peak_gflops(device: str, dtype: str = "float32", size: int = 2048) -> float | None:
+    """Measured dense matmul throughput (torch), the ceiling for achieved GFLOP/s."""
+    seconds = _matmul_seconds([(size, size, size)], device, dtype, repeats=5, loops=1)
+    return None if seconds is None else 2 * size**3 / seconds[0] / 1e9
+
+
+def gemm_ceiling(
+    config: VAEConfig, batch_size: int, device: str, dtype: str = "float32", repeats: int = 7
+) -> float | None:
+    """Samples/s if a training step cost nothing but its matrix products (MLP only): every GEMM
+    of the forward and backward pass (per dense layer: forward, input gradient except for the
+    first layer, weight gradient) timed on its own in torch, best of ``repeats`` loops, summed.
+
+    A contender whose products run no faster than they do alone cannot beat it; with Adam and
+    the elementwise work on top, it tells what ratio to the reference this machine allows.
+    """
+    if config.arch != "mlp":
+        return None
+    shapes = []  # (m, k, n) of an (m, k) @ (k, n) product
+    layers = [s.shape for s in param_spec(config) if s.kind == "linear_weight"]
+    for i, (out_f, in_f) in enumerate(layers):
+        shapes.append((batch_size, in_f, out_f))  # x @ W.T
+        if i > 0:
+            shapes.append((batch_size, out_f, in_f))  # grad_y @ W
+        shapes.append((out_f, batch_size, in_f))  # grad_y.T @ x
+    seconds = _matmul_seconds(shapes, device, dtype, repeats, loops=20)
+    return None if seconds is None else batch_size / sum(seconds)
 
 
 def run_bench(

@@ -73,12 +73,11 @@ def train_step(
     eps,
     beta=1.0,
     free_bits=0.0,
-    loss_fn=objective,
 ):
-    """One Adam step on ``loss_fn`` (``objective``, or a compiled version of it); returns the loss
-    as a 0-d device tensor (no sync)."""
+    """One eager Adam step on ``objective``; returns the loss as a 0-d device tensor (no sync).
+    ``make_compiled_step`` is the compiled equivalent."""
     optimizer.zero_grad(set_to_none=True)
-    value = loss_fn(model, None, x, eps, beta, free_bits)
+    value = objective(model, None, x, eps, beta, free_bits)
     value.backward()
     optimizer.step()
     return value.detach()
@@ -96,21 +95,24 @@ def _adam_hyperparameters(optimizer: torch.optim.Optimizer) -> dict:
     return dict(lr=group["lr"], beta1=b1, beta2=b2, eps=group["eps"])
 
 
+def _compiler_name() -> str:
+    # What inductor runs for CPU kernels: $CXX, else g++ (clang++ on macOS).
+    return os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+
+
 def cpu_compiler() -> str | None:
     """The C++ compiler ``torch.compile`` builds CPU kernels with (``$CXX``, else ``g++``;
     ``clang++`` on macOS), as a path, or None when it is not installed."""
-    default = "clang++" if sys.platform == "darwin" else "g++"
-    return shutil.which(os.environ.get("CXX", default))
+    return shutil.which(_compiler_name())
 
 
 def require_compiler(device_types) -> None:
     """``DeviceError`` naming the missing C++ compiler when ``torch.compile`` would need one
     (any of ``device_types`` is ``"cpu"``) and it is not installed."""
     if "cpu" in set(device_types) and cpu_compiler() is None:
-        wanted = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
         raise DeviceError(
-            f"torch.compile on the CPU needs a C++ compiler and {wanted!r} was not found; "
-            "install one (e.g. apt install g++), point $CXX at one, or train without compile"
+            f"torch.compile on the CPU needs a C++ compiler and {_compiler_name()!r} was not "
+            "found; install one (e.g. apt install g++), point $CXX at one, or train without compile"
         )
 
 
