@@ -30,7 +30,7 @@ torch.set_num_threads(1)
 
 SMALL = VAEConfig(input_shape=(1, 6, 5), hidden=(7, 3), latent_dim=4)
 # Not the defaults, and an eps large enough that putting it inside the square root would show.
-ADAM = TrainConfig(lr=0.01, b1=0.8, b2=0.99, eps=1e-3)
+ADAM = TrainConfig(lr=0.01, b1=0.8, b2=0.99, adam_eps=1e-3)
 
 
 def over(diffs: dict[str, float], tol: float) -> dict[str, float]:
@@ -109,7 +109,7 @@ def adam_numpy(train: TrainConfig, params, grads, exp_avg, exp_avg_sq, step):
         m = train.b1 * exp_avg[n] + (1 - train.b1) * grads[n]
         v = train.b2 * exp_avg_sq[n] + (1 - train.b2) * grads[n] ** 2
         m_hat, v_hat = m / (1 - train.b1**t), v / (1 - train.b2**t)
-        out[n] = p - train.lr * m_hat / (np.sqrt(v_hat) + train.eps)
+        out[n] = p - train.lr * m_hat / (np.sqrt(v_hat) + train.adam_eps)
     return out
 
 
@@ -220,7 +220,7 @@ def test_objective_with_warmup_and_free_bits_agrees_float64(torch_device, parity
     beta = beta_at(train, 4)
     assert 0 < beta < train.beta
 
-    t_value = vae_torch.train.objective(t_model, None, tx, teps, beta, free_bits)
+    t_value = vae_torch.objective(t_model, None, tx, teps, beta, free_bits)
     t_value.backward()
     t_grads = vae_torch.to_canonical(t_model, {n: p.grad for n, p in t_model.named_parameters()})
 
@@ -228,9 +228,7 @@ def test_objective_with_warmup_and_free_bits_agrees_float64(torch_device, parity
     params = vae_jax.from_canonical(j_model, state)
     with jax.default_matmul_precision("highest"):
         j_value, j_grads = jax.jit(
-            jax.value_and_grad(
-                lambda p: vae_jax.train.objective(j_model, p, x, eps, beta, free_bits)
-            )
+            jax.value_and_grad(lambda p: vae_jax.objective(j_model, p, x, eps, beta, free_bits))
         )(params)
     j_grads = vae_jax.to_canonical(j_model, j_grads)
 

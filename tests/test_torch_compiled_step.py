@@ -32,6 +32,7 @@ _no_compiler = pytest.mark.skipif(
 def needs_compiler(test):
     return pytest.mark.slow(_no_compiler(test))
 
+
 CONFIG = VAEConfig(input_shape=(1, 6, 6), hidden=(16,), latent_dim=3)
 STEPS = 12
 

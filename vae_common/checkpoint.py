@@ -17,15 +17,12 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from vae_common.config import ConfigError, VAEConfig
+from vae_common.config import VAEConfig
+from vae_common.constants import DTYPES
+from vae_common.errors import CheckpointError, ConfigError
 from vae_common.spec import param_spec
 
 FORMAT = "vae-twin/1"
-DTYPES = ("float32", "float64")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file or state does not match what is expected; the message says what."""
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

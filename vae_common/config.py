@@ -12,6 +12,8 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+from vae_common.errors import ConfigError
+
 LIKELIHOODS = ("bernoulli", "gaussian")
 ARCHITECTURES = ("mlp", "conv")
 
@@ -20,10 +22,6 @@ ARCHITECTURES = ("mlp", "conv")
 CONV_KERNEL = 4
 CONV_STRIDE = 2
 CONV_PADDING = 1
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
 
 
 def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:

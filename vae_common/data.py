@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vae_common.errors import DataError
+
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -22,10 +24,6 @@ IDX_FILES = {
 }
 IDX_DATASETS = ("mnist", "fashion-mnist", "kmnist", "idx")
 DIGITS_TEST_SIZE = 297
-
-
-class DataError(ValueError):
-    """Data is missing, malformed or out of range; the message names the file or array."""
 
 
 @dataclass(frozen=True)

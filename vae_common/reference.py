@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from vae_common.config import VAEConfig
-
-LOG_2PI = float(np.log(2.0 * np.pi))
+from vae_common.constants import LOG_2PI
 
 
 def gaussian_kl(mean: np.ndarray, logvar: np.ndarray) -> np.ndarray:

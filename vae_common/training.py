@@ -26,8 +26,8 @@ class TrainConfig:
 
     Attributes:
       lr: Adam learning rate.
-      b1, b2, eps: Adam's moment decays and denominator epsilon (PyTorch and optax defaults);
-        both compute ``lr * m_hat / (sqrt(v_hat) + eps)``.
+      b1, b2, adam_eps: Adam's moment decays and denominator epsilon (PyTorch and optax defaults);
+        both compute ``lr * m_hat / (sqrt(v_hat) + adam_eps)``.
       beta: weight of the KL term.
       warmup_steps: KL warm-up: the weight at 0-based step t is
         ``beta * min(1, t / warmup_steps)``;
@@ -41,14 +41,14 @@ class TrainConfig:
     lr: float = 1e-3
     b1: float = 0.9
     b2: float = 0.999
-    eps: float = 1e-8
+    adam_eps: float = 1e-8
     beta: float = 1.0
     warmup_steps: int = 0
     free_bits: float = 0.0
     binarize: str = "none"
 
     def __post_init__(self) -> None:
-        for name in ("lr", "b1", "b2", "eps", "beta", "free_bits"):
+        for name in ("lr", "b1", "b2", "adam_eps", "beta", "free_bits"):
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} must be a finite non-negative number, got {value!r}")
@@ -66,7 +66,12 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
-        return cls(**json.loads(text))
+        """Parse ``to_json``'s output; files written before the rename of ``eps`` to
+        ``adam_eps`` (version 0.1 of this project) load too."""
+        fields = json.loads(text)
+        if "eps" in fields and "adam_eps" not in fields:
+            fields["adam_eps"] = fields.pop("eps")
+        return cls(**fields)
 
 
 def beta_at(train: TrainConfig, step: Any, minimum: Any = min):

@@ -17,17 +17,21 @@ import math
 import jax
 import jax.numpy as jnp
 
+from vae_common.constants import LOG_2PI
 from vae_jax.model import VAE, check_eps, check_input, decode, encode
 from vae_jax.sampling import reparameterize
 
-LOG_2PI = math.log(2.0 * math.pi)
 REDUCTIONS = ("mean", "sum")
 
 
-def _kl_one(mean, logvar):
-    # -0.5 * (1 + logvar - mean^2 - exp(logvar)) rearranged: expm1 keeps float32 accurate near the
-    # prior (logvar ~ 0), where 1 + logvar - exp(logvar) cancels to noise.
-    return 0.5 * jnp.sum(mean**2 + jnp.expm1(logvar) - logvar)
+def gaussian_kl_per_dim(mean, logvar):
+    """KL(N(mean, exp(logvar)) || N(0, 1)) of each latent dimension: (B, L) -> (B, L), in nats.
+
+    ``-0.5 * (1 + logvar - mean^2 - exp(logvar))`` elementwise; ``gaussian_kl`` sums it.
+    """
+    # Rearranged with expm1: it keeps float32 accurate near the prior (logvar ~ 0), where
+    # 1 + logvar - exp(logvar) cancels to noise.
+    return 0.5 * (mean**2 + jnp.expm1(logvar) - logvar)
 
 
 def gaussian_kl(mean, logvar):
@@ -35,7 +39,7 @@ def gaussian_kl(mean, logvar):
 
     ``-0.5 * sum(1 + logvar - mean^2 - exp(logvar))``: (B, L) -> (B,).
     """
-    return jax.vmap(_kl_one)(mean, logvar)
+    return jax.vmap(lambda m, lv: jnp.sum(gaussian_kl_per_dim(m, lv)))(mean, logvar)
 
 
 def _bernoulli_terms(x, logits):
@@ -143,6 +147,23 @@ def loss(model: VAE, params, x, eps, beta=1.0, reduction="mean"):
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     per_example = negative_elbo(model, params, x, eps, beta)
     return jnp.mean(per_example) if reduction == "mean" else jnp.sum(per_example)
+
+
+def objective(model: VAE, params, x, eps, beta=1.0, free_bits=0.0):
+    """The training loss, a scalar: the batch mean of ``reconstruction + beta * KL``.
+
+    With ``free_bits > 0`` (nats per latent dimension, Kingma et al. 2016) the KL term is
+    ``sum_j max(free_bits, mean_batch KL_j)`` with ``KL_j`` from ``gaussian_kl_per_dim``: the
+    batch mean is taken per dimension first, then floored, then summed. ``eps`` is (B, L). With
+    ``free_bits == 0`` this is exactly ``loss(..., reduction="mean")``.
+    """
+    if free_bits == 0:
+        return loss(model, params, x, eps, beta)
+    x, eps = _prepare(model, x, eps)
+    mean, logvar = encode(model, params, x)
+    recon = -log_likelihood(model, x, decode(model, params, reparameterize(mean, logvar, eps)))
+    kl_dims = jnp.mean(gaussian_kl_per_dim(mean, logvar), axis=0)
+    return jnp.mean(recon) + beta * jnp.sum(jnp.maximum(free_bits, kl_dims))
 
 
 def negative_iwae_bound(model: VAE, params, x, eps):

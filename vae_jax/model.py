@@ -17,14 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_common.config import CONV_KERNEL, VAEConfig
+from vae_common.constants import DTYPES
+from vae_common.errors import ShapeError
 from vae_common.spec import spec_by_name
 from vae_jax._conv import conv_stride2, conv_transpose_stride2
-
-DTYPES = ("float32", "float64")
-
-
-class ShapeError(ValueError):
-    """An input array has the wrong shape or dtype; the message names the array and both shapes."""
 
 
 def _uniform(bound: float):

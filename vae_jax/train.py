@@ -20,14 +20,8 @@ from vae_common.data import check_batches
 from vae_common.evaluation import evaluate_batches
 from vae_common.training import EXP_AVG, EXP_AVG_SQ, TrainConfig, beta_at, split_optimizer_state
 from vae_jax.convert import from_canonical, to_canonical
-from vae_jax.losses import (
-    elbo_terms,
-    log_likelihood,
-    loss,
-    negative_iwae_bound,
-)
-from vae_jax.model import VAE, build_model, check_eps, check_input, decode, decode_mean, encode
-from vae_jax.sampling import reparameterize
+from vae_jax.losses import elbo_terms, negative_iwae_bound, objective
+from vae_jax.model import VAE, build_model, decode_mean, encode
 
 
 class TrainState(NamedTuple):
@@ -38,25 +32,9 @@ class TrainState(NamedTuple):
     step: jax.Array
 
 
-def objective(model: VAE, params, x, eps, beta=1.0, free_bits=0.0):
-    """The training loss, a scalar: batch mean of ``reconstruction + beta * KL``.
-
-    With ``free_bits > 0`` the KL term is ``sum_j max(free_bits, mean_batch KL_j)`` instead.
-    ``eps`` is (B, L). With ``free_bits == 0`` this is exactly ``loss(..., reduction="mean")``.
-    """
-    if free_bits == 0:
-        return loss(model, params, x, eps, beta)
-    x = check_input(model, x)
-    eps = check_eps(model, eps, x.shape[0])
-    mean, logvar = encode(model, params, x)
-    recon = -log_likelihood(model, x, decode(model, params, reparameterize(mean, logvar, eps)))
-    kl_dims = jnp.mean(0.5 * (mean**2 + jnp.expm1(logvar) - logvar), axis=0)
-    return jnp.mean(recon) + beta * jnp.sum(jnp.maximum(free_bits, kl_dims))
-
-
 def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
     """``optax.adam`` with the settings of ``train`` (the update rule of ``torch.optim.Adam``)."""
-    return optax.adam(train.lr, b1=train.b1, b2=train.b2, eps=train.eps)
+    return optax.adam(train.lr, b1=train.b1, b2=train.b2, eps=train.adam_eps)
 
 
 def init_train_state(model: VAE, params, train: TrainConfig) -> TrainState:
@@ -78,7 +56,7 @@ def make_train_step(model: VAE, train: TrainConfig):
     return jax.jit(lambda state, x, eps: _update(model, train, state, x, eps), donate_argnums=0)
 
 
-def make_train_steps(model: VAE, train: TrainConfig):
+def make_run_steps(model: VAE, train: TrainConfig):
     """A jitted ``steps(state, xs, eps) -> (state, losses)`` over given batches (S, B, ...) and
     noise (S, B, L): the reproducible path the trajectory parity check uses."""
 
@@ -179,7 +157,7 @@ class Trainer:
         self.dtype = np.dtype(self.model.dtype).name
         self.device = _platform_device(device)
         self._step = make_train_step(self.model, self.train_config)
-        self._steps = make_train_steps(self.model, self.train_config)
+        self._steps = make_run_steps(self.model, self.train_config)
         self._epoch = make_train_epoch(self.model, self.train_config)
         self._indexed_step = make_indexed_step(self.model, self.train_config)
         self._terms = jax.jit(lambda p, x, e: elbo_terms(self.model, p, x, e))
@@ -310,7 +288,6 @@ __all__ = [
     "make_optimizer",
     "make_indexed_step",
     "make_train_epoch",
+    "make_run_steps",
     "make_train_step",
-    "make_train_steps",
-    "objective",
 ]

@@ -136,7 +136,7 @@ def _cudagraph_epoch(trainer, data, batches_fn, seed):
     """The whole step (forward, backward, Adam) captured once in a CUDA graph and replayed."""
     import torch
 
-    from vae_torch.train import objective
+    from vae_torch.losses import objective
 
     if trainer.device.type != "cuda":
         raise ValueError("mode 'cudagraph' needs --device cuda")
@@ -146,7 +146,7 @@ def _cudagraph_epoch(trainer, data, batches_fn, seed):
         model.parameters(),
         lr=trainer.train_config.lr,
         betas=(trainer.train_config.b1, trainer.train_config.b2),
-        eps=trainer.train_config.eps,
+        eps=trainer.train_config.adam_eps,
         capturable=True,
     )
     static_idx = torch.zeros(batch, dtype=torch.long, device=trainer.device)

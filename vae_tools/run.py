@@ -29,20 +29,12 @@ from vae_common.checkpoint import (
 )
 from vae_common.config import VAEConfig
 from vae_common.data import Dataset, batch_indices, binarize, load_dataset, validate_images
+from vae_common.errors import ResumeError, TrainingError
 from vae_common.training import TrainConfig, optimizer_state_names
 
 STATE_FORMAT = "vae-twin-train-state/1"
 PARAM = "param."
 BACKENDS = ("jax", "torch")
-
-
-class TrainingError(RuntimeError):
-    """Training diverged (a NaN or Inf loss); the message names the epoch and step."""
-
-
-class ResumeError(ValueError):
-    """A run directory does not fit the request (a resume with other settings, or an existing
-    run that would be overwritten)."""
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,10 @@ import re
 
 import torch
 
+from vae_common.errors import DeviceError
+
 ENV_VAR = "VAE_TORCH_DEVICE"
 _DEVICE_RE = re.compile(r"^(cpu|cuda|xpu|mps)(:\d+)?$")
-
-
-class DeviceError(RuntimeError):
-    """A device is unknown, unavailable, or cannot run the requested dtype."""
 
 
 def _available(kind: str) -> bool:

@@ -15,11 +15,21 @@ import math
 import torch
 import torch.nn.functional as F
 
+from vae_common.constants import LOG_2PI
 from vae_torch.model import VAE, check_eps, check_input, decode, encode
 from vae_torch.sampling import reparameterize
 
-LOG_2PI = math.log(2.0 * math.pi)
 REDUCTIONS = ("mean", "sum")
+
+
+def gaussian_kl_per_dim(mean, logvar):
+    """KL(N(mean, exp(logvar)) || N(0, 1)) of each latent dimension: (B, L) -> (B, L), in nats.
+
+    ``-0.5 * (1 + logvar - mean^2 - exp(logvar))`` elementwise; ``gaussian_kl`` sums it.
+    """
+    # Rearranged with expm1: it keeps float32 accurate near the prior (logvar ~ 0), where
+    # 1 + logvar - exp(logvar) cancels to noise.
+    return 0.5 * (mean**2 + torch.expm1(logvar) - logvar)
 
 
 def gaussian_kl(mean, logvar):
@@ -27,9 +37,7 @@ def gaussian_kl(mean, logvar):
 
     ``-0.5 * sum(1 + logvar - mean^2 - exp(logvar))``: (B, L) -> (B,).
     """
-    # -0.5 * (1 + logvar - mean^2 - exp(logvar)) rearranged: expm1 keeps float32 accurate near the
-    # prior (logvar ~ 0), where 1 + logvar - exp(logvar) cancels to noise.
-    return 0.5 * torch.sum(mean**2 + torch.expm1(logvar) - logvar, dim=-1)
+    return torch.sum(gaussian_kl_per_dim(mean, logvar), dim=-1)
 
 
 def bernoulli_log_likelihood(x, logits):
@@ -132,6 +140,23 @@ def loss(model: VAE, params, x, eps, beta=1.0, reduction="mean"):
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     per_example = negative_elbo(model, params, x, eps, beta)
     return torch.mean(per_example) if reduction == "mean" else torch.sum(per_example)
+
+
+def objective(model: VAE, params, x, eps, beta=1.0, free_bits=0.0):
+    """The training loss, a scalar: the batch mean of ``reconstruction + beta * KL``.
+
+    With ``free_bits > 0`` (nats per latent dimension, Kingma et al. 2016) the KL term is
+    ``sum_j max(free_bits, mean_batch KL_j)`` with ``KL_j`` from ``gaussian_kl_per_dim``: the
+    batch mean is taken per dimension first, then floored, then summed. ``eps`` is (B, L). With
+    ``free_bits == 0`` this is exactly ``loss(..., reduction="mean")``.
+    """
+    if free_bits == 0:
+        return loss(model, params, x, eps, beta)
+    x, eps = _prepare(model, x, eps)
+    mean, logvar = encode(model, params, x)
+    recon = -log_likelihood(model, x, decode(model, params, reparameterize(mean, logvar, eps)))
+    kl_dims = torch.mean(gaussian_kl_per_dim(mean, logvar), dim=0)
+    return torch.mean(recon) + beta * torch.sum(torch.clamp(kl_dims, min=free_bits))
 
 
 def negative_iwae_bound(model: VAE, params, x, eps):

@@ -15,12 +15,9 @@ import torch
 from torch import nn
 
 from vae_common.config import CONV_KERNEL, CONV_PADDING, CONV_STRIDE, VAEConfig
+from vae_common.errors import ShapeError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-class ShapeError(ValueError):
-    """An input array has the wrong shape or dtype; the message names the array and both shapes."""
 
 
 def _pairs(widths):

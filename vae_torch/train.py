@@ -30,25 +30,8 @@ from vae_common.training import (
 )
 from vae_torch.convert import from_canonical, to_canonical
 from vae_torch.device import DeviceError, check_dtype, select_device, synchronize
-from vae_torch.losses import elbo_terms, log_likelihood, loss, negative_iwae_bound
-from vae_torch.model import VAE, build_model, check_eps, check_input, decode, decode_mean, encode
-from vae_torch.sampling import reparameterize
-
-
-def objective(model: VAE, params, x, eps, beta=1.0, free_bits=0.0):
-    """The training loss, a scalar: batch mean of ``reconstruction + beta * KL``.
-
-    With ``free_bits > 0`` the KL term is ``sum_j max(free_bits, mean_batch KL_j)`` instead.
-    ``eps`` is (B, L). With ``free_bits == 0`` this is exactly ``loss(..., reduction="mean")``.
-    """
-    if free_bits == 0:
-        return loss(model, params, x, eps, beta)
-    x = check_input(model, x)
-    eps = check_eps(model, eps, x.shape[0])
-    mean, logvar = encode(model, params, x)
-    recon = -log_likelihood(model, x, decode(model, params, reparameterize(mean, logvar, eps)))
-    kl_dims = torch.mean(0.5 * (mean**2 + torch.expm1(logvar) - logvar), dim=0)
-    return torch.mean(recon) + beta * torch.sum(torch.clamp(kl_dims, min=free_bits))
+from vae_torch.losses import elbo_terms, negative_iwae_bound, objective
+from vae_torch.model import VAE, build_model, decode_mean, encode
 
 
 def make_optimizer(model: VAE, train: TrainConfig, fused: bool | None = None) -> torch.optim.Adam:
@@ -56,7 +39,7 @@ def make_optimizer(model: VAE, train: TrainConfig, fused: bool | None = None) ->
 
     ``fused=None`` uses the fused kernel where this torch build has one for the device.
     """
-    kwargs = dict(lr=train.lr, betas=(train.b1, train.b2), eps=train.eps)
+    kwargs = dict(lr=train.lr, betas=(train.b1, train.b2), eps=train.adam_eps)
     if fused is None or fused:
         try:
             return torch.optim.Adam(model.parameters(), fused=True, **kwargs)
@@ -418,6 +401,5 @@ __all__ = [
     "make_compiled_step",
     "make_optimizer",
     "require_compiler",
-    "objective",
     "train_step",
 ]
