@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo bench lint clean
+.PHONY: setup test test-fast test-min demo bench lint clean
 
 setup: $(STAMP)
 
@@ -28,8 +28,31 @@ demo: setup
 bench: setup
 	$(BIN)/vae bench --arch mlp --batch-size 128 --dtype float32 --device cpu --json runs/bench/cpu.json --plot runs/bench/cpu.png
 
+# The same four packages the pre-commit hook checks; mypy's settings are in pyproject.toml.
+TYPED_PACKAGES := vae_common vae_jax vae_torch vae_tools
+
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(TYPED_PACKAGES)
+
+# The fast tests against the LOWEST versions pyproject.toml declares, in a venv of their own
+# (not part of CI). .ci/lowest_constraints.py turns each `>=X` of the dependencies and the
+# jax/torch/dev extras into `==X`; what those packages pull in resolves as usual.
+# Torch: PyPI has no CPU-only torch wheel for Linux x86_64, and its wheels link
+# libtorch_cuda.so against the CUDA runtime, so `import torch` needs the nvidia-* packages even
+# on a machine without a GPU (`--no-deps` without them fails at import). The lowest declared
+# torch therefore installs with its CUDA libraries (about 3 GB to download, once per pip cache).
+MIN_VENV ?= .venv-min
+
+test-min:
+	test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(PYTHON) .ci/lowest_constraints.py pyproject.toml jax torch dev > $(MIN_VENV)/constraints.txt
+	$(MIN_VENV)/bin/python -m pip install -c $(MIN_VENV)/constraints.txt -e ".[jax,torch,dev]"
+	$(MIN_VENV)/bin/python -m pip check
+	$(MIN_VENV)/bin/python -m pip freeze --exclude-editable | grep -i -E \
+	  '^(numpy|safetensors|scikit-learn|matplotlib|tqdm|jax|jaxlib|flax|optax|torch|pytest|hypothesis)=='
+	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 clean:
 	rm -rf runs .pytest_cache
