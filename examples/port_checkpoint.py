@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     tol = TOLERANCES["float32"]
     diffs = {
         k: rel_diff(results["jax"][k], results["torch"][k])
-        for k in ("elbo", "reconstruction", "kl", "iwae")
+        for k in ("neg_elbo", "reconstruction", "kl", "neg_iwae")
     }
     for key, diff in diffs.items():
         print(

@@ -50,10 +50,12 @@ def main(argv: list[str] | None = None) -> dict:
         batches = batch_indices(len(data.train), args.batch_size, args.seed, epoch)
         losses = trainer.train_epoch(train_x, batches, args.seed, epoch)  # (steps,) losses
         test = trainer.evaluate(data.test, seed=args.seed)
-        print(f"epoch {epoch}: train loss {losses.mean():.3f}, test -ELBO {test['elbo']:.3f} nats")
+        print(
+            f"epoch {epoch}: train loss {losses.mean():.3f}, test -ELBO {test['neg_elbo']:.3f} nats"
+        )
 
     test = trainer.evaluate(data.test, seed=args.seed, iwae_k=100)
-    print(f"test -ELBO {test['elbo']:.3f}, IWAE (k=100) -log p(x) {test['iwae']:.3f} nats")
+    print(f"test -ELBO {test['neg_elbo']:.3f}, IWAE (k=100) -log p(x) {test['neg_iwae']:.3f} nats")
     checkpoint = Path(args.out) / "checkpoint.safetensors"
     save_checkpoint(
         checkpoint,

@@ -115,7 +115,7 @@ def adam_numpy(train: TrainConfig, params, grads, exp_avg, exp_avg_sq, step):
 
 def adam_step_jax(config, train, params, grads, exp_avg, exp_avg_sq, step):
     model = vae_jax.build_model(config, "float64")
-    optimizer = vae_jax.train.make_optimizer(train)
+    optimizer = vae_jax.train.make_optimizer(model, train)
     p = vae_jax.from_canonical(model, params)
     state = optimizer.init(p)
     adam = state[0]._replace(
@@ -141,7 +141,8 @@ def adam_step_torch(config, train, params, grads, exp_avg, exp_avg_sq, step, fus
     model = vae_torch.build_model(config, "float64").to(device)
     vae_torch.from_canonical(model, params)
     try:
-        optimizer = vae_torch.train.make_optimizer(model, train, fused=fused)
+        # The private constructor: make_optimizer always picks the fused kernel where it exists.
+        optimizer = vae_torch.train._adam(model, train, fused=fused)
     except (RuntimeError, ValueError) as exc:
         pytest.skip(f"no fused Adam for {device} in this torch build: {exc}")
     assert bool(optimizer.param_groups[0].get("fused")) == fused

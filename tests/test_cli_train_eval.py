@@ -20,7 +20,7 @@ from vae_tools import cli, run
 
 torch.set_num_threads(1)
 
-EVAL_KEYS = {"elbo", "reconstruction", "kl", "iwae", "iwae_k", "n", "backend", "dtype"}
+EVAL_KEYS = {"neg_elbo", "reconstruction", "kl", "neg_iwae", "iwae_k", "n", "backend", "dtype"}
 DIGITS_CONFIG = VAEConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=2)
 
 
@@ -116,11 +116,11 @@ def test_eval_json_agrees_across_backends(trained_in, trained_runs, capsys):
         assert results[backend]["backend"] == backend
         assert results[backend]["dtype"] == "float32"
         assert results[backend]["iwae_k"] == 10 and results[backend]["n"] == 297
-        assert results[backend]["iwae"] < results[backend]["elbo"]
+        assert results[backend]["neg_iwae"] < results[backend]["neg_elbo"]
     tol = TOLERANCES["float32"]
     diffs = {
         k: rel_diff(results["jax"][k], results["torch"][k])
-        for k in ("elbo", "reconstruction", "kl", "iwae")
+        for k in ("neg_elbo", "reconstruction", "kl", "neg_iwae")
     }
     assert all(d <= tol for d in diffs.values()), f"eval differs across backends: {diffs}"
 

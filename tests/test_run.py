@@ -38,7 +38,7 @@ SETTINGS = RunSettings("digits-small", batch_size=32, seed=0, dtype="float32")
 STEPS_PER_EPOCH = 256 // 32
 RUN_FILES = {"train_state.safetensors", "checkpoint.safetensors", "metrics.jsonl"}
 PLOTS = {"reconstructions.png", "samples.png", "loss_curves.png", "latent_space.png"}
-METRIC_KEYS = {"epoch", "train_loss", "test_elbo", "test_reconstruction", "test_kl", "seconds"}
+METRIC_KEYS = {"epoch", "train_loss", "test_neg_elbo", "test_reconstruction", "test_kl", "seconds"}
 # What atomic_write_bytes leaves behind if killed mid-write: a hidden, clearly temporary name.
 TEMP_FILE = re.compile(
     r"^\.(train_state\.safetensors|checkpoint\.safetensors|metrics\.jsonl)\..*\.tmp$"
@@ -129,7 +129,7 @@ def test_run_writes_checkpoint_metrics_and_plots(tmp_path, small_digits):
     for m in lines:
         assert METRIC_KEYS <= set(m)
         assert all(np.isfinite(m[k]) for k in METRIC_KEYS)
-        assert m["test_elbo"] == pytest.approx(m["test_reconstruction"] + m["test_kl"])
+        assert m["test_neg_elbo"] == pytest.approx(m["test_reconstruction"] + m["test_kl"])
         assert len(m["train_losses"]) == STEPS_PER_EPOCH
     assert lines[1]["train_loss"] < lines[0]["train_loss"]
 

@@ -280,8 +280,8 @@ def evaluate_in_both(
 
 def assert_evaluations_agree(results: dict[str, dict], tol: float) -> None:
     j, t = results["jax"], results["torch"]
-    assert set(j) == set(t) == {"elbo", "reconstruction", "kl", "iwae", "iwae_k", "n"}
-    diffs = {k: rel_diff(j[k], t[k]) for k in ("elbo", "reconstruction", "kl", "iwae")}
+    assert set(j) == set(t) == {"neg_elbo", "reconstruction", "kl", "neg_iwae", "iwae_k", "n"}
+    diffs = {k: rel_diff(j[k], t[k]) for k in ("neg_elbo", "reconstruction", "kl", "neg_iwae")}
     bad = {k: d for k, d in diffs.items() if not d <= tol}
     assert not bad, f"evaluations differ: {bad} > {tol:g} (jax {j}, torch {t})"
     assert j["n"] == t["n"] and j["iwae_k"] == t["iwae_k"]
@@ -296,10 +296,12 @@ def test_evaluate_agrees_across_backends_and_iwae_is_tighter(dtype, trained_in, 
     assert_evaluations_agree(results, TOLERANCES[dtype])
     for backend, r in results.items():
         assert r["n"] == len(digits.test) and r["iwae_k"] == 100
-        assert r["elbo"] == pytest.approx(r["reconstruction"] + r["kl"], rel=1e-12)
+        assert r["neg_elbo"] == pytest.approx(r["reconstruction"] + r["kl"], rel=1e-12)
         assert r["kl"] > 0
         # Both are negative bounds in nats: IWAE estimates -log p(x) and must be the lower one.
-        assert r["iwae"] < r["elbo"], f"{backend} {dtype}: IWAE {r['iwae']} >= ELBO {r['elbo']}"
+        assert r["neg_iwae"] < r["neg_elbo"], (
+            f"{backend} {dtype}: IWAE {r['neg_iwae']} >= ELBO {r['neg_elbo']}"
+        )
 
 
 def test_evaluate_without_iwae_and_on_a_ragged_last_batch(trained, digits):
@@ -310,18 +312,18 @@ def test_evaluate_without_iwae_and_on_a_ragged_last_batch(trained, digits):
         trainer = make_trainer(backend)
         trainer.load_state_dict(state)
         out[backend] = trainer.evaluate(x, seed=1, batch_size=50, iwae_k=0)
-        assert out[backend]["iwae"] is None and out[backend]["n"] == 130
+        assert out[backend]["neg_iwae"] is None and out[backend]["n"] == 130
     tol = TOLERANCES["float32"]
-    for key in ("elbo", "reconstruction", "kl"):
+    for key in ("neg_elbo", "reconstruction", "kl"):
         assert rel_diff(out["jax"][key], out["torch"][key]) <= tol, key
 
 
 def test_trained_model_beats_its_initialisation(trained, digits, init_state):
     before = make_trainer("torch")
     before.load_state_dict(init_state)
-    initial = before.evaluate(digits.test, seed=3)["elbo"]
+    initial = before.evaluate(digits.test, seed=3)["neg_elbo"]
     for backend in BACKENDS:
-        assert trained(backend).trainer.evaluate(digits.test, seed=3)["elbo"] < initial - 5.0
+        assert trained(backend).trainer.evaluate(digits.test, seed=3)["neg_elbo"] < initial - 5.0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vae_common.errors import ShapeError
+
 # The one tolerance table: maximum relative difference allowed between the two backends.
 TOLERANCES = {
     "float64": 1e-12,
@@ -26,7 +28,7 @@ TRAJECTORY_TOLERANCES = {
 def max_abs_diff(a, b) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"cannot compare arrays of shapes {a.shape} and {b.shape}")
+        raise ShapeError(f"cannot compare arrays of shapes {a.shape} and {b.shape}")
     return float(np.max(np.abs(a - b))) if a.size else 0.0
 
 

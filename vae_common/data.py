@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_common.errors import DataError
+from vae_common.errors import DataError, ShapeError
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -235,16 +235,16 @@ def standard_normal(seed: int, stream: int, shape: tuple[int, ...], dtype: str =
 
 def check_batches(batches, n: int, wide: bool = False) -> np.ndarray:
     """``batches`` as an (S, B) integer array (int32, or int64 with ``wide``) of indices into
-    ``n`` samples; a ValueError naming the problem otherwise (the trainers call it, so a bad
+    ``n`` samples; a ShapeError naming the problem otherwise (the trainers call it, so a bad
     index is refused before any step instead of being clamped or failing deep inside)."""
     batches = np.asarray(batches)
     if batches.ndim != 2 or not np.issubdtype(batches.dtype, np.integer):
-        raise ValueError(
+        raise ShapeError(
             f"batches must be an (steps, batch) integer array, got shape {batches.shape} "
             f"and dtype {batches.dtype}"
         )
     if batches.size and (batches.min() < 0 or batches.max() >= n):
-        raise ValueError(
+        raise ShapeError(
             f"batches holds indices in [{batches.min()}, {batches.max()}] but data has {n} samples"
         )
     return batches.astype(np.int64 if wide else np.int32)

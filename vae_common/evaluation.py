@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from vae_common.data import standard_normal
+from vae_common.errors import ConfigError, DataError
 
 # Examples x samples decoded at once by the IWAE evaluation (bounds memory).
 IWAE_CHUNK = 50_000
@@ -36,15 +37,15 @@ def evaluate_batches(
         ``standard_normal(seed, 2j + 1, ...)`` (IWAE).
 
     Returns:
-      ``{"elbo", "reconstruction", "kl", "iwae", "iwae_k", "n"}``: means over the N examples,
-      in nats per example. ``elbo`` and ``iwae`` are the *negative* bounds (lower is better;
-      ``iwae`` estimates -log p(x)); ``iwae`` is None unless ``iwae_k > 1``.
+      ``{"neg_elbo", "reconstruction", "kl", "neg_iwae", "iwae_k", "n"}``: means over the N
+      examples, in nats per example. ``neg_elbo`` is the negative ELBO and ``neg_iwae`` the
+      negative IWAE bound (lower is better; it estimates -log p(x)), None unless ``iwae_k > 1``.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise ConfigError(f"batch_size must be positive, got {batch_size}")
     n = len(x)
     if n == 0:
-        raise ValueError("cannot evaluate on an empty dataset")
+        raise DataError("cannot evaluate on an empty dataset")
     recon, kl = np.zeros(n), np.zeros(n)
     for j, start in enumerate(range(0, n, batch_size)):
         xb = x[start : start + batch_size]
@@ -52,10 +53,10 @@ def evaluate_batches(
         r, k = batch_terms(xb, eps)
         recon[start : start + len(xb)], kl[start : start + len(xb)] = r, k
     out = {
-        "elbo": float(np.mean(recon + kl)),
+        "neg_elbo": float(np.mean(recon + kl)),
         "reconstruction": float(np.mean(recon)),
         "kl": float(np.mean(kl)),
-        "iwae": None,
+        "neg_iwae": None,
         "iwae_k": int(iwae_k),
         "n": int(n),
     }
@@ -66,5 +67,5 @@ def evaluate_batches(
             xb = x[start : start + chunk]
             eps = standard_normal(seed, 2 * j + 1, (iwae_k, len(xb), latent_dim), dtype)
             bound[start : start + len(xb)] = batch_iwae(xb, eps)
-        out["iwae"] = float(np.mean(bound))
+        out["neg_iwae"] = float(np.mean(bound))
     return out

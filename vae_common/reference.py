@@ -6,6 +6,8 @@ Reductions match the backends: every function returns one value per example, sum
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from vae_common.config import VAEConfig
@@ -38,10 +40,12 @@ def gaussian_log_likelihood(x: np.ndarray, mean: np.ndarray, std: float = 1.0) -
     return -0.5 * sse / std**2 - d * (np.log(std) + 0.5 * LOG_2PI)
 
 
-def mlp_forward(state: dict, config: VAEConfig, x: np.ndarray, eps: np.ndarray):
+def mlp_forward(
+    state: Mapping[str, np.ndarray], config: VAEConfig, x: np.ndarray, eps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The MLP VAE in numpy: returns (decoded, mean, logvar) for x (B, C, H, W), eps (B, L)."""
 
-    def dense(h, name):
+    def dense(h: np.ndarray, name: str) -> np.ndarray:
         return h @ state[f"{name}.weight"].T + state[f"{name}.bias"]
 
     h = _flat(x)
@@ -55,7 +59,9 @@ def mlp_forward(state: dict, config: VAEConfig, x: np.ndarray, eps: np.ndarray):
     return out, mean, logvar
 
 
-def negative_elbo_terms(state: dict, config: VAEConfig, x: np.ndarray, eps: np.ndarray):
+def negative_elbo_terms(
+    state: Mapping[str, np.ndarray], config: VAEConfig, x: np.ndarray, eps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(reconstruction, kl), each (B,), for the MLP VAE with one noise sample per example."""
     out, mean, logvar = mlp_forward(state, config, x, eps)
     if config.likelihood == "bernoulli":

@@ -17,11 +17,15 @@ from vae_common.config import VAEConfig
 from vae_common.spec import param_spec
 from vae_jax.model import VAE
 
+# convert.py names that only this backend has (the mirror test reads it): torch's state_dict is
+# already canonical.
+JAX_ONLY = ("conversion_table", "flax_path")
+
 # Canonical layout -> Flax layout, as a permutation of the canonical axes.
 #   Linear.weight (out, in)        -> Dense kernel (in, out)
 #   Conv2d.weight (out, in, kh, kw) -> Conv kernel (kh, kw, in, out)       (HWIO)
 #   ConvTranspose2d.weight (in, out, kh, kw) -> kernel (kh, kw, in, out), unflipped; the module
-#   (``vae_jax.model._conv_transpose_stride2``) derives the flipped per-phase taps from it, so the
+#   (``vae_jax._conv.conv_transpose_stride2``) derives the flipped per-phase taps from it, so the
 #   stored parameter stays a pure permutation of torch's.
 PERMUTATIONS = {
     "linear_weight": (1, 0),

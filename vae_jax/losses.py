@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_common.constants import LOG_2PI
+from vae_common.errors import ConfigError, ShapeError
 from vae_jax.model import VAE, check_eps, check_input, decode, encode
 from vae_jax.sampling import reparameterize
 
@@ -144,7 +145,7 @@ def loss(model: VAE, params, x, eps, beta=1.0, reduction="mean"):
     over the batch by ``reduction`` (``"mean"``, the default, or ``"sum"``). A scalar.
     """
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise ConfigError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     per_example = negative_elbo(model, params, x, eps, beta)
     return jnp.mean(per_example) if reduction == "mean" else jnp.sum(per_example)
 
@@ -181,7 +182,7 @@ def negative_iwae_bound(model: VAE, params, x, eps):
     """
     x, eps = _prepare(model, x, eps)
     if eps.ndim != 3:
-        raise ValueError(f"negative_iwae_bound needs eps of shape (K, B, L), got {eps.shape}")
+        raise ShapeError(f"negative_iwae_bound needs eps of shape (K, B, L), got {eps.shape}")
     mean, logvar = encode(model, params, x)
     z = reparameterize(mean, logvar, eps)  # (K, B, L)
     decoded = jax.vmap(lambda zk: decode(model, params, zk))(z)  # (K, B, C, H, W)

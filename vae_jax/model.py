@@ -18,7 +18,7 @@ import numpy as np
 
 from vae_common.config import CONV_KERNEL, VAEConfig
 from vae_common.constants import DTYPES
-from vae_common.errors import ShapeError
+from vae_common.errors import ConfigError, DeviceError, ShapeError
 from vae_common.spec import spec_by_name
 from vae_jax._conv import conv_stride2, conv_transpose_stride2
 
@@ -181,9 +181,9 @@ def resolve_dtype(dtype) -> jnp.dtype:
     """``"float32"``/``"float64"`` (or a numpy/jax dtype) to a jnp dtype; float64 needs x64 on."""
     name = np.dtype(dtype).name
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if name == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError(
+        raise DeviceError(
             "float64 was requested but JAX runs in 32-bit mode; call "
             "jax.config.update('jax_enable_x64', True) before creating any array"
         )

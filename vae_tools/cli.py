@@ -10,16 +10,17 @@ import argparse
 import json
 import sys
 
-from vae_common.checkpoint import CheckpointError
-from vae_common.config import ConfigError, VAEConfig
-from vae_common.data import DataError
+from vae_common.config import VAEConfig
+from vae_common.constants import (
+    BENCH_UNTIMED_STEPS,
+    DEFAULT_CONV_CHANNELS,
+    DEFAULT_HIDDEN,
+    DEFAULT_LATENT_DIM,
+)
+from vae_common.errors import TrainingError, UsageError, VAEError
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
-
-
-class UsageError(ValueError):
-    """A command-line value is invalid."""
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -40,17 +41,17 @@ def add_model_args(p: argparse.ArgumentParser, input_shape: bool = True) -> None
     g.add_argument(
         "--hidden", type=int_list, default=None, help="hidden widths, e.g. 400 or 512,256"
     )
-    g.add_argument("--latent-dim", type=int, default=20)
+    g.add_argument("--latent-dim", type=int, default=DEFAULT_LATENT_DIM)
     g.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
-    g.add_argument("--conv-channels", type=int_list, default=(32, 64), help="conv arch only")
+    g.add_argument(
+        "--conv-channels", type=int_list, default=DEFAULT_CONV_CHANNELS, help="conv arch only"
+    )
     if input_shape:
         g.add_argument("--input-shape", type=int_list, default=(1, 28, 28), help="C,H,W")
 
 
 def config_from_args(args, input_shape) -> VAEConfig:
-    hidden = args.hidden
-    if hidden is None:
-        hidden = (400,) if args.arch == "mlp" else (256,)
+    hidden = DEFAULT_HIDDEN[args.arch] if args.hidden is None else args.hidden
     return VAEConfig(
         input_shape=tuple(input_shape),
         hidden=hidden,
@@ -150,7 +151,7 @@ def cmd_train(args) -> int:
     if last:
         print(
             f"epoch {last['epoch']}: train loss {last['train_loss']:.3f}, test -ELBO "
-            f"{last['test_elbo']:.3f} nats ({args.out}/checkpoint.safetensors)"
+            f"{last['test_neg_elbo']:.3f} nats ({args.out}/checkpoint.safetensors)"
         )
     return 0
 
@@ -175,11 +176,11 @@ def cmd_eval(args) -> int:
             f"{result['backend']} {result['dtype']} on {result['n']} test images "
             "(nats per example):"
         )
-        print(f"  -ELBO          {result['elbo']:.4f}")
+        print(f"  -ELBO          {result['neg_elbo']:.4f}")
         print(f"  reconstruction {result['reconstruction']:.4f}")
         print(f"  KL             {result['kl']:.4f}")
-        if result["iwae"] is not None:
-            print(f"  -log p(x) IWAE {result['iwae']:.4f}  (k={result['iwae_k']})")
+        if result["neg_iwae"] is not None:
+            print(f"  -log p(x) IWAE {result['neg_iwae']:.4f}  (k={result['iwae_k']})")
     return 0
 
 
@@ -200,19 +201,22 @@ def cmd_bench(args) -> int:
             modes.setdefault(backend, []).append(mode)
     if args.repeats < 1:
         raise UsageError("--repeats must be at least 1 (5 or more for figures you report)")
+    untimed_steps = args.untimed_steps
+    if args.deprecated_warmup_steps is not None:
+        # The old name clashed with `vae train --warmup-steps` (the KL warm-up).
+        if untimed_steps is not None:
+            raise UsageError("give --untimed-steps only (--warmup-steps is its deprecated name)")
+        print("vae bench: --warmup-steps is deprecated; use --untimed-steps", file=sys.stderr)
+        untimed_steps = args.deprecated_warmup_steps
+    if untimed_steps is None:
+        untimed_steps = BENCH_UNTIMED_STEPS
     data, config = None, None
     if args.dataset:
         from vae_common.data import load_dataset
 
         ds = load_dataset(args.dataset)
         data = ds.train[: args.samples]
-        config = VAEConfig(
-            input_shape=ds.image_shape,
-            hidden=(400,) if args.arch == "mlp" else (256,),
-            latent_dim=20,
-            arch=args.arch,
-            conv_channels=(32, 64) if args.arch == "conv" else (),
-        )
+        config = bench.default_config(args.arch, ds.image_shape)
     result = bench.run_bench(
         backends=backends,
         arch=args.arch,
@@ -221,7 +225,7 @@ def cmd_bench(args) -> int:
         dtype=args.dtype,
         samples=args.samples,
         repeats=args.repeats,
-        warmup_steps=args.warmup_steps,
+        untimed_steps=untimed_steps,
         modes=modes,
         data=data,
         config=config,
@@ -326,10 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--repeats", type=int, default=5, help="timed epochs per contender")
     p.add_argument(
-        "--warmup-steps",
+        "--untimed-steps",
         type=int,
-        default=900,
-        help="untimed steps first (past PyTorch's denormal slowdown at ~800)",
+        default=None,
+        help=f"untimed steps per contender before timing, in whole epochs (default "
+        f"{BENCH_UNTIMED_STEPS}: past PyTorch's denormal slowdown at ~800)",
+    )
+    p.add_argument(
+        "--warmup-steps", dest="deprecated_warmup_steps", type=int, help=argparse.SUPPRESS
     )
     p.add_argument("--json", help="write the records and host info here")
     p.add_argument("--plot", help="write a bar chart here")
@@ -346,24 +354,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from vae_tools.run import TrainingError
-
-    bad_input = (ConfigError, CheckpointError, DataError, UsageError, ValueError, FileNotFoundError)
+    # The project's own errors, and only those, are reported as one line: a failed check as
+    # exit 1, bad input as exit 2. Anything else is a bug and surfaces with its traceback.
     try:
         return args.func(args)
     except TrainingError as exc:
         print(f"vae {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except VAEError as exc:
+        print(f"vae {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"vae {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        # The torch backend is imported only when a command uses it; so is its DeviceError.
-        device = sys.modules.get("vae_torch.device")
-        if isinstance(exc, bad_input) or (device and isinstance(exc, device.DeviceError)):
-            print(f"vae {args.command}: error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        raise
 
 
 if __name__ == "__main__":

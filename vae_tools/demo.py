@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,12 +35,12 @@ def run_demo(
     out: str | Path = "runs/demo", epochs: int = 30, seed: int = 0, progress: bool = True
 ) -> Path:
     """Run the whole demo into ``out`` (its ``jax/`` and ``torch/`` runs are replaced)."""
-    import jax
+    from vae_jax.device import enable_float64
 
     # Float64 parity needs x64 before any JAX array exists. Float32 training passes its dtype
     # explicitly, but optax computes Adam's bias correction in the widest enabled float, so its
     # last bits differ from a run with x64 off (well inside the float32 tolerance).
-    jax.config.update("jax_enable_x64", True)
+    enable_float64()
     out = Path(out)
     started = time.perf_counter()
     ds = load_digits()
@@ -106,7 +108,7 @@ def run_demo(
         out / "loss_curves.png",
         {b: [v for m in metrics[b] for v in m["train_losses"]] for b in run.BACKENDS},
         {
-            b: ([m["step"] for m in metrics[b]], [m["test_elbo"] for m in metrics[b]])
+            b: ([m["step"] for m in metrics[b]], [m["test_neg_elbo"] for m in metrics[b]])
             for b in run.BACKENDS
         },
     )
@@ -116,13 +118,21 @@ def run_demo(
     return report
 
 
-def _report(epochs, metrics, times, cross, one_step, trajectory, total) -> str:
+def _report(
+    epochs: int,
+    metrics: Mapping[str, list[dict[str, Any]]],
+    times: Mapping[str, float],
+    cross: Mapping[tuple[str, str], Mapping[str, float]],
+    one_step: Mapping[str, Any],
+    trajectory: Mapping[str, Any],
+    total: float,
+) -> str:
     c = CONFIG
     train_rows = [
         [
             b,
             f"{metrics[b][-1]['train_loss']:.3f}",
-            f"{metrics[b][-1]['test_elbo']:.3f}",
+            f"{metrics[b][-1]['test_neg_elbo']:.3f}",
             f"{metrics[b][-1]['test_reconstruction']:.3f}",
             f"{metrics[b][-1]['test_kl']:.3f}",
             f"{np.median([m['seconds'] for m in metrics[b][1:]] or [metrics[b][0]['seconds']]):.3f}",
@@ -133,15 +143,15 @@ def _report(epochs, metrics, times, cross, one_step, trajectory, total) -> str:
     cross_rows = []
     for trained in run.BACKENDS:
         a, b = cross[trained, "jax"], cross[trained, "torch"]
-        rel = abs(a["elbo"] - b["elbo"]) / abs(b["elbo"])
+        rel = abs(a["neg_elbo"] - b["neg_elbo"]) / abs(b["neg_elbo"])
         cross_rows.append(
             [
                 trained,
-                f"{a['elbo']:.5f}",
-                f"{b['elbo']:.5f}",
+                f"{a['neg_elbo']:.5f}",
+                f"{b['neg_elbo']:.5f}",
                 f"{rel:.1e}",
-                f"{a['iwae']:.4f}",
-                f"{b['iwae']:.4f}",
+                f"{a['neg_iwae']:.4f}",
+                f"{b['neg_iwae']:.4f}",
             ]
         )
     worst_grad = max(g["max_rel_diff"] for g in one_step["grads"].values())

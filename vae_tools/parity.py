@@ -11,6 +11,7 @@ import numpy as np
 
 from vae_common.compare import TOLERANCES, max_abs_diff, rel_diff
 from vae_common.config import VAEConfig
+from vae_common.errors import UsageError
 from vae_common.spec import init_canonical
 
 
@@ -41,9 +42,9 @@ def make_inputs(
     Without ``x`` the batch is uniform in [0, 1] (valid for both likelihoods).
     """
     if objective not in ("elbo", "iwae"):
-        raise ValueError(f"objective must be 'elbo' or 'iwae', got {objective!r}")
+        raise UsageError(f"objective must be 'elbo' or 'iwae', got {objective!r}")
     if objective == "iwae" and k < 2:
-        raise ValueError("the IWAE objective needs k >= 2 samples")
+        raise UsageError("the IWAE objective needs k >= 2 samples")
     rng = np.random.default_rng([seed, 1])
     if state is None:
         state = init_canonical(config, seed)
@@ -63,7 +64,7 @@ def jax_side(inp: ParityInputs, dtype: str) -> dict:
     import vae_jax
 
     if dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
+        vae_jax.enable_float64()
     model = vae_jax.build_model(inp.config, dtype)
     params = vae_jax.from_canonical(model, inp.state)
     x = jax.numpy.asarray(inp.x, dtype)

@@ -29,7 +29,7 @@ from vae_common.checkpoint import (
 )
 from vae_common.config import VAEConfig
 from vae_common.data import Dataset, batch_indices, binarize, load_dataset, validate_images
-from vae_common.errors import ResumeError, TrainingError
+from vae_common.errors import DataError, ResumeError, TrainingError, UsageError
 from vae_common.training import TrainConfig, optimizer_state_names
 
 STATE_FORMAT = "vae-twin-train-state/1"
@@ -58,15 +58,15 @@ def make_trainer(
 ):
     """The backend's ``Trainer`` (imported only when asked for)."""
     if backend == "jax":
-        if dtype == "float64":
-            import jax
-
-            jax.config.update("jax_enable_x64", True)
+        from vae_jax.device import enable_float64
         from vae_jax.train import Trainer
+
+        if dtype == "float64":
+            enable_float64()
     elif backend == "torch":
         from vae_torch.train import Trainer
     else:
-        raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+        raise UsageError(f"unknown backend {backend!r}; use one of {BACKENDS}")
     return Trainer(config, train, dtype=dtype, device=device, compile=compile)
 
 
@@ -142,10 +142,17 @@ def load_train_state(path: Path, config: VAEConfig, train: TrainConfig, settings
     return params, opt, int(meta["epoch"]), int(meta["step"])
 
 
+# metrics.jsonl keys renamed in version 0.2 (they hold the *negative* ELBO): old -> new.
+RENAMED_METRICS = {"test_elbo": "test_neg_elbo"}
+
+
 def _read_metrics(path: Path, epochs_done: int) -> list[dict]:
+    """The per-epoch records up to ``epochs_done``; records written before the renames in
+    ``RENAMED_METRICS`` are read under the new names."""
     if not path.exists():
         return []
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [{RENAMED_METRICS.get(k, k): v for k, v in m.items()} for m in lines]
     return [m for m in lines if m["epoch"] <= epochs_done]
 
 
@@ -180,14 +187,14 @@ def train(
     state_path, ckpt_path = out / "train_state.safetensors", out / "checkpoint.safetensors"
     metrics_path = out / "metrics.jsonl"
     if epochs < 1:
-        raise ValueError(f"epochs must be positive, got {epochs}")
+        raise UsageError(f"epochs must be positive, got {epochs}")
     if state_path.exists() and not resume:
         raise ResumeError(
             f"{out} already holds a training run; pass --resume or choose another --out"
         )
     ds = prepare_data(settings, dataset, config.likelihood)
     if ds.image_shape != config.input_shape:
-        raise ValueError(
+        raise DataError(
             f"dataset {ds.name} has images of shape {ds.image_shape} but the model expects "
             f"{config.input_shape}"
         )
@@ -236,7 +243,7 @@ def train(
                 "step": trainer.step,
                 "train_loss": float(np.mean(losses)),
                 "train_losses": [float(v) for v in losses],
-                "test_elbo": test["elbo"],
+                "test_neg_elbo": test["neg_elbo"],
                 "test_reconstruction": test["reconstruction"],
                 "test_kl": test["kl"],
                 "seconds": train_seconds,
@@ -258,7 +265,7 @@ def train(
             },
         )
         if bar:
-            bar.set_postfix(loss=f"{metrics[-1]['train_loss']:.2f}", test=f"{test['elbo']:.2f}")
+            bar.set_postfix(loss=f"{metrics[-1]['train_loss']:.2f}", test=f"{test['neg_elbo']:.2f}")
             bar.update(1)
     if bar:
         bar.close()
@@ -278,7 +285,7 @@ def save_run_plots(out: Path, trainer, ds: Dataset, metrics: list[dict], seed: i
     plots.save_loss_curves(
         out / "loss_curves.png",
         {trainer.backend: curve},
-        {trainer.backend: ([m["step"] for m in metrics], [m["test_elbo"] for m in metrics])},
+        {trainer.backend: ([m["step"] for m in metrics], [m["test_neg_elbo"] for m in metrics])},
     )
     if trainer.config.latent_dim == 2:
         n = min(len(ds.test), 5000)
@@ -305,7 +312,7 @@ def evaluate_checkpoint(
     ds = data if data is not None else load_dataset(dataset)
     validate_images(ds.test, config.likelihood, name=f"{ds.name} test images")
     if ds.image_shape != config.input_shape:
-        raise ValueError(
+        raise DataError(
             f"dataset {ds.name} has images of shape {ds.image_shape} but checkpoint {path} "
             f"expects {config.input_shape}"
         )

@@ -7,16 +7,17 @@ import numpy as np
 
 from vae_common.compare import TOLERANCES, TRAJECTORY_TOLERANCES, max_abs_diff, rel_diff
 from vae_common.config import VAEConfig
+from vae_common.errors import UsageError
 from vae_common.spec import init_canonical
 from vae_common.training import TrainConfig
 from vae_tools import parity
 
 
 def _trainers(config, train, dtype, device):
-    import jax
+    from vae_jax.device import enable_float64
 
     if dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
+        enable_float64()
     import torch
 
     import vae_jax.train
@@ -52,7 +53,7 @@ def check_trajectory(
     import jax
 
     if steps < 1:
-        raise ValueError(f"steps must be positive, got {steps}")
+        raise UsageError(f"steps must be positive, got {steps}")
     rng = np.random.default_rng([seed, 2])
     state = init_canonical(config, seed) if state is None else state
     xs = rng.random((steps, batch_size) + config.input_shape)

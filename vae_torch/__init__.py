@@ -5,8 +5,9 @@ state.
 """
 
 from vae_common.config import VAEConfig
+from vae_common.errors import DeviceError, ShapeError
 from vae_torch.convert import from_canonical, to_canonical
-from vae_torch.device import DeviceError, check_dtype, select_device, supports_float64, synchronize
+from vae_torch.device import check_dtype, select_device, supports_float64, synchronize
 from vae_torch.losses import (
     bernoulli_log_likelihood,
     elbo_terms,
@@ -20,26 +21,30 @@ from vae_torch.losses import (
     objective,
     standard_normal_log_density,
 )
-from vae_torch.model import (
-    VAE,
-    ShapeError,
-    build_model,
-    decode,
-    decode_mean,
-    encode,
-    init_params,
-)
+from vae_torch.model import VAE, build_model, decode, decode_mean, encode, init_params
 from vae_torch.sampling import reparameterize, sample_eps
+from vae_torch.train import (
+    Trainer,
+    cpu_compiler,
+    make_compiled_step,
+    make_optimizer,
+    make_run_steps,
+    make_train_step,
+    require_compiler,
+)
 
-# Names only the torch backend has: JAX places arrays itself and has no device selector.
-TORCH_ONLY = ("DeviceError", "check_dtype", "select_device", "supports_float64", "synchronize")
+# Names only the torch backend has: the compiled training step and its C++ compiler check.
+TORCH_ONLY = ("cpu_compiler", "make_compiled_step", "require_compiler")
 
 __all__ = [
     "VAE",
+    "DeviceError",
     "ShapeError",
+    "Trainer",
     "VAEConfig",
     "bernoulli_log_likelihood",
     "build_model",
+    "check_dtype",
     "decode",
     "decode_mean",
     "elbo_terms",
@@ -51,16 +56,20 @@ __all__ = [
     "init_params",
     "log_likelihood",
     "loss",
+    "make_optimizer",
+    "make_run_steps",
+    "make_train_step",
     "negative_elbo",
     "negative_iwae_bound",
     "objective",
     "reparameterize",
     "sample_eps",
-    "standard_normal_log_density",
-    "to_canonical",
-    "DeviceError",
-    "check_dtype",
     "select_device",
+    "standard_normal_log_density",
     "supports_float64",
     "synchronize",
+    "to_canonical",
+    "cpu_compiler",
+    "make_compiled_step",
+    "require_compiler",
 ]

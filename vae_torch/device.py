@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 import torch
 
@@ -28,7 +29,7 @@ def _available(kind: str) -> bool:
     return bool(module is not None and module.is_available())
 
 
-def select_device(name: str | None = None) -> torch.device:
+def select_device(name: Any = None) -> torch.device:
     """The device to run on.
 
     Args:
@@ -38,6 +39,8 @@ def select_device(name: str | None = None) -> torch.device:
     Raises:
       DeviceError: the name is not a device, or that device is not available in this torch build.
     """
+    if isinstance(name, torch.device):
+        name = str(name)
     if name in (None, "", "auto"):
         name = os.environ.get(ENV_VAR) or None
         if name is None:
@@ -66,7 +69,7 @@ def select_device(name: str | None = None) -> torch.device:
     return device
 
 
-def supports_float64(device) -> bool:
+def supports_float64(device: Any) -> bool:
     """Whether kernels on ``device`` can compute in float64."""
     device = torch.device(device)
     if device.type == "mps":
@@ -77,7 +80,7 @@ def supports_float64(device) -> bool:
     return True
 
 
-def check_dtype(device, dtype) -> None:
+def check_dtype(device: Any, dtype: Any) -> None:
     """Raise ``DeviceError`` if ``dtype`` cannot run on ``device`` (float64 on Arc or MPS)."""
     from vae_torch.model import resolve_dtype
 
@@ -88,8 +91,22 @@ def check_dtype(device, dtype) -> None:
         )
 
 
-def synchronize(device) -> None:
-    """Wait for all queued work on ``device`` (a no-op on the CPU)."""
+def synchronize(device: Any, arrays: Any = None) -> None:
+    """Wait for all work queued on ``device`` (a no-op on the CPU, where torch runs eagerly).
+
+    ``arrays`` is taken for the same call as JAX's, which waits per array: a device-wide
+    synchronisation covers any tensors computed there.
+    """
     device = torch.device(device)
     if device.type in ("cuda", "xpu", "mps"):
         getattr(torch, device.type).synchronize()
+
+
+__all__ = [
+    "DeviceError",
+    "ENV_VAR",
+    "check_dtype",
+    "select_device",
+    "supports_float64",
+    "synchronize",
+]

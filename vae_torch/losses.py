@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from vae_common.constants import LOG_2PI
+from vae_common.errors import ConfigError, ShapeError
 from vae_torch.model import VAE, check_eps, check_input, decode, encode
 from vae_torch.sampling import reparameterize
 
@@ -137,7 +138,7 @@ def loss(model: VAE, params, x, eps, beta=1.0, reduction="mean"):
     over the batch by ``reduction`` (``"mean"``, the default, or ``"sum"``). A scalar.
     """
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise ConfigError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     per_example = negative_elbo(model, params, x, eps, beta)
     return torch.mean(per_example) if reduction == "mean" else torch.sum(per_example)
 
@@ -174,7 +175,7 @@ def negative_iwae_bound(model: VAE, params, x, eps):
     """
     x, eps = _prepare(model, x, eps)
     if eps.ndim != 3:
-        raise ValueError(
+        raise ShapeError(
             f"negative_iwae_bound needs eps of shape (K, B, L), got {tuple(eps.shape)}"
         )
     mean, logvar = encode(model, params, x)

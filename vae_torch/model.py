@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vae_common.config import CONV_KERNEL, CONV_PADDING, CONV_STRIDE, VAEConfig
-from vae_common.errors import ShapeError
+from vae_common.errors import ConfigError, ShapeError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -134,7 +134,7 @@ def resolve_dtype(dtype) -> torch.dtype:
     else:
         name = np.dtype(dtype).name
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        raise ConfigError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     return DTYPES[name]
 
 

@@ -1,0 +1,230 @@
+"""The training contract: what a ``Trainer`` is, in both backends.
+
+``vae_jax.train.Trainer`` and ``vae_torch.train.Trainer`` subclass ``TrainerBase``. The shared
+docstrings and the shared plumbing (argument checks, the evaluation loop, the batching checks)
+live here, once; a backend implements only the abstract hooks (``_``-prefixed) with its own
+arrays. The mirror test (``tests/test_api_mirror.py``) proves that both trainers have exactly
+these public methods with these signatures.
+
+Arrays cross this interface as numpy arrays, except the device-resident dataset returned by
+``put_data`` (a ``jax.Array`` or a ``torch.Tensor``), which goes back into ``train_epoch``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import numpy as np
+
+from vae_common.config import VAEConfig
+from vae_common.constants import DTYPES
+from vae_common.data import check_batches
+from vae_common.errors import ConfigError, ShapeError
+from vae_common.evaluation import evaluate_batches
+from vae_common.training import TrainConfig
+
+
+class TrainerBase(abc.ABC):
+    """A model, its Adam state and its step count, trained on data resident on one device.
+
+    Args:
+      config: the model.
+      train: optimizer and objective settings (``TrainConfig()`` when None).
+      dtype: ``"float32"`` or ``"float64"`` (checked against the device).
+      device: a device name for the backend's ``select_device`` (None: the backend's default).
+      compile: torch: compute each step's loss and gradients in one compiled graph; JAX compiles
+        every step with ``jax.jit`` anyway and accepts it for symmetry.
+      flush_denormal: torch on the CPU: flush denormals to zero while training; XLA always does.
+
+    The weights are set by ``load_state_dict`` before anything else is called.
+    """
+
+    backend: ClassVar[str]
+
+    def __init__(
+        self,
+        config: VAEConfig,
+        train: TrainConfig | None = None,
+        dtype: str = "float32",
+        device: Any = None,
+        compile: bool = False,
+        flush_denormal: bool = True,
+    ) -> None:
+        if not isinstance(config, VAEConfig):
+            raise ConfigError(f"config must be a VAEConfig, got {type(config).__name__}")
+        if train is not None and not isinstance(train, TrainConfig):
+            raise ConfigError(f"train must be a TrainConfig, got {type(train).__name__}")
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        self.config = config
+        self.train_config = train or TrainConfig()
+        self.dtype = dtype
+        self.compile = bool(compile)
+        self.flush_denormal = bool(flush_denormal)
+        self._loaded = False
+
+    # -- weights and optimizer state ---------------------------------------------------------
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Start from canonical weights (PyTorch names and layouts): fresh Adam state, step 0.
+
+        Raises ``CheckpointError`` naming any missing, extra or mis-shaped tensor.
+        """
+        self._load_state_dict(state)
+        self._loaded = True
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The current weights, canonical names and layouts, as numpy arrays."""
+        self._require_weights()
+        return self._state_dict()
+
+    @property
+    def step(self) -> int:
+        """Adam steps taken since the weights were loaded (or the restored count)."""
+        self._require_weights()
+        return self._step()
+
+    def optimizer_state_dict(self) -> dict[str, np.ndarray]:
+        """Adam's moments under canonical names (``adam.exp_avg.<param>``,
+        ``adam.exp_avg_sq.<param>``), PyTorch layouts; zeros before the first step."""
+        self._require_weights()
+        return self._optimizer_state_dict()
+
+    def load_optimizer_state_dict(self, tensors: dict[str, np.ndarray], step: int) -> None:
+        """Restore Adam's moments (canonical names, as ``optimizer_state_dict`` writes them) and
+        the step count; a state written by either backend loads into either."""
+        self._require_weights()
+        self._load_optimizer_state_dict(tensors, int(step))
+
+    # -- training ------------------------------------------------------------------------------
+
+    def put_data(self, x: np.ndarray) -> Any:
+        """Images (N, C, H, W) moved to the device once, in the model dtype."""
+        return self._put_data(np.asarray(x))
+
+    def train_epoch(self, data: Any, batches: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+        """One epoch of Adam steps over ``batches`` (S, B) of indices into ``data`` (from
+        ``put_data``); returns the (S,) per-step losses after one host sync.
+
+        The noise (and the dynamic binarization) of the epoch is drawn on the device from
+        ``(seed, epoch)``: JAX folds ``epoch`` into ``key(seed)``; torch seeds a generator with
+        ``vae_common.training.epoch_seed(seed, epoch)``. Bad indices are refused before any step.
+        """
+        self._require_weights()
+        checked = check_batches(batches, int(data.shape[0]))
+        return self._train_epoch(data, checked, int(seed), int(epoch))
+
+    def run_steps(self, xs: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """Adam steps on given batches (S, B, C, H, W) and noise (S, B, L); returns (S,) losses.
+
+        The reproducible path: the same arrays give the same steps in both backends.
+        """
+        self._require_weights()
+        xs, eps = np.asarray(xs), np.asarray(eps)
+        expected = (len(xs), xs.shape[1] if xs.ndim > 1 else -1, self.config.latent_dim)
+        if xs.ndim != 5 or eps.shape != expected:
+            raise ShapeError(
+                f"run_steps needs xs (S, B, C, H, W) and eps (S, B, {self.config.latent_dim}), "
+                f"got xs {xs.shape} and eps {eps.shape}"
+            )
+        return self._run_steps(xs, eps)
+
+    def synchronize(self) -> None:
+        """Wait until all work queued by this trainer has finished (for timing)."""
+        self._synchronize()
+
+    # -- evaluation and generation ---------------------------------------------------------------
+
+    def evaluate(
+        self, x: np.ndarray, seed: int = 0, batch_size: int = 500, iwae_k: int = 0
+    ) -> dict[str, Any]:
+        """Mean -ELBO, its terms and (``iwae_k > 1``) the IWAE estimate of -log p(x), in nats.
+
+        The noise comes from ``vae_common.data.standard_normal(seed, stream, ...)``, the same
+        arrays in both backends, so one checkpoint evaluates to the same numbers in each. Keys:
+        see ``vae_common.evaluation.evaluate_batches``.
+        """
+        self._require_weights()
+        return evaluate_batches(
+            self._batch_terms,
+            self._batch_iwae,
+            np.asarray(x),
+            self.config.latent_dim,
+            self.dtype,
+            seed,
+            batch_size,
+            iwae_k,
+        )
+
+    def reconstruct(self, x: np.ndarray) -> np.ndarray:
+        """E[x|z] at z = the posterior mean, (B, C, H, W)."""
+        self._require_weights()
+        return self._reconstruct(np.asarray(x))
+
+    def sample(self, z: np.ndarray) -> np.ndarray:
+        """E[x|z] for latents z (B, L) (e.g. prior draws), (B, C, H, W)."""
+        self._require_weights()
+        return self._sample(np.asarray(z))
+
+    def encode_mean(self, x: np.ndarray) -> np.ndarray:
+        """Posterior means (B, L)."""
+        self._require_weights()
+        return self._encode_mean(np.asarray(x))
+
+    def _require_weights(self) -> None:
+        if not self._loaded:
+            raise ConfigError(
+                f"{type(self).__module__}.{type(self).__name__} has no weights yet: call "
+                "load_state_dict first (e.g. with vae_common.spec.init_canonical(config, seed))"
+            )
+
+    # -- the backend's hooks ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _load_state_dict(self, state: dict[str, np.ndarray]) -> None: ...
+
+    @abc.abstractmethod
+    def _state_dict(self) -> dict[str, np.ndarray]: ...
+
+    @abc.abstractmethod
+    def _step(self) -> int: ...
+
+    @abc.abstractmethod
+    def _optimizer_state_dict(self) -> dict[str, np.ndarray]: ...
+
+    @abc.abstractmethod
+    def _load_optimizer_state_dict(self, tensors: dict[str, np.ndarray], step: int) -> None: ...
+
+    @abc.abstractmethod
+    def _put_data(self, x: np.ndarray) -> Any: ...
+
+    @abc.abstractmethod
+    def _train_epoch(self, data: Any, batches: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+        """``batches`` is checked, int32 (S, B)."""
+
+    @abc.abstractmethod
+    def _run_steps(self, xs: np.ndarray, eps: np.ndarray) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _synchronize(self) -> None: ...
+
+    @abc.abstractmethod
+    def _batch_terms(self, x: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(reconstruction (b,), kl (b,))`` as float64 numpy arrays."""
+
+    @abc.abstractmethod
+    def _batch_iwae(self, x: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """The negative IWAE bound (b,) for eps (K, b, L), as a float64 numpy array."""
+
+    @abc.abstractmethod
+    def _reconstruct(self, x: np.ndarray) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _sample(self, z: np.ndarray) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _encode_mean(self, x: np.ndarray) -> np.ndarray: ...
+
+
+__all__ = ["TrainerBase"]
