@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_common.config import CONV_KERNEL, CONV_PADDING, CONV_STRIDE
+from vae_jax._typing import Array
 
 # Activations NHWC, kernels HWIO (kh, kw, in, out).
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -36,14 +37,14 @@ if (CONV_KERNEL, CONV_STRIDE, CONV_PADDING) != (4, 2, 1):
     raise ImportError("vae_jax._conv assumes kernel 4, stride 2, padding 1")
 
 
-def _conv_forward(x, kernel):
+def _conv_forward(x: Array, kernel: Array) -> Array:
     """(B, H, W, I), (4, 4, I, O) -> (B, H/2, W/2, O)."""
     return jax.lax.conv_general_dilated(
         x, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DIMENSION_NUMBERS
     )
 
 
-def _conv_kernel_grad(x, g):
+def _conv_kernel_grad(x: Array, g: Array) -> Array:
     """The gradient of ``sum(_conv_forward(x, K) * g)`` in K: (B, H, W, I), (B, H/2, W/2, O) ->
     (4, 4, I, O), as XLA differentiates a strided convolution (its fast path for this one)."""
     shape = jax.ShapeDtypeStruct((4, 4, x.shape[-1], g.shape[-1]), x.dtype)
@@ -51,7 +52,7 @@ def _conv_kernel_grad(x, g):
     return dk
 
 
-def _phase_kernel(kernel):
+def _phase_kernel(kernel: Array) -> Array:
     """(4, 4, I, O) transposed-conv kernel -> (2, 2, I, 4 O) kernel of its four output phases.
 
     Output (2m + ry, 2n + rx) is the 2x2 correlation of the input padded by one at (m + ry,
@@ -63,7 +64,7 @@ def _phase_kernel(kernel):
     return flipped.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, c_in, 4 * c_out)
 
 
-def _conv_transpose_forward(x, kernel):
+def _conv_transpose_forward(x: Array, kernel: Array) -> Array:
     """(B, H, W, I), (4, 4, I, O) -> (B, 2H, 2W, O) by the phase decomposition."""
     b, h, w, _ = x.shape
     c_out = kernel.shape[3]
@@ -79,12 +80,12 @@ def _conv_transpose_forward(x, kernel):
     return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, c_out)  # (B, H, 2, W, 2, O) -> ...
 
 
-def _swap_in_out(kernel):
+def _swap_in_out(kernel: Array) -> Array:
     return kernel.transpose(0, 1, 3, 2)
 
 
 @jax.custom_vjp
-def conv_stride2(x, kernel):
+def conv_stride2(x: Array, kernel: Array) -> Array:
     """torch ``Conv2d(k=4, stride=2, padding=1)`` without bias.
 
     Args:
@@ -97,11 +98,11 @@ def conv_stride2(x, kernel):
     return _conv_forward(x, kernel)
 
 
-def _conv_fwd(x, kernel):
+def _conv_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
     return _conv_forward(x, kernel), (x, kernel)
 
 
-def _conv_bwd(residuals, g):
+def _conv_bwd(residuals: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
     x, kernel = residuals
     return _conv_transpose_forward(g, _swap_in_out(kernel)), _conv_kernel_grad(x, g)
 
@@ -110,7 +111,7 @@ conv_stride2.defvjp(_conv_fwd, _conv_bwd)
 
 
 @jax.custom_vjp
-def conv_transpose_stride2(x, kernel):
+def conv_transpose_stride2(x: Array, kernel: Array) -> Array:
     """torch ``ConvTranspose2d(k=4, stride=2, padding=1)`` without bias.
 
     Args:
@@ -123,11 +124,11 @@ def conv_transpose_stride2(x, kernel):
     return _conv_transpose_forward(x, kernel)
 
 
-def _conv_transpose_fwd(x, kernel):
+def _conv_transpose_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
     return _conv_transpose_forward(x, kernel), (x, kernel)
 
 
-def _conv_transpose_bwd(residuals, g):
+def _conv_transpose_bwd(residuals: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
     # ConvTranspose2d(., K) is the adjoint of Conv2d(., K with in/out swapped): its input gradient
     # is that convolution of g, its kernel gradient that convolution's kernel gradient at input g
     # and output cotangent x.

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 
+from vae_jax._typing import Array, DTypeLike
 from vae_jax.model import resolve_dtype
 
 
-def reparameterize(mean, logvar, eps):
+def reparameterize(mean: Array, logvar: Array, eps: Array) -> Array:
     """z = mean + exp(logvar / 2) * eps.
 
     Args:
@@ -21,6 +24,6 @@ def reparameterize(mean, logvar, eps):
     return mean + jnp.exp(0.5 * logvar) * eps
 
 
-def sample_eps(rng, shape, dtype="float32"):
+def sample_eps(rng: Array, shape: Sequence[int], dtype: DTypeLike = "float32") -> Array:
     """Standard normal noise of ``shape`` drawn from the JAX key ``rng``."""
     return jax.random.normal(rng, tuple(shape), resolve_dtype(dtype))

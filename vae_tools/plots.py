@@ -4,12 +4,17 @@ the 2-D latent space. Inputs are numpy arrays; nothing here knows a backend."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+Path = str | os.PathLike[str]
 
 
 def image_grid(images: np.ndarray, ncols: int) -> np.ndarray:
@@ -23,7 +28,7 @@ def image_grid(images: np.ndarray, ncols: int) -> np.ndarray:
     return grid[..., 0] if c == 1 else grid
 
 
-def _save(fig, path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.png"
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
@@ -31,7 +36,7 @@ def _save(fig, path) -> None:
     os.replace(tmp, path)
 
 
-def _show(ax, grid, title):
+def _show(ax: Axes, grid: np.ndarray, title: str) -> None:
     ax.imshow(
         grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest"
     )
@@ -39,7 +44,9 @@ def _show(ax, grid, title):
     ax.axis("off")
 
 
-def save_reconstructions(path, inputs: np.ndarray, recons: np.ndarray, ncols: int = 8) -> None:
+def save_reconstructions(
+    path: Path, inputs: np.ndarray, recons: np.ndarray, ncols: int = 8
+) -> None:
     """Inputs (top) next to their reconstructions (bottom)."""
     fig, axes = plt.subplots(2, 1, figsize=(ncols * 0.8, 2 * 0.8 * -(-len(inputs) // ncols) + 1))
     _show(axes[0], image_grid(inputs, ncols), "inputs")
@@ -47,13 +54,19 @@ def save_reconstructions(path, inputs: np.ndarray, recons: np.ndarray, ncols: in
     _save(fig, path)
 
 
-def save_samples(path, samples: np.ndarray, ncols: int = 8, title: str = "samples from the prior"):
+def save_samples(
+    path: Path, samples: np.ndarray, ncols: int = 8, title: str = "samples from the prior"
+) -> None:
     fig, ax = plt.subplots(figsize=(ncols * 0.8, 0.8 * -(-len(samples) // ncols) + 0.5))
     _show(ax, image_grid(samples, ncols), title)
     _save(fig, path)
 
 
-def save_loss_curves(path, train: dict, test: dict | None = None) -> None:
+def save_loss_curves(
+    path: Path,
+    train: Mapping[str, Sequence[float] | np.ndarray],
+    test: Mapping[str, tuple[Sequence[int], Sequence[float]]] | None = None,
+) -> None:
     """Training loss per step and test -ELBO per epoch, one line per label (e.g. per backend).
 
     Args:
@@ -73,7 +86,7 @@ def save_loss_curves(path, train: dict, test: dict | None = None) -> None:
     _save(fig, path)
 
 
-def save_latent_space(path, z: np.ndarray, labels: np.ndarray) -> None:
+def save_latent_space(path: Path, z: np.ndarray, labels: np.ndarray) -> None:
     """Posterior means of a 2-D latent space, coloured by label."""
     fig, ax = plt.subplots(figsize=(5, 5))
     points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=4)

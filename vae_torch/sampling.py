@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from vae_torch._typing import Array, DTypeLike
 from vae_torch.model import resolve_dtype
 
 
-def reparameterize(mean, logvar, eps):
+def reparameterize(mean: Array, logvar: Array, eps: Array) -> Array:
     """z = mean + exp(logvar / 2) * eps.
 
     Args:
@@ -20,6 +23,6 @@ def reparameterize(mean, logvar, eps):
     return mean + torch.exp(0.5 * logvar) * eps
 
 
-def sample_eps(rng, shape, dtype="float32"):
+def sample_eps(rng: torch.Generator, shape: Sequence[int], dtype: DTypeLike = "float32") -> Array:
     """Standard normal noise of ``shape`` from the ``torch.Generator`` ``rng``, on its device."""
     return torch.randn(tuple(shape), generator=rng, dtype=resolve_dtype(dtype), device=rng.device)
