@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-from jax.typing import ArrayLike
-from numpy.typing import DTypeLike  # "float32" / "float64" or a numpy / jnp dtype
+from jax.typing import ArrayLike, DTypeLike  # DTypeLike: "float32" / "float64", a numpy dtype
 
 # What the functions return: a JAX array (a tracer inside jit, grad and vmap).
 Array = jax.Array

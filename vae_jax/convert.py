@@ -7,14 +7,17 @@ never guesses from names or ranks; any missing, extra or mis-shaped tensor raise
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 
 from vae_common.checkpoint import CheckpointError, check_state
 from vae_common.config import VAEConfig
 from vae_common.spec import param_spec
+from vae_jax._typing import Params
 from vae_jax.model import VAE
 
 # convert.py names that only this backend has (the mirror test reads it): torch's state_dict is
@@ -55,8 +58,8 @@ def conversion_table(config: VAEConfig) -> list[Entry]:
     return [Entry(s.name, flax_path(s.name), PERMUTATIONS[s.kind]) for s in param_spec(config)]
 
 
-def _flatten(params, prefix=()) -> dict[tuple[str, ...], object]:
-    out = {}
+def _flatten(params: Params, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out: dict[tuple[str, ...], Any] = {}
     for key, value in params.items():
         if isinstance(value, dict) or hasattr(value, "items"):
             out.update(_flatten(value, prefix + (key,)))
@@ -65,7 +68,7 @@ def _flatten(params, prefix=()) -> dict[tuple[str, ...], object]:
     return out
 
 
-def to_canonical(model: VAE, params) -> dict[str, np.ndarray]:
+def to_canonical(model: VAE, params: Params) -> dict[str, np.ndarray]:
     """Flax ``params`` -> ``{canonical name: numpy array}`` in PyTorch layouts and spec order."""
     flat = _flatten(params)
     table = conversion_table(model.config)
@@ -85,17 +88,17 @@ def to_canonical(model: VAE, params) -> dict[str, np.ndarray]:
     return state
 
 
-def from_canonical(model: VAE, state) -> dict:
+def from_canonical(model: VAE, state: Mapping[str, npt.ArrayLike]) -> dict:
     """``{canonical name: array}`` -> Flax ``params`` of the model's dtype.
 
     Every name, shape and dtype is checked against the spec first (``CheckpointError``).
     """
-    state = {k: np.asarray(v) for k, v in state.items()}
-    check_state(state, model.config)
+    arrays = {k: np.asarray(v) for k, v in state.items()}
+    check_state(arrays, model.config)
     params: dict = {}
     for e in conversion_table(model.config):
         node = params
         for key in e.path[:-1]:
             node = node.setdefault(key, {})
-        node[e.path[-1]] = jnp.asarray(state[e.name].transpose(e.permutation), dtype=model.dtype)
+        node[e.path[-1]] = jnp.asarray(arrays[e.name].transpose(e.permutation), dtype=model.dtype)
     return params

@@ -19,13 +19,14 @@ import jax.numpy as jnp
 
 from vae_common.constants import LOG_2PI
 from vae_common.errors import ConfigError, ShapeError
+from vae_jax._typing import Array, ArrayLike, Params
 from vae_jax.model import VAE, check_eps, check_input, decode, encode
 from vae_jax.sampling import reparameterize
 
 REDUCTIONS = ("mean", "sum")
 
 
-def gaussian_kl_per_dim(mean, logvar):
+def gaussian_kl_per_dim(mean: Array, logvar: Array) -> Array:
     """KL(N(mean, exp(logvar)) || N(0, 1)) of each latent dimension: (B, L) -> (B, L), in nats.
 
     ``-0.5 * (1 + logvar - mean^2 - exp(logvar))`` elementwise; ``gaussian_kl`` sums it.
@@ -35,7 +36,7 @@ def gaussian_kl_per_dim(mean, logvar):
     return 0.5 * (mean**2 + jnp.expm1(logvar) - logvar)
 
 
-def gaussian_kl(mean, logvar):
+def gaussian_kl(mean: Array, logvar: Array) -> Array:
     """KL(N(mean, diag(exp(logvar))) || N(0, I)) in closed form, summed over latent dims.
 
     ``-0.5 * sum(1 + logvar - mean^2 - exp(logvar))``: (B, L) -> (B,).
@@ -43,18 +44,18 @@ def gaussian_kl(mean, logvar):
     return jax.vmap(lambda m, lv: jnp.sum(gaussian_kl_per_dim(m, lv)))(mean, logvar)
 
 
-def _bernoulli_terms(x, logits):
+def _bernoulli_terms(x: Array, logits: Array) -> Array:
     # log p = x*l - softplus(l); softplus(l) = logaddexp(0, l) = max(l, 0) + log1p(exp(-|l|)) never
     # overflows, and its derivative is sigmoid(l) everywhere: the max/abs form written out gets the
     # kink at l = 0 wrong, differently in JAX and torch (derivative 0 or 1 there instead of 1/2).
     return x * logits - jnp.logaddexp(0.0, logits)
 
 
-def _bernoulli_one(x, logits):
+def _bernoulli_one(x: Array, logits: Array) -> Array:
     return jnp.sum(_bernoulli_terms(x, logits))
 
 
-def bernoulli_log_likelihood(x, logits):
+def bernoulli_log_likelihood(x: Array, logits: Array) -> Array:
     """log Bernoulli(x | sigmoid(logits)), summed over all pixels: (B, ...) -> (B,).
 
     Computed from the logits, stable for any logit; equal to minus the summed
@@ -63,7 +64,7 @@ def bernoulli_log_likelihood(x, logits):
     return jax.vmap(_bernoulli_one)(x, logits)
 
 
-def gaussian_log_likelihood(x, mean, std=1.0):
+def gaussian_log_likelihood(x: Array, mean: Array, std: float = 1.0) -> Array:
     """log N(x | mean, std^2 I), summed over all pixels: (B, ...) -> (B,).
 
     With D pixels, ``-log p = sum((x - mean)^2) / (2 std^2) + D * (log(std) + log(2 pi) / 2)``:
@@ -71,14 +72,14 @@ def gaussian_log_likelihood(x, mean, std=1.0):
     minimising the summed MSE.
     """
 
-    def one(x1, m1):
+    def one(x1: Array, m1: Array) -> Array:
         d = x1.size
         return -0.5 * jnp.sum((x1 - m1) ** 2) / std**2 - d * (math.log(std) + 0.5 * LOG_2PI)
 
     return jax.vmap(one)(x, mean)
 
 
-def log_likelihood(model: VAE, x, decoded):
+def log_likelihood(model: VAE, x: Array, decoded: Array) -> Array:
     """log p(x|z) for the model's likelihood from the decoder output: (B, ...) -> (B,)."""
     cfg = model.config
     if cfg.likelihood == "bernoulli":
@@ -86,7 +87,7 @@ def log_likelihood(model: VAE, x, decoded):
     return gaussian_log_likelihood(x, decoded, cfg.gaussian_std)
 
 
-def _log_likelihood_terms(model: VAE, x, decoded):
+def _log_likelihood_terms(model: VAE, x: Array, decoded: Array) -> Array:
     """Per-pixel terms of log p(x|z) that depend on z (constants left out): (B, ...) -> (B, D)."""
     x = x.reshape(x.shape[0], -1)
     decoded = decoded.reshape(decoded.shape[0], -1)
@@ -95,24 +96,26 @@ def _log_likelihood_terms(model: VAE, x, decoded):
     return -0.5 * (x - decoded) ** 2 / model.config.gaussian_std**2
 
 
-def standard_normal_log_density(eps):
+def standard_normal_log_density(eps: Array) -> Array:
     """log N(eps | 0, I) summed over the last axis: (..., L) -> (...)."""
     return -0.5 * jnp.sum(eps**2 + LOG_2PI, axis=-1)
 
 
-def _prepare(model, x, eps):
+def _prepare(model: VAE, x: ArrayLike, eps: ArrayLike) -> tuple[Array, Array]:
     x = check_input(model, x)
     eps = check_eps(model, eps, x.shape[0])
     return x, eps
 
 
-def _reconstruction_samples(model, params, x, mean, logvar, eps):
+def _reconstruction_samples(
+    model: VAE, params: Params, x: Array, mean: Array, logvar: Array, eps: Array
+) -> Array:
     """-log p(x|z_k) for each of the K samples: eps (K, B, L) -> (K, B)."""
     z = reparameterize(mean, logvar, eps)
     return jax.vmap(lambda zk: -log_likelihood(model, x, decode(model, params, zk)))(z)
 
 
-def elbo_terms(model: VAE, params, x, eps):
+def elbo_terms(model: VAE, params: Params, x: ArrayLike, eps: ArrayLike) -> tuple[Array, Array]:
     """The two terms of the negative ELBO, per example.
 
     Args:
@@ -134,13 +137,22 @@ def elbo_terms(model: VAE, params, x, eps):
     return recon, gaussian_kl(mean, logvar)
 
 
-def negative_elbo(model: VAE, params, x, eps, beta=1.0):
+def negative_elbo(
+    model: VAE, params: Params, x: ArrayLike, eps: ArrayLike, beta: float = 1.0
+) -> Array:
     """``reconstruction + beta * kl`` per example, (B,) in nats (see ``elbo_terms``)."""
     recon, kl = elbo_terms(model, params, x, eps)
     return recon + beta * kl
 
 
-def loss(model: VAE, params, x, eps, beta=1.0, reduction="mean"):
+def loss(
+    model: VAE,
+    params: Params,
+    x: ArrayLike,
+    eps: ArrayLike,
+    beta: float = 1.0,
+    reduction: str = "mean",
+) -> Array:
     """The training objective: the negative ELBO summed over pixels and latents, then reduced
     over the batch by ``reduction`` (``"mean"``, the default, or ``"sum"``). A scalar.
     """
@@ -150,7 +162,14 @@ def loss(model: VAE, params, x, eps, beta=1.0, reduction="mean"):
     return jnp.mean(per_example) if reduction == "mean" else jnp.sum(per_example)
 
 
-def objective(model: VAE, params, x, eps, beta=1.0, free_bits=0.0):
+def objective(
+    model: VAE,
+    params: Params,
+    x: ArrayLike,
+    eps: ArrayLike,
+    beta: float = 1.0,
+    free_bits: float = 0.0,
+) -> Array:
     """The training loss, a scalar: the batch mean of ``reconstruction + beta * KL``.
 
     With ``free_bits > 0`` (nats per latent dimension, Kingma et al. 2016) the KL term is
@@ -167,7 +186,7 @@ def objective(model: VAE, params, x, eps, beta=1.0, free_bits=0.0):
     return jnp.mean(recon) + beta * jnp.sum(jnp.maximum(free_bits, kl_dims))
 
 
-def negative_iwae_bound(model: VAE, params, x, eps):
+def negative_iwae_bound(model: VAE, params: Params, x: ArrayLike, eps: ArrayLike) -> Array:
     """Minus the importance-weighted bound on log p(x) (Burda et al.), per example, in nats.
 
     ``-(logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K)`` with

@@ -9,7 +9,8 @@ see torch's feature order too.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -21,12 +22,13 @@ from vae_common.constants import DTYPES
 from vae_common.errors import ConfigError, DeviceError, ShapeError
 from vae_common.spec import spec_by_name
 from vae_jax._conv import conv_stride2, conv_transpose_stride2
+from vae_jax._typing import Array, ArrayLike, DTypeLike, Params
 
 
-def _uniform(bound: float):
+def _uniform(bound: float) -> Callable[..., Array]:
     """PyTorch's default init: uniform on (-bound, bound) with bound = 1/sqrt(fan_in)."""
 
-    def init(key, shape, dtype=jnp.float32):
+    def init(key: Array, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> Array:
         # Drawn flat, then reshaped: the same numbers (JAX's default partitionable threefry
         # counts elements in row-major order), but XLA:CPU compiles a rank-4 draw ~4x slower.
         size = int(np.prod(shape))
@@ -46,7 +48,7 @@ def _module_name(name: str) -> str:
     return name.split(".", 1)[1].replace(".", "_")
 
 
-def _dense(config: VAEConfig, name: str, features: int, dtype) -> nn.Dense:
+def _dense(config: VAEConfig, name: str, features: int, dtype: DTypeLike) -> nn.Dense:
     bound = _bound(config, name)
     return nn.Dense(
         features,
@@ -74,7 +76,7 @@ class _Conv(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: Array) -> Array:
         bound = _bound(self.config, self.canonical)
         k = CONV_KERNEL
         kernel = self.param("kernel", _uniform(bound), (k, k, self.c_in, self.c_out), self.dtype)
@@ -83,11 +85,11 @@ class _Conv(nn.Module):
         return op(x.astype(self.dtype), kernel) + bias
 
 
-def _conv(config: VAEConfig, name: str, c_in: int, c_out: int, dtype) -> _Conv:
+def _conv(config: VAEConfig, name: str, c_in: int, c_out: int, dtype: DTypeLike) -> _Conv:
     return _Conv(config, name, c_in, c_out, False, dtype, name=_module_name(name))
 
 
-def _conv_transpose(config: VAEConfig, name: str, c_in: int, c_out: int, dtype) -> _Conv:
+def _conv_transpose(config: VAEConfig, name: str, c_in: int, c_out: int, dtype: DTypeLike) -> _Conv:
     return _Conv(config, name, c_in, c_out, True, dtype, name=_module_name(name))
 
 
@@ -102,7 +104,7 @@ class Encoder(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: Array) -> tuple[Array, Array]:
         cfg = self.config
         h = x
         if cfg.arch == "conv":
@@ -131,7 +133,7 @@ class Decoder(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, z):
+    def __call__(self, z: Array) -> Array:
         cfg = self.config
         h = z
         for i, size in enumerate(reversed(cfg.hidden)):
@@ -162,27 +164,27 @@ class VAE(nn.Module):
     config: VAEConfig
     dtype: Any = jnp.float32
 
-    def setup(self):
+    def setup(self) -> None:
         self.encoder = Encoder(self.config, self.dtype)
         self.decoder = Decoder(self.config, self.dtype)
 
-    def encode(self, x):
+    def encode(self, x: Array) -> tuple[Array, Array]:
         return self.encoder(x)
 
-    def decode(self, z):
+    def decode(self, z: Array) -> Array:
         return self.decoder(z)
 
-    def __call__(self, x, eps):
+    def __call__(self, x: Array, eps: Array) -> tuple[Array, Array, Array]:
         mean, logvar = self.encoder(x)
         return self.decoder(mean + jnp.exp(0.5 * logvar) * eps), mean, logvar
 
 
-def resolve_dtype(dtype) -> jnp.dtype:
+def resolve_dtype(dtype: DTypeLike) -> jnp.dtype:
     """``"float32"``/``"float64"`` (or a numpy/jax dtype) to a jnp dtype; float64 needs x64 on."""
     name = np.dtype(dtype).name
     if name not in DTYPES:
         raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if name == "float64" and not jax.config.jax_enable_x64:
+    if name == "float64" and not jax.config.read("jax_enable_x64"):
         raise DeviceError(
             "float64 was requested but JAX runs in 32-bit mode; call "
             "jax.config.update('jax_enable_x64', True) before creating any array"
@@ -190,12 +192,12 @@ def resolve_dtype(dtype) -> jnp.dtype:
     return jnp.dtype(name)
 
 
-def build_model(config: VAEConfig, dtype="float32") -> VAE:
+def build_model(config: VAEConfig, dtype: DTypeLike = "float32") -> VAE:
     """The Flax module for ``config``, computing and storing parameters in ``dtype``."""
     return VAE(config=config, dtype=resolve_dtype(dtype))
 
 
-def init_params(model: VAE, rng) -> dict:
+def init_params(model: VAE, rng: Array) -> dict:
     """Fresh parameters (PyTorch's default initialisation distribution) from a JAX key."""
     cfg = model.config
     x = jnp.zeros((1,) + cfg.input_shape, model.dtype)
@@ -203,7 +205,7 @@ def init_params(model: VAE, rng) -> dict:
     return model.init(rng, x, eps)["params"]
 
 
-def check_input(model: VAE, x, name: str = "x"):
+def check_input(model: VAE, x: ArrayLike, name: str = "x") -> Array:
     """``x`` in the model's dtype; ``ShapeError`` unless it is (B, C, H, W) of the config."""
     x = jnp.asarray(x)
     expected = model.config.input_shape
@@ -217,7 +219,7 @@ def check_input(model: VAE, x, name: str = "x"):
     return x.astype(model.dtype)
 
 
-def check_eps(model: VAE, eps, batch: int, name: str = "eps"):
+def check_eps(model: VAE, eps: ArrayLike, batch: int, name: str = "eps") -> Array:
     """``eps`` as an array of the model's dtype; it must be (B, L) or (K, B, L)."""
     eps = jnp.asarray(eps)
     latent = model.config.latent_dim
@@ -229,18 +231,19 @@ def check_eps(model: VAE, eps, batch: int, name: str = "eps"):
     return eps.astype(model.dtype)
 
 
-def encode(model: VAE, params, x):
+def encode(model: VAE, params: Params, x: ArrayLike) -> tuple[Array, Array]:
     """q(z|x): x (B, C, H, W) -> (mean, logvar), each (B, L)."""
     x = check_input(model, x)
-    return model.apply({"params": params}, x, method=VAE.encode)
+    return cast(tuple[Array, Array], model.apply({"params": params}, x, method=VAE.encode))
 
 
-def decode(model: VAE, params, z):
+def decode(model: VAE, params: Params, z: ArrayLike) -> Array:
     """p(x|z) parameters: z (B, L) -> (B, C, H, W) logits (Bernoulli) or mean (Gaussian)."""
-    return model.apply({"params": params}, jnp.asarray(z, model.dtype), method=VAE.decode)
+    out = model.apply({"params": params}, jnp.asarray(z, model.dtype), method=VAE.decode)
+    return cast(Array, out)
 
 
-def decode_mean(model: VAE, params, z):
+def decode_mean(model: VAE, params: Params, z: ArrayLike) -> Array:
     """The image-space mean E[x|z], (B, C, H, W): sigmoid of the logits, or the Gaussian mean."""
     out = decode(model, params, z)
     return jax.nn.sigmoid(out) if model.config.likelihood == "bernoulli" else out
