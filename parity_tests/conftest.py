@@ -1,4 +1,5 @@
-"""Parity test set-up: float64 JAX, the torch device, and the one tolerance table.
+"""Parity test set-up: the torch device and the one tolerance table (float64 JAX, threads and
+the ``ieee_subnormals`` fixture come from the root ``conftest.py``).
 
 The torch side runs on ``$VAE_TORCH_DEVICE`` (``cpu`` when unset), e.g.
 ``VAE_TORCH_DEVICE=cuda pytest parity_tests``; a float64 case is skipped on a device without
@@ -13,16 +14,12 @@ from __future__ import annotations
 
 import os
 
-import jax
+import pytest
+import torch
 
-jax.config.update("jax_enable_x64", True)
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import vae_torch  # noqa: E402
-from vae_common.compare import TOLERANCES  # noqa: E402
-from vae_torch.device import ENV_VAR  # noqa: E402
+import vae_torch
+from vae_common.compare import TOLERANCES
+from vae_torch.device import ENV_VAR
 
 __all__ = ["DTYPES", "TOLERANCES"]
 
@@ -61,11 +58,3 @@ def dtype(request, parity_dtypes) -> str:
 @pytest.fixture
 def tolerance(dtype) -> float:
     return TOLERANCES[dtype]
-
-
-@pytest.fixture(scope="module")
-def ieee_subnormals():
-    """Subnormal floats on again: ``torch.set_flush_denormal(True)`` changes process-wide
-    floating-point state, numpy's included (the torch trainer switches it off after training;
-    this guards against anything else leaving it on)."""
-    torch.set_flush_denormal(False)

@@ -15,18 +15,12 @@ layout or formula errors (both backends are equally far from float64):
 
 from __future__ import annotations
 
-import jax
+import numpy as np
+import pytest
 
-# parity_tests/conftest.py switches float64 on for the session; repeated here so this module
-# also runs on its own (harmless when the switch is already on, and it must precede any array).
-jax.config.update("jax_enable_x64", True)
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from vae_common.config import VAEConfig  # noqa: E402
-from vae_common.spec import param_spec  # noqa: E402
-from vae_tools.parity import compare, jax_side, make_inputs, torch_side  # noqa: E402
+from vae_common.config import VAEConfig
+from vae_common.spec import param_spec
+from vae_tools.parity import compare, jax_side, make_inputs, torch_side
 
 pytestmark = pytest.mark.usefixtures("ieee_subnormals")
 

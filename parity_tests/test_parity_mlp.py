@@ -8,98 +8,22 @@ numpy closed forms of ``vae_common.reference``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import vae_jax
 import vae_torch
 from vae_common import reference
 from vae_common.compare import TOLERANCES, rel_diff
 from vae_common.config import VAEConfig
+from vae_common.constants import LOG_2PI
 from vae_common.spec import param_spec
-from vae_tools.parity import ParityInputs, make_inputs
+from vae_tools.parity import TERMS, ParityInputs, compare, jax_side, make_inputs, torch_side
 from vae_torch.device import ENV_VAR
 
 pytestmark = pytest.mark.usefixtures("ieee_subnormals")
-
-TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-@dataclass
-class Outputs:
-    """One backend's answer, as float64 numpy arrays."""
-
-    loss: float
-    terms: dict[str, np.ndarray]  # "reconstruction", "kl", "objective": each (B,)
-    grads: dict[str, np.ndarray]  # canonical name -> gradient in canonical layout
-
-
-def run_jax(inp: ParityInputs, dtype: str) -> Outputs:
-    model = vae_jax.build_model(inp.config, dtype)
-    params = vae_jax.from_canonical(model, inp.state)
-    x = jnp.asarray(inp.x, dtype)
-    eps = jnp.asarray(inp.eps, dtype)
-
-    def objective(p):
-        recon, kl = vae_jax.elbo_terms(model, p, x, eps)
-        if inp.objective == "iwae":
-            per_example = vae_jax.negative_iwae_bound(model, p, x, eps)
-            value = jnp.mean(per_example)
-        else:
-            per_example = vae_jax.negative_elbo(model, p, x, eps, inp.beta)
-            value = vae_jax.loss(model, p, x, eps, beta=inp.beta)
-        return value, (recon, kl, per_example)
-
-    with jax.default_matmul_precision("highest"):
-        step = jax.jit(jax.value_and_grad(objective, has_aux=True))
-        (value, (recon, kl, per_example)), grads = step(params)
-    assert value.dtype == jnp.dtype(dtype)
-    return Outputs(
-        float(value),
-        {
-            "reconstruction": np.asarray(recon),
-            "kl": np.asarray(kl),
-            "objective": np.asarray(per_example),
-        },
-        vae_jax.to_canonical(model, grads),
-    )
-
-
-def run_torch(inp: ParityInputs, dtype: str, device: torch.device) -> Outputs:
-    tdtype = TORCH_DTYPES[dtype]
-    model = vae_torch.build_model(inp.config, dtype).to(device)
-    vae_torch.from_canonical(model, inp.state)
-    x = torch.as_tensor(inp.x, dtype=tdtype, device=device)
-    eps = torch.as_tensor(inp.eps, dtype=tdtype, device=device)
-    if inp.objective == "iwae":
-        value = torch.mean(vae_torch.negative_iwae_bound(model, None, x, eps))
-    else:
-        value = vae_torch.loss(model, None, x, eps, beta=inp.beta)
-    assert value.dtype == tdtype and value.device.type == device.type
-    value.backward()
-    with torch.no_grad():
-        recon, kl = vae_torch.elbo_terms(model, None, x, eps)
-        if inp.objective == "iwae":
-            per_example = vae_torch.negative_iwae_bound(model, None, x, eps)
-        else:
-            per_example = vae_torch.negative_elbo(model, None, x, eps, inp.beta)
-    grads = {name: p.grad for name, p in model.named_parameters()}
-    return Outputs(
-        float(value.detach().cpu()),
-        {
-            "reconstruction": recon.cpu().numpy(),
-            "kl": kl.cpu().numpy(),
-            "objective": per_example.cpu().numpy(),
-        },
-        vae_torch.to_canonical(model, grads),
-    )
 
 
 def reference_terms(inp: ParityInputs) -> dict[str, np.ndarray]:
@@ -110,8 +34,8 @@ def reference_terms(inp: ParityInputs) -> dict[str, np.ndarray]:
         recon, kl = reference.negative_elbo_terms(inp.state, inp.config, inp.x, eps)
         _, mean, logvar = reference.mlp_forward(inp.state, inp.config, inp.x, eps)
         z = mean + np.exp(0.5 * logvar) * eps
-        log_prior = -0.5 * np.sum(z**2 + reference.LOG_2PI, axis=-1)
-        log_q = -0.5 * np.sum(eps**2 + logvar + reference.LOG_2PI, axis=-1)
+        log_prior = -0.5 * np.sum(z**2 + LOG_2PI, axis=-1)
+        log_q = -0.5 * np.sum(eps**2 + logvar + LOG_2PI, axis=-1)
         recon_k.append(recon)
         log_w.append(-recon + log_prior - log_q)
     recon = np.mean(recon_k, axis=0)
@@ -132,30 +56,53 @@ def over_tolerance(got: dict[str, np.ndarray], want: dict[str, np.ndarray], tol:
     return {name: d for name, d in diffs.items() if not d <= tol}
 
 
-def assert_parity(j: Outputs, t: Outputs, inp: ParityInputs, dtype: str) -> None:
+def assert_parity(j: dict, t: dict, inp: ParityInputs, dtype: str) -> None:
+    """Every gradient by canonical name, the loss and the per-example terms within
+    ``TOLERANCES[dtype]``, judged by ``vae_tools.parity.compare`` (the report ``vae parity``
+    prints)."""
     names = [s.name for s in param_spec(inp.config)]
-    assert list(j.grads) == names, "JAX gradients are not the canonical tensors in spec order"
-    assert list(t.grads) == names, "torch gradients are not the canonical tensors in spec order"
+    assert list(j["grads"]) == names, "JAX gradients are not the canonical tensors in spec order"
+    assert list(t["grads"]) == names, "torch gradients are not the canonical tensors in spec order"
     batch = inp.x.shape[0]
     for side in (j, t):
-        for name, term in side.terms.items():
-            assert term.shape == (batch,), f"{name} has shape {term.shape}, expected ({batch},)"
-        assert np.isfinite(side.loss)
-    tol = TOLERANCES[dtype]
-    got = {"loss": np.float64(j.loss), **j.terms, **{f"grad {n}": g for n, g in j.grads.items()}}
-    want = {"loss": np.float64(t.loss), **t.terms, **{f"grad {n}": g for n, g in t.grads.items()}}
-    bad = over_tolerance(got, want, tol)
-    assert not bad, f"{dtype} JAX vs torch over the tolerance {tol:g}: {bad}"
+        assert side["loss_dtype"] == dtype
+        for name in TERMS:
+            shape = side[name].shape
+            assert shape == (batch,), f"{name} has shape {shape}, expected ({batch},)"
+        assert np.isfinite(side["loss"])
+    report = compare(j, t, dtype)
+    assert set(report["grads"]) == set(names) and set(report["terms"]) == set(TERMS)
+    bad = {
+        **(
+            {"loss": report["loss"]["rel_diff"]}
+            if not report["loss"]["rel_diff"] <= report["tolerance"]
+            else {}
+        ),
+        **{
+            n: e["max_rel_diff"]
+            for n, e in report["terms"].items()
+            if not e["max_rel_diff"] <= report["tolerance"]
+        },
+        **{
+            f"grad {n}": e["max_rel_diff"]
+            for n, e in report["grads"].items()
+            if not e["max_rel_diff"] <= report["tolerance"]
+        },
+    }
+    assert report["passed"] and not bad, (
+        f"{dtype} JAX vs torch over the tolerance {report['tolerance']:g}: {bad}"
+    )
 
 
-def assert_matches_reference(out: Outputs, inp: ParityInputs, backend: str) -> None:
+def assert_matches_reference(out: dict, inp: ParityInputs, backend: str) -> None:
     tol = TOLERANCES["float64"]
-    bad = over_tolerance(out.terms, reference_terms(inp), tol)
+    bad = over_tolerance({n: out[n] for n in TERMS}, reference_terms(inp), tol)
     assert not bad, f"{backend} float64 vs the numpy closed form over {tol:g}: {bad}"
 
 
 def check_case(inp: ParityInputs, dtype: str, device: torch.device) -> None:
-    j, t = run_jax(inp, dtype), run_torch(inp, dtype, device)
+    j, t = jax_side(inp, dtype), torch_side(inp, dtype, str(device))
+    assert t["loss_device"] == device.type
     assert_parity(j, t, inp, dtype)
     if dtype == "float64":
         assert_matches_reference(j, inp, "JAX")
@@ -228,8 +175,13 @@ def parity_problems(draw):
     )
 
 
+# Derandomized: the same 15 problems on every run. Drawn at random, about one float32 problem in
+# a few hundred is a gradient that is a small difference of large per-sample contributions (e.g.
+# the IWAE bound with beta 0 and one latent dimension): both backends are then ~1e-5 away from
+# the float64 value, JAX and torch by different amounts, and the float32 comparison fails
+# without either being wrong (see the README's parity notes).
 @pytest.mark.slow
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, derandomize=True, database=None)
 @given(inp=parity_problems(), data=st.data())
 def test_random_configs_agree(inp, data, parity_dtypes, torch_device):
     dtype = data.draw(st.sampled_from(parity_dtypes), label="dtype")
@@ -239,17 +191,21 @@ def test_random_configs_agree(inp, data, parity_dtypes, torch_device):
 def test_gradient_of_the_reference_problem_is_not_zero(torch_device):
     # Guards the comparisons above against vacuous agreement: every gradient tensor is non-zero.
     inp = make_inputs(SMALL, seed=3, batch_size=8, k=2)
-    grads = run_torch(inp, "float32", torch_device).grads
+    grads = torch_side(inp, "float32", str(torch_device))["grads"]
     assert all(np.any(g != 0) for g in grads.values())
 
 
 def test_disagreement_is_detected():
     # The comparison catches a change far below what any layout or formula mistake would give.
     inp = make_inputs(SMALL, seed=3, batch_size=8, k=2)
-    t = run_torch(inp, "float64", torch.device("cpu"))
-    nudged = {**t.grads, "decoder.out.bias": t.grads["decoder.out.bias"] * (1 + 1e-9)}
+    t = torch_side(inp, "float64", "cpu")
+    nudged = {**t["grads"], "decoder.out.bias": t["grads"]["decoder.out.bias"] * (1 + 1e-9)}
     with pytest.raises(AssertionError, match="decoder.out.bias"):
-        assert_parity(Outputs(t.loss, t.terms, nudged), t, inp, "float64")
+        assert_parity({**t, "grads": nudged}, t, inp, "float64")
+    per_example = t["objective"].copy()
+    per_example[0] *= 1 + 1e-9
+    with pytest.raises(AssertionError, match="objective"):
+        assert_parity({**t, "objective": per_example}, t, inp, "float64")
 
 
 @pytest.mark.accelerator
@@ -265,4 +221,4 @@ def test_accelerator_parity(monkeypatch):
     for dtype in TOLERANCES:
         if dtype == "float64" and not vae_torch.supports_float64(device):
             continue
-        assert_parity(run_jax(inp, dtype), run_torch(inp, dtype, device), inp, dtype)
+        assert_parity(jax_side(inp, dtype), torch_side(inp, dtype, str(device)), inp, dtype)

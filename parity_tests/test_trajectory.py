@@ -26,8 +26,6 @@ from vae_common.spec import init_canonical, param_spec
 from vae_common.training import TrainConfig, beta_at
 from vae_tools.trajectory import check_trajectory
 
-torch.set_num_threads(1)
-
 SMALL = VAEConfig(input_shape=(1, 6, 5), hidden=(7, 3), latent_dim=4)
 # Not the defaults, and an eps large enough that putting it inside the square root would show.
 ADAM = TrainConfig(lr=0.01, b1=0.8, b2=0.99, adam_eps=1e-3)

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from idx_files import write_idx_dir
 
 from vae_common.checkpoint import load_checkpoint, save_checkpoint
@@ -17,8 +16,6 @@ from vae_common.data import IDX_FILES
 from vae_common.spec import init_canonical, param_spec
 from vae_common.training import TrainConfig
 from vae_tools import cli, run
-
-torch.set_num_threads(1)
 
 EVAL_KEYS = {"neg_elbo", "reconstruction", "kl", "neg_iwae", "iwae_k", "n", "backend", "dtype"}
 DIGITS_CONFIG = VAEConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=2)

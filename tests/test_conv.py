@@ -8,22 +8,18 @@ The layer maths is checked against direct numpy loops written from PyTorch's def
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
 
-# tests/conftest.py switches float64 on for the session; repeated so this module runs on its own.
-jax.config.update("jax_enable_x64", True)
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import vae_jax  # noqa: E402
-import vae_torch  # noqa: E402
-from vae_common.compare import TOLERANCES, rel_diff  # noqa: E402
-from vae_common.config import VAEConfig  # noqa: E402
-from vae_common.spec import init_canonical, param_spec  # noqa: E402
-from vae_jax._conv import conv_stride2, conv_transpose_stride2  # noqa: E402
-from vae_jax.convert import PERMUTATIONS, conversion_table  # noqa: E402
+import vae_jax
+import vae_torch
+from vae_common.compare import TOLERANCES, rel_diff
+from vae_common.config import VAEConfig
+from vae_common.spec import init_canonical, param_spec
+from vae_jax._conv import conv_stride2, conv_transpose_stride2
+from vae_jax.convert import PERMUTATIONS, conversion_table
 
 TOL = TOLERANCES["float64"]
 

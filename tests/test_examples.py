@@ -7,13 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from vae_common.checkpoint import load_checkpoint
 from vae_common.compare import TOLERANCES
 from vae_common.config import VAEConfig
-
-torch.set_num_threads(1)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

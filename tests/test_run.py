@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from idx_files import write_idx_dir
 
 from vae_common.checkpoint import load_checkpoint, load_tensors
@@ -29,8 +28,6 @@ from vae_common.data import Dataset, load_digits
 from vae_common.training import TrainConfig, optimizer_state_names
 from vae_tools import cli, run
 from vae_tools.run import ResumeError, RunSettings, TrainingError
-
-torch.set_num_threads(1)
 
 CONFIG = VAEConfig(input_shape=(1, 8, 8), hidden=(32,), latent_dim=2)
 TRAIN = TrainConfig(lr=3e-3)

@@ -21,8 +21,6 @@ from vae_tools.cli import main
 from vae_torch.device import DeviceError
 from vae_torch.train import Trainer, cpu_compiler, make_compiled_step, make_optimizer
 
-torch.set_num_threads(1)
-
 # Compiling takes seconds per model (about 17 s cold on 2 cores): these run in `make test` and
 # are left out of `make test-fast` (marked slow).
 _no_compiler = pytest.mark.skipif(

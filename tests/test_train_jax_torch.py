@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import torch
 
 import vae_jax.train
 import vae_torch.train
@@ -22,8 +21,6 @@ from vae_common.config import ConfigError, VAEConfig
 from vae_common.data import Dataset, batch_indices, load_digits
 from vae_common.spec import init_canonical, param_spec
 from vae_common.training import TrainConfig, optimizer_state_names
-
-torch.set_num_threads(1)
 
 CONFIG = VAEConfig(input_shape=(1, 8, 8), hidden=(32,), latent_dim=2)
 TRAIN = TrainConfig(lr=3e-3)

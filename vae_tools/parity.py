@@ -57,6 +57,11 @@ def make_inputs(
     return ParityInputs(config, state, np.asarray(x, np.float64), eps, float(beta), objective)
 
 
+# The per-example terms compared, each (B,): the two ELBO terms and the per-example objective
+# (the negative ELBO with beta, or the negative IWAE bound).
+TERMS = ("reconstruction", "kl", "objective")
+
+
 def jax_side(inp: ParityInputs, dtype: str) -> dict:
     """Loss, per-example terms and canonical gradients from the JAX backend (numpy out)."""
     import jax
@@ -70,18 +75,26 @@ def jax_side(inp: ParityInputs, dtype: str) -> dict:
     x = jax.numpy.asarray(inp.x, dtype)
     eps = jax.numpy.asarray(inp.eps, dtype)
 
+    def per_example(p):
+        if inp.objective == "iwae":
+            return vae_jax.negative_iwae_bound(model, p, x, eps)
+        return vae_jax.negative_elbo(model, p, x, eps, inp.beta)
+
     def objective(p):
         if inp.objective == "iwae":
-            return jax.numpy.mean(vae_jax.negative_iwae_bound(model, p, x, eps))
+            return jax.numpy.mean(per_example(p))
         return vae_jax.loss(model, p, x, eps, beta=inp.beta)
 
     with jax.default_matmul_precision("highest"):
         value, grads = jax.jit(jax.value_and_grad(objective))(params)
         recon, kl = jax.jit(lambda p: vae_jax.elbo_terms(model, p, x, eps))(params)
+        terms = jax.jit(per_example)(params)
     return {
         "loss": float(value),
+        "loss_dtype": str(value.dtype),
         "reconstruction": np.asarray(recon),
         "kl": np.asarray(kl),
+        "objective": np.asarray(terms),
         "grads": vae_jax.to_canonical(model, grads),
     }
 
@@ -109,11 +122,18 @@ def torch_side(inp: ParityInputs, dtype: str, device: str | None = "cpu") -> dic
     value.backward()
     with torch.no_grad():
         recon, kl = vae_torch.elbo_terms(model, None, x, eps)
+        if inp.objective == "iwae":
+            terms = vae_torch.negative_iwae_bound(model, None, x, eps)
+        else:
+            terms = vae_torch.negative_elbo(model, None, x, eps, inp.beta)
     grads = {n: p.grad for n, p in model.named_parameters()}
     return {
         "loss": float(value.detach().cpu()),
+        "loss_dtype": str(value.dtype).removeprefix("torch."),
+        "loss_device": value.device.type,
         "reconstruction": recon.cpu().numpy(),
         "kl": kl.cpu().numpy(),
+        "objective": terms.cpu().numpy(),
         "grads": vae_torch.to_canonical(model, grads),
     }
 
@@ -135,7 +155,7 @@ def compare(jax_out: dict, torch_out: dict, dtype: str, tolerance: float | None 
             "max_abs_diff": max_abs_diff(jax_out[t], torch_out[t]),
             "max_rel_diff": rel_diff(jax_out[t], torch_out[t]),
         }
-        for t in ("reconstruction", "kl")
+        for t in TERMS
     }
     grads = {
         name: {
