@@ -1,13 +1,40 @@
-"""The benchmark runs and writes well-formed JSON on a tiny setting (no timing assertions)."""
+"""The benchmark package, module by module, with no timing assertions.
 
+Each library contender must train exactly as the library's ``Trainer`` does: its per-step losses
+are compared with ``Trainer.train_epoch``'s for the same workload and seed. The CUDA-graph mode
+runs on the CPU against a stand-in for ``torch.cuda``'s graph API that records the kernels of
+the captured step and replays them on the same tensors.
+"""
+
+import contextlib
 import json
+import subprocess
+import sys
+import types
 
+import numpy as np
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from vae_common.config import VAEConfig
+from vae_common.constants import (
+    BENCH_UNTIMED_STEPS,
+    DEFAULT_CONV_CHANNELS,
+    DEFAULT_HIDDEN,
+    DEFAULT_LATENT_DIM,
+)
+from vae_common.data import batch_indices
+from vae_common.errors import ConfigError, DeviceError
+from vae_common.training import TrainConfig
 from vae_tools import bench
+from vae_tools.bench import contenders, host, report, timing
 from vae_tools.cli import main
+from vae_torch.train import cpu_compiler
 
+TINY = VAEConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=2)
+EPOCHS = 2
 RECORD_KEYS = {
     "backend",
     "mode",
@@ -20,7 +47,54 @@ RECORD_KEYS = {
     "compile_s",
     "repeats",
     "spread",
+    "median_epoch_s",
+    "first_epoch_s",
+    "untimed_steps",
+    "untimed_s",
+    "samples_per_epoch",
+    "gflops",
+    "flush_denormal",
+    "ratio_to_reference",
 }
+HOST_KEYS = {
+    "torch",
+    "jax",
+    "torch_threads",
+    "cpu_count",
+    "device",
+    "float32_matmul_precision",
+    "peak_gflops",
+    "flops_per_sample",
+    "gemm_ceiling_samples_per_s",
+    "config",
+}
+
+
+def tiny_workload(dtype: str = "float64", **train) -> bench.Workload:
+    # 64 samples in batches of 16: 4 steps per epoch.
+    data = bench.make_data(TINY, 64, seed=1)
+    return bench.Workload(TINY, data, 16, dtype, "cpu", seed=3, train=TrainConfig(**train))
+
+
+def trainer_losses(backend: str, w: bench.Workload, epochs: int = EPOCHS) -> np.ndarray:
+    """What the library's Trainer computes for ``w``: epochs 0.. from the canonical weights."""
+    if backend == "jax":
+        from vae_jax.train import Trainer
+    else:
+        from vae_torch.train import Trainer
+    trainer = Trainer(w.config, w.train, w.dtype, device="cpu")
+    trainer.load_state_dict(w.initial_weights())
+    data = trainer.put_data(w.data)
+    return np.concatenate(
+        [trainer.train_epoch(data, w.batches(e), w.seed, e) for e in range(epochs)]
+    )
+
+
+def contender_losses(run_epoch, epochs: int = EPOCHS) -> np.ndarray:
+    return np.concatenate([run_epoch(e) for e in range(epochs)])
+
+
+# -- workload.py ---------------------------------------------------------------------------------
 
 
 def test_flops_per_sample_matches_hand_count():
@@ -38,74 +112,233 @@ def test_flops_per_sample_counts_convolutions():
     assert bench.flops_per_sample(cfg) == 2 * macs
 
 
-@pytest.mark.slow
-def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
-    out, plot = tmp_path / "b.json", tmp_path / "b.png"
-    code = main(
-        [
-            "bench",
-            "--samples",
-            "256",
-            "--repeats",
-            "2",
-            "--warmup-steps",
-            "2",
-            "--batch-size",
-            "64,128",
-            "--modes",
-            "jax/step,jax/epoch,torch/eager,reference/eager",
-            "--json",
-            str(out),
-            "--plot",
-            str(plot),
-        ]
+def test_default_config_is_the_shared_defaults():
+    for arch in ("mlp", "conv"):
+        cfg = bench.default_config(arch)
+        assert (cfg.arch, cfg.hidden, cfg.latent_dim) == (arch, DEFAULT_HIDDEN[arch], 20)
+        assert cfg.latent_dim == DEFAULT_LATENT_DIM and cfg.input_shape == (1, 28, 28)
+    assert bench.default_config("conv").conv_channels == DEFAULT_CONV_CHANNELS
+    assert bench.default_config("mlp", (3, 16, 16)).input_shape == (3, 16, 16)
+    with pytest.raises(ConfigError, match="arch"):
+        bench.default_config("rnn")
+
+
+def test_make_data_is_seeded_in_unit_range_with_a_dark_border():
+    cfg = bench.default_config("mlp")
+    x = bench.make_data(cfg, 5, seed=2)
+    assert x.shape == (5, 1, 28, 28) and x.dtype == np.float32
+    np.testing.assert_array_equal(x, bench.make_data(cfg, 5, seed=2))
+    assert 0 <= x.min() and x.max() < 1
+    border = x.copy()
+    border[:, :, 4:-4, 4:-4] = 0
+    assert not border.any() and x[:, :, 4:-4, 4:-4].min() < 0.01 < 0.99 < x.max()
+    # Too small for a border: every pixel is drawn.
+    assert (bench.make_data(TINY, 5)[:, :, 0, :] > 0).all()
+
+
+def test_workload_batches_are_the_training_runs_batches():
+    w = tiny_workload()
+    assert w.steps == 4
+    np.testing.assert_array_equal(w.batches(1), batch_indices(64, 16, 3, 1))
+    assert set(w.initial_weights()) and all(
+        v.dtype == np.float64 for v in w.initial_weights().values()
     )
-    assert code == 0
-    table = capsys.readouterr().out
-    assert "reference" in table and "x ref" in table
-    result = json.loads(out.read_text())
-    records = result["records"]
-    assert {(r["backend"], r["mode"], r["batch_size"]) for r in records} == {
-        (b, m, bs)
-        for b, m in [("jax", "step"), ("jax", "epoch"), ("torch", "eager"), ("reference", "eager")]
-        for bs in (64, 128)
+    with pytest.raises(ConfigError, match="batch size 65"):
+        bench.Workload(TINY, w.data, 65)
+
+
+# -- contenders.py -------------------------------------------------------------------------------
+
+
+def test_modes_are_the_contenders():
+    assert bench.MODES == {
+        "jax": ("step", "epoch"),
+        "torch": ("eager", "compile", "cudagraph"),
+        "reference": ("eager",),
     }
-    for r in records:
-        assert RECORD_KEYS <= set(r)
-        assert r["samples_per_s"] > 0 and r["steps_per_s"] > 0 and r["compile_s"] >= 0
-        assert r["repeats"] == 2 and r["arch"] == "mlp" and r["dtype"] == "float32"
-        assert r["samples_per_s"] == pytest.approx(r["steps_per_s"] * r["batch_size"])
-        ref = next(
-            x for x in records if x["backend"] == "reference" and x["batch_size"] == r["batch_size"]
-        )
-        assert r["ratio_to_reference"] == pytest.approx(r["samples_per_s"] / ref["samples_per_s"])
-    host = result["host"]
-    for key in (
-        "torch",
-        "jax",
-        "torch_threads",
-        "cpu_count",
-        "float32_matmul_precision",
-        "peak_gflops",
-        "flops_per_sample",
-        "gemm_ceiling_samples_per_s",
-    ):
-        assert key in host
-    assert set(host["gemm_ceiling_samples_per_s"]) == {"64", "128"}
-    assert "GEMM-only ceiling, batch 64" in table
-    assert plot.stat().st_size > 1000
+    with pytest.raises(ConfigError, match="torch/warp"):
+        bench.make_contender("torch", "warp", tiny_workload())
 
 
-def test_timed_epochs_are_interleaved_after_each_warm_up():
+@pytest.mark.parametrize("backend, mode", [("jax", "step"), ("jax", "epoch"), ("torch", "eager")])
+def test_contender_losses_are_the_trainers(backend, mode):
+    w = tiny_workload()
+    got = contender_losses(bench.make_contender(backend, mode, w))
+    assert got.shape == (EPOCHS * w.steps,)
+    np.testing.assert_allclose(got, trainer_losses(backend, w), rtol=1e-12)
+
+
+def test_jax_step_follows_the_trainer_under_kl_warm_up_and_binarization():
+    # The step counter (KL weight) and the binarization key must be the epoch's too.
+    w = tiny_workload(warmup_steps=5, binarize="dynamic")
+    got = contender_losses(bench.make_contender("jax", "step", w))
+    np.testing.assert_allclose(got, trainer_losses("jax", w), rtol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(cpu_compiler() is None, reason="torch.compile on the CPU needs a C++ compiler")
+def test_torch_compile_losses_are_the_eager_trainers():
+    w = tiny_workload()
+    got = contender_losses(bench.make_contender("torch", "compile", w))
+    # The compiled graph orders some sums differently: equal up to float64 rounding.
+    np.testing.assert_allclose(got, trainer_losses("torch", w), rtol=1e-10)
+
+
+class RecordedGraph:
+    """Stands in for ``torch.cuda.CUDAGraph`` on the CPU.
+
+    The capture records every ATen call made inside ``graph(g)`` with its argument and result
+    tensors; ``replay`` makes the same calls again on the same tensors and writes each result
+    into the tensor the capture produced it in, as a CUDA graph replays its kernels on fixed
+    addresses. So, as on a GPU, the captured step sees new data only through tensors that
+    outlive it, and whatever it initialises inside the capture is initialised again at every
+    replay. (The recording runs the calls once; a real capture only records them.)
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def replay(self):
+        with torch.no_grad():  # the recorded calls include autograd's; run them as kernels
+            for func, args, kwargs, out in self.calls:
+                fresh = func(*args, **kwargs)
+                for old, new in zip(tree_leaves(out), tree_leaves(fresh), strict=True):
+                    # In-place calls and views already wrote to, or alias, the captured memory.
+                    if isinstance(old, torch.Tensor) and old.numel() and not _same_memory(old, new):
+                        old.copy_(new)
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, graph: RecordedGraph):
+        super().__init__()
+        self.graph = graph
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func.namespace != "profiler":  # profiler annotations, not kernels
+            self.graph.calls.append((func, args, kwargs, out))
+        return out
+
+
+class _Stream:
+    def wait_stream(self, other):
+        # One CPU thread runs everything in order: there is nothing to wait for.
+        pass
+
+
+CPU_GRAPHS = types.SimpleNamespace(
+    CUDAGraph=RecordedGraph,
+    graph=_Recorder,
+    Stream=_Stream,
+    stream=lambda s: contextlib.nullcontext(),
+    current_stream=_Stream,
+)
+
+
+def test_recorded_graph_replays_on_new_inputs():
+    a, b = torch.ones(3), torch.full((3,), 2.0)
+    graph = RecordedGraph()
+    with CPU_GRAPHS.graph(graph):
+        out = (a * 3 + b).sum()
+    a.fill_(2.0)
+    graph.replay()
+    assert out.item() == 24.0
+
+
+def test_torch_cudagraph_losses_are_the_trainers():
+    w = tiny_workload()
+    got = contender_losses(contenders.torch_cudagraph(w, graphs=CPU_GRAPHS))
+    np.testing.assert_allclose(got, trainer_losses("torch", w), rtol=1e-12)
+
+
+def test_torch_cudagraph_refuses_what_it_cannot_replay():
+    with pytest.raises(DeviceError, match="cuda"):
+        bench.make_contender("torch", "cudagraph", tiny_workload())
+    for train in ({"warmup_steps": 3}, {"binarize": "dynamic"}):
+        with pytest.raises(ConfigError, match="cudagraph"):
+            contenders.torch_cudagraph(tiny_workload(**train), graphs=CPU_GRAPHS)
+
+
+def test_reference_step_is_the_summed_negative_elbo():
+    # The baseline optimises what the library does, summed over the batch instead of averaged:
+    # sigmoid + BCE is BCE-with-logits (float64: no clamping at these values).
+    from vae_torch.losses import objective
+    from vae_torch.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(TINY, "float64")
+    x = torch.as_tensor(bench.make_data(TINY, 8, seed=4), dtype=torch.float64)
+    with torch.no_grad():
+        mean, _ = model.encode(x)
+    torch.manual_seed(5)
+    eps = torch.randn_like(mean)
+    with torch.no_grad():
+        expected = len(x) * objective(model, None, x, eps).item()
+    before = [p.detach().clone() for p in model.parameters()]
+    torch.manual_seed(5)  # the step draws the same noise
+    got = contenders.reference_step(model, torch.optim.Adam(model.parameters()), x)
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+
+
+def test_reference_contender_runs_seeded_epochs():
+    w = tiny_workload()
+    first = contender_losses(bench.make_contender("reference", "eager", w))
+    again = contender_losses(bench.make_contender("reference", "eager", w))
+    assert first.shape == (EPOCHS * w.steps,) and np.isfinite(first).all()
+    np.testing.assert_array_equal(first, again)
+
+
+# -- timing.py -----------------------------------------------------------------------------------
+
+
+def test_timed_epochs_are_interleaved_after_each_untimed_run():
     calls = []
-    contenders = [lambda e, name=name: calls.append((name, e)) for name in "abc"]
-    timings = bench.measure_interleaved(contenders, warmup_epochs=2, repeats=3)
-    warm_up = [(n, e) for n in "abc" for e in (0, 1)]
+    fns = [lambda e, name=name: calls.append((name, e)) for name in "abc"]
+    timings = bench.measure_interleaved(fns, untimed_epochs=2, repeats=3)
+    untimed = [(n, e) for n in "abc" for e in (0, 1)]
     rounds = [(n, 2 + r) for r in range(3) for n in "abc"]
-    assert calls == warm_up + rounds
+    assert calls == untimed + rounds
     for t in timings:
         assert len(t["times_s"]) == 3 and t["median_s"] > 0 and t["compile_s"] >= 0
         assert t["spread"] == (max(t["times_s"]) - min(t["times_s"])) / t["median_s"]
+
+
+def test_summarize_by_hand():
+    s = timing.summarize([5.0, 1.5], [2.0, 1.0, 4.0])
+    assert s == {
+        "times_s": [2.0, 1.0, 4.0],
+        "median_s": 2.0,
+        "first_epoch_s": 5.0,
+        "compile_s": 3.0,
+        "untimed_s": 6.5,
+        "spread": 1.5,
+    }
+    assert timing.summarize([1.0], [2.0])["compile_s"] == 0.0
+
+
+# -- host.py -------------------------------------------------------------------------------------
+
+
+def test_host_info_names_versions_and_settings():
+    info = bench.host_info("cpu")
+    assert info["device"] == "cpu" and info["torch"] == torch.__version__
+    assert {"jax", "flax", "optax", "torch_threads", "cudnn_allow_tf32", "cpu_count"} <= set(info)
+    assert "note" in bench.host_info("xpu")
+
+
+def test_gemm_shapes_of_the_default_mlp():
+    # Five dense layers: five forward products, four input gradients, five weight gradients.
+    shapes = bench.gemm_shapes(VAEConfig(), 128)
+    assert len(shapes) == 14
+    assert shapes[:2] == [(128, 784, 400), (400, 128, 784)]
+    macs = sum(m * k * n for m, k, n in shapes)
+    assert 2 * macs / 128 == bench.flops_per_sample(VAEConfig())
 
 
 def test_gemm_ceiling_is_for_mlps_and_positive():
@@ -115,6 +348,192 @@ def test_gemm_ceiling_is_for_mlps_and_positive():
         input_shape=(1, 8, 8), hidden=(), latent_dim=2, arch="conv", conv_channels=(2,)
     )
     assert bench.gemm_ceiling(conv, 32, "cpu") is None
+    assert host.matmul_peak_gflops("cpu", size=64) > 0
+
+
+# -- report.py -----------------------------------------------------------------------------------
+
+
+def _record(backend, mode, samples_per_s, ratio):
+    return {
+        "backend": backend,
+        "mode": mode,
+        "arch": "mlp",
+        "dtype": "float32",
+        "batch_size": 64,
+        "samples_per_s": samples_per_s,
+        "ratio_to_reference": ratio,
+        "gflops": 1.5,
+        "compile_s": 0.25,
+        "spread": 0.1,
+    }
+
+
+RESULT = {
+    "records": [_record("reference", "eager", 1000.0, 1.0), _record("jax", "epoch", 2500.0, 2.5)],
+    "host": {
+        "device": "cpu",
+        "processor": "x86_64",
+        "cpu_count": 2,
+        "torch": "2.13.0",
+        "torch_threads": 2,
+        "jax": "0.10.2",
+        "flops_per_sample": 3.28e6,
+        "peak_gflops": 137.0,
+        "gemm_ceiling_samples_per_s": {"64": 4000.0},
+    },
+}
+
+
+def test_format_table_rows_and_ceiling():
+    lines = bench.format_table(RESULT).splitlines()
+    assert lines[0].split() == [
+        "backend",
+        "mode",
+        "batch",
+        "samples/s",
+        "x",
+        "ref",
+        "GFLOP/s",
+        "compile",
+        "s",
+        "spread",
+    ]
+    assert lines[2].split() == ["reference", "eager", "64", "1,000", "1.00", "1.5", "0.25", "10.0%"]
+    assert lines[3].split()[:5] == ["jax", "epoch", "64", "2,500", "2.50"]
+    assert "GEMM-only ceiling, batch 64: 4,000 samples/s = 4.00 x ref" in lines[4]
+    assert "3.28 MFLOP per training sample; measured matmul peak 137 GFLOP/s" in lines[5]
+
+
+def test_write_json_is_strict_json(tmp_path):
+    path = tmp_path / "out" / "b.json"
+    path.parent.mkdir()
+    bench.write_json(RESULT, path)
+    assert json.loads(path.read_text()) == RESULT
+    bad = {"records": [_record("jax", "step", float("nan"), None)], "host": {}}
+    with pytest.raises(ValueError):
+        report.write_json(bad, tmp_path / "nan.json")
+
+
+def test_save_plot_writes_a_png(tmp_path):
+    path = tmp_path / "plots" / "b.png"
+    bench.save_plot(RESULT, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- run.py and __init__.py ----------------------------------------------------------------------
+
+
+def test_choose_skips_cudagraph_off_cuda_unless_asked():
+    every = [(b, m) for b in ("reference", "jax", "torch") for m in bench.MODES[b]]
+    assert bench.choose(("jax", "torch", "reference"), None, "cuda") == every
+    assert ("torch", "cudagraph") not in bench.choose(("torch",), None, "cpu")
+    assert bench.choose(("torch",), {"torch": ["cudagraph"]}, "cpu") == [("torch", "cudagraph")]
+    with pytest.raises(ConfigError, match="no contender"):
+        bench.choose(("jax",), {"torch": ["eager"]}, "cpu")
+    with pytest.raises(DeviceError, match="cuda"):
+        bench.run_bench(
+            ("torch",), modes={"torch": ["cudagraph"]}, config=TINY, samples=32, batch_sizes=(16,)
+        )
+
+
+def test_run_bench_json_schema_on_a_tiny_setting(tmp_path):
+    log = []
+    modes = {"jax": ["step", "epoch"], "torch": ["eager"], "reference": ["eager"]}
+    result = bench.run_bench(
+        config=TINY,
+        samples=64,
+        batch_sizes=(16, 32),
+        repeats=2,
+        untimed_steps=6,
+        modes=modes,
+        log=log.append,
+    )
+    bench.write_json(result, tmp_path / "b.json")
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert len(log) == 2 and "2 untimed epoch(s)" in log[0] and "3 untimed epoch(s)" in log[1]
+    records = result["records"]
+    assert [(r["backend"], r["mode"], r["batch_size"]) for r in records] == [
+        (b, m, bs)
+        for bs in (16, 32)
+        for b, m in [("reference", "eager"), ("jax", "step"), ("jax", "epoch"), ("torch", "eager")]
+    ]
+    for r in records:
+        assert set(r) == RECORD_KEYS
+        steps = 64 // r["batch_size"]
+        assert r["untimed_steps"] == (8 if steps == 4 else 6) and r["untimed_steps"] >= 6
+        assert r["repeats"] == 2 and (r["arch"], r["dtype"], r["device"]) == (
+            "mlp",
+            "float32",
+            "cpu",
+        )
+        assert r["samples_per_epoch"] == 64
+        assert r["samples_per_s"] == pytest.approx(r["steps_per_s"] * r["batch_size"])
+        assert r["samples_per_s"] == pytest.approx(64 / r["median_epoch_s"])
+        assert r["gflops"] == pytest.approx(
+            r["samples_per_s"] * result["host"]["flops_per_sample"] / 1e9
+        )
+        assert r["compile_s"] >= 0 and r["untimed_s"] >= r["first_epoch_s"] > 0
+        assert r["flush_denormal"] == (r["backend"] == "torch")
+        ref = next(
+            x for x in records if x["backend"] == "reference" and x["batch_size"] == r["batch_size"]
+        )
+        assert r["ratio_to_reference"] == pytest.approx(r["samples_per_s"] / ref["samples_per_s"])
+    host_info = result["host"]
+    assert HOST_KEYS <= set(host_info)
+    assert set(host_info["gemm_ceiling_samples_per_s"]) == {"16", "32"}
+    assert VAEConfig.from_dict(host_info["config"]) == TINY
+
+
+def test_bench_imports_no_framework_until_a_contender_runs():
+    code = "import sys, vae_tools.bench; print(sorted({'torch', 'jax'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+
+class _Called(Exception):
+    pass
+
+
+@pytest.fixture
+def bench_arguments(monkeypatch):
+    """The keyword arguments ``vae bench`` hands to ``run_bench`` (which then stops the run)."""
+    seen = {}
+
+    def run_bench(**kwargs):
+        seen.update(kwargs)
+        raise _Called
+
+    monkeypatch.setattr(bench, "run_bench", run_bench)
+    return seen
+
+
+def test_cli_untimed_steps_and_its_deprecated_alias(bench_arguments, capsys):
+    with pytest.raises(_Called):
+        main(["bench"])
+    assert bench_arguments["untimed_steps"] == BENCH_UNTIMED_STEPS
+    with pytest.raises(_Called):
+        main(["bench", "--untimed-steps", "7"])
+    assert bench_arguments["untimed_steps"] == 7
+    assert "deprecated" not in capsys.readouterr().err
+    with pytest.raises(_Called):
+        main(["bench", "--warmup-steps", "5"])
+    assert bench_arguments["untimed_steps"] == 5
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "vae bench: --warmup-steps is deprecated; use --untimed-steps"
+    ]
+    assert main(["bench", "--warmup-steps", "5", "--untimed-steps", "6"]) == 2
+    assert "--untimed-steps only" in capsys.readouterr().err
+
+
+def test_cli_help_shows_only_the_new_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = capsys.readouterr().out
+    assert "--untimed-steps" in text and "--warmup-steps" not in text
 
 
 def test_bench_rejects_bad_arguments(capsys):
@@ -122,22 +541,45 @@ def test_bench_rejects_bad_arguments(capsys):
     assert "mxnet" in capsys.readouterr().err
     assert main(["bench", "--modes", "torch/warp"]) == 2
     assert "torch/warp" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "bench",
-                "--device",
-                "cpu",
-                "--samples",
-                "10",
-                "--batch-size",
-                "64",
-                "--backends",
-                "jax",
-                "--repeats",
-                "1",
-            ]
-        )
-        == 2
-    )
+    assert main(["bench", "--repeats", "0"]) == 2
+    assert "--repeats" in capsys.readouterr().err
+    args = [
+        "bench",
+        "--device",
+        "cpu",
+        "--samples",
+        "10",
+        "--batch-size",
+        "64",
+        "--backends",
+        "jax",
+    ]
+    assert main([*args, "--repeats", "1"]) == 2
     assert "batch size 64" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
+    out, plot = tmp_path / "b.json", tmp_path / "b.png"
+    modes = "jax/step,jax/epoch,torch/eager,reference/eager"
+    code = main(
+        [
+            "bench",
+            *("--samples", "256", "--repeats", "2", "--untimed-steps", "2"),
+            *("--batch-size", "64,128", "--modes", modes),
+            *("--json", str(out), "--plot", str(plot)),
+        ]
+    )
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "reference" in table and "x ref" in table and "GEMM-only ceiling, batch 64" in table
+    result = json.loads(out.read_text())
+    assert {(r["backend"], r["mode"], r["batch_size"]) for r in result["records"]} == {
+        (b, m, bs)
+        for b, m in [("jax", "step"), ("jax", "epoch"), ("torch", "eager"), ("reference", "eager")]
+        for bs in (64, 128)
+    }
+    assert all(set(r) == RECORD_KEYS for r in result["records"])
+    assert HOST_KEYS <= set(result["host"])
+    assert VAEConfig.from_dict(result["host"]["config"]) == bench.default_config("mlp")
+    assert plot.stat().st_size > 1000

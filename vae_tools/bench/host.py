@@ -1,0 +1,137 @@
+"""What the figures were measured on: versions and settings, the matmul peak, the GEMM ceiling.
+
+The peak and the ceiling are timed with torch; without torch installed they are None.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vae_common.config import VAEConfig
+from vae_common.spec import param_spec
+
+
+def host_info(device: str) -> dict[str, Any]:
+    """Machine, Python and library versions, thread count and the precision settings that move
+    the figures (TF32, JAX's default matmul precision), for the frameworks installed."""
+    info: dict[str, Any] = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "device": device,
+    }
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        info.update(
+            {
+                "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+                "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            }
+        )
+        if device == "cuda" and torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name()
+        if device == "xpu" and hasattr(torch, "xpu") and torch.xpu.is_available():
+            info["gpu"] = torch.xpu.get_device_name()
+    try:
+        import flax
+        import jax
+        import optax
+    except ImportError:
+        pass
+    else:
+        info.update(
+            {
+                "jax": jax.__version__,
+                "flax": flax.__version__,
+                "optax": optax.__version__,
+                "jax_devices": [str(d) for d in jax.devices()],
+                "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+            }
+        )
+        if device == "xpu":
+            info["note"] = "JAX has no Intel GPU backend; its rows ran on the CPU"
+    return info
+
+
+def matmul_seconds(
+    shapes: Sequence[tuple[int, int, int]], device: str, dtype: str, repeats: int, loops: int
+) -> list[float] | None:
+    """Best-of-``repeats`` seconds of one (m, k) @ (k, n) torch product for each ``(m, k, n)``
+    in ``shapes`` (each timed over ``loops`` back-to-back calls, the device synchronised around
+    them); None without torch."""
+    try:
+        import torch
+
+        from vae_torch.device import select_device, synchronize
+        from vae_torch.model import resolve_dtype
+    except ImportError:
+        return None
+    dev = select_device(device)
+    dt = resolve_dtype(dtype)
+    seconds = []
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=dev, dtype=dt)
+        b = torch.randn(k, n, device=dev, dtype=dt)
+        for _ in range(2):
+            a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            synchronize(dev)
+            t0 = time.perf_counter()
+            for _ in range(loops):
+                a @ b
+            synchronize(dev)
+            best = min(best, (time.perf_counter() - t0) / loops)
+        seconds.append(best)
+    return seconds
+
+
+def matmul_peak_gflops(device: str, dtype: str = "float32", size: int = 2048) -> float | None:
+    """Measured dense (size x size) matmul throughput in GFLOP/s (torch, best of 5), the
+    ceiling for achieved GFLOP/s; None without torch."""
+    seconds = matmul_seconds([(size, size, size)], device, dtype, repeats=5, loops=1)
+    return None if seconds is None else 2 * size**3 / seconds[0] / 1e9
+
+
+def gemm_shapes(config: VAEConfig, batch_size: int) -> list[tuple[int, int, int]]:
+    """The (m, k, n) of every matrix product of one MLP training step: per dense layer the
+    forward product, the input gradient (except for the first layer) and the weight gradient."""
+    shapes = []
+    layers = [s.shape for s in param_spec(config) if s.kind == "linear_weight"]
+    for i, (out_f, in_f) in enumerate(layers):
+        shapes.append((batch_size, in_f, out_f))  # x @ W.T
+        if i > 0:
+            shapes.append((batch_size, out_f, in_f))  # grad_y @ W
+        shapes.append((out_f, batch_size, in_f))  # grad_y.T @ x
+    return shapes
+
+
+def gemm_ceiling(
+    config: VAEConfig, batch_size: int, device: str, dtype: str = "float32", repeats: int = 7
+) -> float | None:
+    """Samples/s if a training step cost nothing but its matrix products (MLP only, else None):
+    every product of ``gemm_shapes`` timed on its own in torch, best of ``repeats`` loops,
+    summed.
+
+    A contender whose products run no faster than they do alone cannot beat it; with Adam and
+    the elementwise work on top, it tells what ratio to the reference this machine allows.
+    """
+    if config.arch != "mlp":
+        return None
+    seconds = matmul_seconds(gemm_shapes(config, batch_size), device, dtype, repeats, loops=20)
+    return None if seconds is None else batch_size / sum(seconds)

@@ -1,0 +1,155 @@
+"""``run_bench``: every chosen contender on every batch size, timed together, as records."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from vae_common.config import VAEConfig
+from vae_common.constants import BENCH_UNTIMED_STEPS
+from vae_common.errors import ConfigError
+from vae_common.training import TrainConfig
+from vae_tools.bench.contenders import MODES, make_contender
+from vae_tools.bench.host import gemm_ceiling, host_info, matmul_peak_gflops
+from vae_tools.bench.timing import measure_interleaved
+from vae_tools.bench.workload import Workload, default_config, flops_per_sample, make_data
+
+# Contenders run (and are listed) in this order, the reference first.
+ORDER = ("reference", "jax", "torch")
+
+
+def choose(
+    backends: Sequence[str], modes: Mapping[str, Sequence[str]] | None, device: str
+) -> list[tuple[str, str]]:
+    """The (backend, mode) pairs to run. Without ``modes`` every mode of ``MODES`` is chosen,
+    except the CUDA-graph mode off CUDA; a mode asked for by name is always chosen (and fails
+    there if the device cannot run it)."""
+    unknown = [b for b in backends if b not in MODES]
+    if unknown:
+        raise ConfigError(f"unknown backends {unknown}; choose from {list(MODES)}")
+    if modes is None:
+        modes = {
+            b: [m for m in MODES[b] if not (m == "cudagraph" and device != "cuda")] for b in MODES
+        }
+    chosen = [(b, m) for b in ORDER if b in backends for m in modes.get(b, ())]
+    bad = [f"{b}/{m}" for b, m in chosen if m not in MODES[b]]
+    if bad:
+        raise ConfigError(f"unknown modes {bad}; choose from {MODES}")
+    if not chosen:
+        raise ConfigError(f"no contender left for backends {list(backends)} and modes {modes}")
+    return chosen
+
+
+def _record(
+    backend: str,
+    mode: str,
+    w: Workload,
+    timing: dict[str, Any],
+    untimed_epochs: int,
+    repeats: int,
+    flops: float,
+) -> dict[str, Any]:
+    samples = w.steps * w.batch_size
+    per_s = samples / timing["median_s"]
+    return {
+        "backend": backend,
+        "mode": mode,
+        "arch": w.config.arch,
+        "device": "cpu" if backend == "jax" and w.device == "xpu" else w.device,
+        "dtype": w.dtype,
+        "batch_size": w.batch_size,
+        "samples_per_s": per_s,
+        "steps_per_s": w.steps / timing["median_s"],
+        "compile_s": timing["compile_s"],
+        "repeats": repeats,
+        "spread": timing["spread"],
+        "median_epoch_s": timing["median_s"],
+        "first_epoch_s": timing["first_epoch_s"],
+        "untimed_steps": untimed_epochs * w.steps,
+        "untimed_s": timing["untimed_s"],
+        "samples_per_epoch": samples,
+        "gflops": per_s * flops / 1e9,
+        "flush_denormal": backend == "torch" and w.device == "cpu",
+    }
+
+
+def run_bench(
+    backends: Sequence[str] = ("jax", "torch", "reference"),
+    arch: str = "mlp",
+    device: str = "cpu",
+    batch_sizes: Sequence[int] = (128,),
+    dtype: str = "float32",
+    samples: int = 60000,
+    repeats: int = 5,
+    untimed_steps: int = BENCH_UNTIMED_STEPS,
+    modes: Mapping[str, Sequence[str]] | None = None,
+    data: np.ndarray | None = None,
+    config: VAEConfig | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Time every chosen contender (``choose``) for every batch size.
+
+    Each contender first trains at least ``untimed_steps`` steps untimed (whole epochs, at least
+    one), then ``repeats`` interleaved timed epochs (``timing.measure_interleaved``).
+
+    Args:
+      data: (N, C, H, W) images; default ``make_data(config, samples, seed)``.
+      config: the model; default ``default_config(arch)``.
+
+    Returns:
+      ``{"records": [one dict per contender and batch size], "host": {...}}``; every record's
+      ``ratio_to_reference`` is its samples/s over the reference row's of the same batch size
+      (None without one).
+    """
+    if repeats < 1 or untimed_steps < 0:
+        raise ConfigError(
+            f"need repeats >= 1 and untimed_steps >= 0, got {repeats}, {untimed_steps}"
+        )
+    config = config or default_config(arch)
+    data = make_data(config, samples, seed) if data is None else data
+    chosen = choose(backends, modes, device)
+    uses_torch = any(b in ("torch", "reference") for b, _ in chosen)
+    if dtype == "float64" and any(b == "jax" for b, _ in chosen):
+        from vae_jax.device import enable_float64
+
+        enable_float64()
+    if uses_torch:
+        import torch
+
+        # Plain float32 products in every torch row, as in JAX's default on the CPU.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    flops = flops_per_sample(config)
+    train = TrainConfig(lr=1e-3)
+    records = []
+    for batch_size in batch_sizes:
+        w = Workload(config, data, batch_size, dtype, device, seed, train)
+        untimed_epochs = max(1, -(-untimed_steps // w.steps))
+        log(
+            f"  batch {batch_size}: {len(chosen)} contenders, {untimed_epochs} untimed epoch(s) "
+            f"each, then {repeats} interleaved timed rounds"
+        )
+        epochs = [make_contender(b, m, w) for b, m in chosen]
+        timings = measure_interleaved(epochs, untimed_epochs, repeats)
+        del epochs  # free this batch size's trainers and device data before the next
+        rows = [
+            _record(b, m, w, t, untimed_epochs, repeats, flops)
+            for (b, m), t in zip(chosen, timings, strict=True)
+        ]
+        ref = next((r["samples_per_s"] for r in rows if r["backend"] == "reference"), None)
+        for r in rows:
+            r["ratio_to_reference"] = r["samples_per_s"] / ref if ref else None
+        records.extend(rows)
+    host = host_info(device)
+    host["flops_per_sample"] = flops
+    host["peak_gflops"] = matmul_peak_gflops(device, dtype) if uses_torch else None
+    host["gemm_ceiling_samples_per_s"] = (
+        {str(b): gemm_ceiling(config, b, device, dtype) for b in batch_sizes}
+        if uses_torch
+        else None
+    )
+    host["config"] = config.to_dict()
+    return {"records": records, "host": host}
