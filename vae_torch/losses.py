@@ -17,13 +17,14 @@ import torch.nn.functional as F
 
 from vae_common.constants import LOG_2PI
 from vae_common.errors import ConfigError, ShapeError
+from vae_torch._typing import Array, ArrayLike, Params
 from vae_torch.model import VAE, check_eps, check_input, decode, encode
 from vae_torch.sampling import reparameterize
 
 REDUCTIONS = ("mean", "sum")
 
 
-def gaussian_kl_per_dim(mean, logvar):
+def gaussian_kl_per_dim(mean: Array, logvar: Array) -> Array:
     """KL(N(mean, exp(logvar)) || N(0, 1)) of each latent dimension: (B, L) -> (B, L), in nats.
 
     ``-0.5 * (1 + logvar - mean^2 - exp(logvar))`` elementwise; ``gaussian_kl`` sums it.
@@ -33,7 +34,7 @@ def gaussian_kl_per_dim(mean, logvar):
     return 0.5 * (mean**2 + torch.expm1(logvar) - logvar)
 
 
-def gaussian_kl(mean, logvar):
+def gaussian_kl(mean: Array, logvar: Array) -> Array:
     """KL(N(mean, diag(exp(logvar))) || N(0, I)) in closed form, summed over latent dims.
 
     ``-0.5 * sum(1 + logvar - mean^2 - exp(logvar))``: (B, L) -> (B,).
@@ -41,7 +42,7 @@ def gaussian_kl(mean, logvar):
     return torch.sum(gaussian_kl_per_dim(mean, logvar), dim=-1)
 
 
-def bernoulli_log_likelihood(x, logits):
+def bernoulli_log_likelihood(x: Array, logits: Array) -> Array:
     """log Bernoulli(x | sigmoid(logits)), summed over all pixels: (B, ...) -> (B,).
 
     Computed from the logits, stable for any logit; equal to minus the summed
@@ -50,7 +51,7 @@ def bernoulli_log_likelihood(x, logits):
     return torch.sum(torch.flatten(_bernoulli_terms(x, logits), 1), dim=1)
 
 
-def _bernoulli_terms(x, logits):
+def _bernoulli_terms(x: Array, logits: Array) -> Array:
     # log p = x*l - softplus(l), computed as minus torch's fused BCE-with-logits,
     # (1 - x) * l - log_sigmoid(l): one kernel forward and one backward (sigmoid(l) - x), stable
     # for any logit, with derivative sigmoid(l) everywhere, also at the kink l = 0 where the
@@ -60,7 +61,7 @@ def _bernoulli_terms(x, logits):
     return -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
 
 
-def gaussian_log_likelihood(x, mean, std=1.0):
+def gaussian_log_likelihood(x: Array, mean: Array, std: float = 1.0) -> Array:
     """log N(x | mean, std^2 I), summed over all pixels: (B, ...) -> (B,).
 
     With D pixels, ``-log p = sum((x - mean)^2) / (2 std^2) + D * (log(std) + log(2 pi) / 2)``:
@@ -72,7 +73,7 @@ def gaussian_log_likelihood(x, mean, std=1.0):
     return -0.5 * torch.sum(sq, dim=1) / std**2 - d * (math.log(std) + 0.5 * LOG_2PI)
 
 
-def log_likelihood(model: VAE, x, decoded):
+def log_likelihood(model: VAE, x: Array, decoded: Array) -> Array:
     """log p(x|z) for the model's likelihood from the decoder output: (B, ...) -> (B,)."""
     cfg = model.config
     if cfg.likelihood == "bernoulli":
@@ -80,7 +81,7 @@ def log_likelihood(model: VAE, x, decoded):
     return gaussian_log_likelihood(x, decoded, cfg.gaussian_std)
 
 
-def _log_likelihood_terms(model: VAE, x, decoded):
+def _log_likelihood_terms(model: VAE, x: Array, decoded: Array) -> Array:
     """Per-pixel terms of log p(x|z) that depend on z (constants left out): (B, ...) -> (B, D)."""
     x = torch.flatten(x, 1)
     decoded = torch.flatten(decoded, 1)
@@ -89,18 +90,20 @@ def _log_likelihood_terms(model: VAE, x, decoded):
     return -0.5 * (x - decoded) ** 2 / model.config.gaussian_std**2
 
 
-def standard_normal_log_density(eps):
+def standard_normal_log_density(eps: Array) -> Array:
     """log N(eps | 0, I) summed over the last axis: (..., L) -> (...)."""
     return -0.5 * torch.sum(eps**2 + LOG_2PI, dim=-1)
 
 
-def _prepare(model, x, eps):
+def _prepare(model: VAE, x: ArrayLike, eps: ArrayLike) -> tuple[Array, Array]:
     x = check_input(model, x)
     eps = check_eps(model, eps, x.shape[0])
     return x, eps
 
 
-def _reconstruction_samples(model, params, x, mean, logvar, eps):
+def _reconstruction_samples(
+    model: VAE, params: Params, x: Array, mean: Array, logvar: Array, eps: Array
+) -> Array:
     """-log p(x|z_k) for each of the K samples: eps (K, B, L) -> (K, B)."""
     k, b, latent = eps.shape
     z = reparameterize(mean, logvar, eps).reshape(k * b, latent)
@@ -109,7 +112,7 @@ def _reconstruction_samples(model, params, x, mean, logvar, eps):
     return -log_likelihood(model, xs, decoded).reshape(k, b)
 
 
-def elbo_terms(model: VAE, params, x, eps):
+def elbo_terms(model: VAE, params: Params, x: ArrayLike, eps: ArrayLike) -> tuple[Array, Array]:
     """The two terms of the negative ELBO, per example.
 
     Args:
@@ -127,13 +130,22 @@ def elbo_terms(model: VAE, params, x, eps):
     return recon, gaussian_kl(mean, logvar)
 
 
-def negative_elbo(model: VAE, params, x, eps, beta=1.0):
+def negative_elbo(
+    model: VAE, params: Params, x: ArrayLike, eps: ArrayLike, beta: float = 1.0
+) -> Array:
     """``reconstruction + beta * kl`` per example, (B,) in nats (see ``elbo_terms``)."""
     recon, kl = elbo_terms(model, params, x, eps)
     return recon + beta * kl
 
 
-def loss(model: VAE, params, x, eps, beta=1.0, reduction="mean"):
+def loss(
+    model: VAE,
+    params: Params,
+    x: ArrayLike,
+    eps: ArrayLike,
+    beta: float = 1.0,
+    reduction: str = "mean",
+) -> Array:
     """The training objective: the negative ELBO summed over pixels and latents, then reduced
     over the batch by ``reduction`` (``"mean"``, the default, or ``"sum"``). A scalar.
     """
@@ -143,7 +155,14 @@ def loss(model: VAE, params, x, eps, beta=1.0, reduction="mean"):
     return torch.mean(per_example) if reduction == "mean" else torch.sum(per_example)
 
 
-def objective(model: VAE, params, x, eps, beta=1.0, free_bits=0.0):
+def objective(
+    model: VAE,
+    params: Params,
+    x: ArrayLike,
+    eps: ArrayLike,
+    beta: float = 1.0,
+    free_bits: float = 0.0,
+) -> Array:
     """The training loss, a scalar: the batch mean of ``reconstruction + beta * KL``.
 
     With ``free_bits > 0`` (nats per latent dimension, Kingma et al. 2016) the KL term is
@@ -160,7 +179,7 @@ def objective(model: VAE, params, x, eps, beta=1.0, free_bits=0.0):
     return torch.mean(recon) + beta * torch.sum(torch.clamp(kl_dims, min=free_bits))
 
 
-def negative_iwae_bound(model: VAE, params, x, eps):
+def negative_iwae_bound(model: VAE, params: Params, x: ArrayLike, eps: ArrayLike) -> Array:
     """Minus the importance-weighted bound on log p(x) (Burda et al.), per example, in nats.
 
     ``-(logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K)`` with

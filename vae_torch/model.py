@@ -8,7 +8,8 @@ canonical state. The functions mirror ``vae_jax.model`` name for name; ``params`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,11 +17,12 @@ from torch import nn
 
 from vae_common.config import CONV_KERNEL, CONV_PADDING, CONV_STRIDE, VAEConfig
 from vae_common.errors import ConfigError, ShapeError
+from vae_torch._typing import Array, ArrayLike, DTypeLike, Params
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def _pairs(widths):
+def _pairs(widths: Sequence[int]) -> Iterator[tuple[int, int]]:
     """Consecutive pairs (in, out) of a list of layer widths."""
     return zip(widths[:-1], widths[1:], strict=True)
 
@@ -40,7 +42,7 @@ class Encoder(nn.Module):
     the dense layers of the MLP.
     """
 
-    def __init__(self, config: VAEConfig):
+    def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         if config.arch == "conv":
             channels = [config.input_shape[0], *config.conv_channels]
@@ -51,7 +53,7 @@ class Encoder(nn.Module):
         self.mean = nn.Linear(widths[-1], config.latent_dim)
         self.logvar = nn.Linear(widths[-1], config.latent_dim)
 
-    def forward(self, x):
+    def forward(self, x: Array) -> tuple[Array, Array]:
         h = x
         for layer in getattr(self, "conv", ()):
             h = torch.relu(layer(h))
@@ -68,7 +70,7 @@ class Decoder(nn.Module):
     convolutions (each doubling H and W) with ReLU between them; the last has no activation.
     """
 
-    def __init__(self, config: VAEConfig):
+    def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         self.arch = config.arch
         self.input_shape = config.input_shape
@@ -83,7 +85,7 @@ class Decoder(nn.Module):
         channels = [*reversed(config.conv_channels), config.input_shape[0]]
         self.deconv = nn.ModuleList(_conv_transpose(a, b) for a, b in _pairs(channels))
 
-    def forward(self, z):
+    def forward(self, z: Array) -> Array:
         h = z
         for layer in self.hidden:
             h = torch.relu(layer(h))
@@ -105,19 +107,19 @@ class VAE(nn.Module):
     ``torch.func.functional_call`` can run each of them with external parameters.
     """
 
-    def __init__(self, config: VAEConfig):
+    def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
 
-    def encode(self, x):
+    def encode(self, x: Array) -> tuple[Array, Array]:
         return self.encoder(x)
 
-    def decode(self, z):
+    def decode(self, z: Array) -> Array:
         return self.decoder(z)
 
-    def forward(self, *args, method: str = "full"):
+    def forward(self, *args: Array, method: str = "full") -> Array | tuple[Array, ...]:
         if method == "encode":
             return self.encoder(*args)
         if method == "decode":
@@ -127,7 +129,7 @@ class VAE(nn.Module):
         return self.decoder(mean + torch.exp(0.5 * logvar) * eps), mean, logvar
 
 
-def resolve_dtype(dtype) -> torch.dtype:
+def resolve_dtype(dtype: DTypeLike) -> torch.dtype:
     """``"float32"``/``"float64"`` (or a torch dtype) to a torch dtype."""
     if isinstance(dtype, torch.dtype):
         name = str(dtype).removeprefix("torch.")
@@ -138,12 +140,12 @@ def resolve_dtype(dtype) -> torch.dtype:
     return DTYPES[name]
 
 
-def build_model(config: VAEConfig, dtype="float32") -> VAE:
+def build_model(config: VAEConfig, dtype: DTypeLike = "float32") -> VAE:
     """The module for ``config`` on the CPU in ``dtype``; move it with ``.to(device)``."""
     return VAE(config).to(resolve_dtype(dtype))
 
 
-def init_params(model: VAE, rng) -> dict[str, torch.Tensor]:
+def init_params(model: VAE, rng: torch.Generator | int) -> dict[str, torch.Tensor]:
     """Re-draw every parameter with PyTorch's default distribution (uniform in +-1/sqrt(fan_in)).
 
     Args:
@@ -174,7 +176,7 @@ def _dtype_of(model: VAE) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def _as_tensor(model: VAE, a, name: str) -> torch.Tensor:
+def _as_tensor(model: VAE, a: ArrayLike, name: str) -> torch.Tensor:
     device = _device_of(model)
     if not isinstance(a, torch.Tensor):
         a = torch.as_tensor(np.asarray(a), device=device)
@@ -185,7 +187,7 @@ def _as_tensor(model: VAE, a, name: str) -> torch.Tensor:
     return a.to(_dtype_of(model))
 
 
-def check_input(model: VAE, x, name: str = "x") -> torch.Tensor:
+def check_input(model: VAE, x: ArrayLike, name: str = "x") -> torch.Tensor:
     """``x`` in the model's dtype; ``ShapeError`` unless it is (B, C, H, W) of the config."""
     expected = model.config.input_shape
     shape = tuple(np.shape(x))
@@ -197,7 +199,7 @@ def check_input(model: VAE, x, name: str = "x") -> torch.Tensor:
     return _as_tensor(model, x, name)
 
 
-def check_eps(model: VAE, eps, batch: int, name: str = "eps") -> torch.Tensor:
+def check_eps(model: VAE, eps: ArrayLike, batch: int, name: str = "eps") -> torch.Tensor:
     """``eps`` as a tensor of the model's dtype; it must be (B, L) or (K, B, L)."""
     latent = model.config.latent_dim
     shape = tuple(np.shape(eps))
@@ -209,23 +211,23 @@ def check_eps(model: VAE, eps, batch: int, name: str = "eps") -> torch.Tensor:
     return _as_tensor(model, eps, name)
 
 
-def _apply(model: VAE, params: Mapping[str, torch.Tensor] | None, method: str, *args):
+def _apply(model: VAE, params: Mapping[str, torch.Tensor] | None, method: str, *args: Array) -> Any:
     if params is None:
         return model(*args, method=method)
     return torch.func.functional_call(model, dict(params), args, {"method": method})
 
 
-def encode(model: VAE, params, x):
+def encode(model: VAE, params: Params, x: ArrayLike) -> tuple[Array, Array]:
     """q(z|x): x (B, C, H, W) -> (mean, logvar), each (B, L)."""
     return _apply(model, params, "encode", check_input(model, x))
 
 
-def decode(model: VAE, params, z):
+def decode(model: VAE, params: Params, z: ArrayLike) -> Array:
     """p(x|z) parameters: z (B, L) -> (B, C, H, W) logits (Bernoulli) or mean (Gaussian)."""
     return _apply(model, params, "decode", _as_tensor(model, z, "z"))
 
 
-def decode_mean(model: VAE, params, z):
+def decode_mean(model: VAE, params: Params, z: ArrayLike) -> Array:
     """The image-space mean E[x|z], (B, C, H, W): sigmoid of the logits, or the Gaussian mean."""
     out = decode(model, params, z)
     return torch.sigmoid(out) if model.config.likelihood == "bernoulli" else out
