@@ -184,14 +184,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     from vae_tools import bench
 
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     unknown = [b for b in backends if b not in bench.MODES]
     if unknown:
         raise UsageError(f"unknown backends {unknown}; choose from {list(bench.MODES)}")
-    modes = None
+    modes: dict[str, list[str]] | None = None
     if args.modes:
         modes = {}
         for item in args.modes.split(","):

@@ -60,7 +60,10 @@ def host_info(device: str) -> dict[str, Any]:
                 "flax": flax.__version__,
                 "optax": optax.__version__,
                 "jax_devices": [str(d) for d in jax.devices()],
-                "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+                # A context-manager flag: jax.config.read refuses it, and the stubs lack it.
+                "jax_default_matmul_precision": str(
+                    getattr(jax.config, "jax_default_matmul_precision")  # noqa: B009
+                ),
             }
         )
         if device == "xpu":

@@ -19,7 +19,7 @@ def default_config(arch: str = "mlp", input_shape: tuple[int, int, int] = (1, 28
     if arch not in DEFAULT_HIDDEN:
         raise ConfigError(f"arch must be one of {sorted(DEFAULT_HIDDEN)}, got {arch!r}")
     return VAEConfig(
-        input_shape=tuple(input_shape),
+        input_shape=input_shape,
         hidden=DEFAULT_HIDDEN[arch],
         latent_dim=DEFAULT_LATENT_DIM,
         arch=arch,
