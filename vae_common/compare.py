@@ -7,6 +7,7 @@ same thing as an assertion in the tests.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from vae_common.errors import ShapeError
 
@@ -25,14 +26,14 @@ TRAJECTORY_TOLERANCES = {
 }
 
 
-def max_abs_diff(a, b) -> float:
+def max_abs_diff(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ShapeError(f"cannot compare arrays of shapes {a.shape} and {b.shape}")
     return float(np.max(np.abs(a - b))) if a.size else 0.0
 
 
-def rel_diff(a, b) -> float:
+def rel_diff(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     """``max|a - b| / max|b|`` over the elements (``|a - b| / |b|`` for scalars).
 
     ``b`` is the reference. When ``b`` is all zeros the absolute difference is returned, so two

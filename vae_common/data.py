@@ -8,11 +8,13 @@ order.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from vae_common.errors import DataError, ShapeError
 
@@ -81,7 +83,7 @@ def load_digits(seed: int = 0) -> Dataset:
     return Dataset("digits", x[:n], x[n:], y[:n], y[n:])
 
 
-def _open_maybe_gz(path: Path):
+def _open_maybe_gz(path: Path) -> gzip.GzipFile | io.BufferedReader:
     with open(path, "rb") as f:
         magic = f.read(2)
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
@@ -228,12 +230,14 @@ def batch_indices(
     return order[: steps * batch_size].reshape(steps, batch_size)
 
 
-def standard_normal(seed: int, stream: int, shape: tuple[int, ...], dtype: str = "float64"):
+def standard_normal(
+    seed: int, stream: int, shape: tuple[int, ...], dtype: str = "float64"
+) -> np.ndarray:
     """Seeded N(0, 1) noise both backends share: one ``(seed, stream)``, one array."""
     return np.random.default_rng([seed, stream]).standard_normal(shape).astype(dtype)
 
 
-def check_batches(batches, n: int, wide: bool = False) -> np.ndarray:
+def check_batches(batches: npt.ArrayLike, n: int, wide: bool = False) -> np.ndarray:
     """``batches`` as an (S, B) integer array (int32, or int64 with ``wide``) of indices into
     ``n`` samples; a ShapeError naming the problem otherwise (the trainers call it, so a bad
     index is refused before any step instead of being clamped or failing deep inside)."""
