@@ -22,12 +22,13 @@ import numpy as np
 import pytest
 from idx_files import write_idx_dir
 
-from vae_common.checkpoint import load_checkpoint, load_tensors
+from vae_common.checkpoint import load_checkpoint, load_tensors, save_tensors
 from vae_common.config import VAEConfig
 from vae_common.data import Dataset, load_digits
+from vae_common.errors import ResumeError, TrainingError
 from vae_common.training import TrainConfig, optimizer_state_names
-from vae_tools import cli, run
-from vae_tools.run import ResumeError, RunSettings, TrainingError
+from vae_tools import cli, run, run_state
+from vae_tools.run_state import RunSettings
 
 CONFIG = VAEConfig(input_shape=(1, 8, 8), hidden=(32,), latent_dim=2)
 TRAIN = TrainConfig(lr=3e-3)
@@ -117,8 +118,8 @@ def test_run_writes_checkpoint_metrics_and_plots(tmp_path, small_digits):
     tensors, train_meta = load_tensors(out / "train_state.safetensors")
     assert (train_meta["epoch"], train_meta["step"]) == ("2", str(2 * STEPS_PER_EPOCH))
     for name, value in state.items():
-        np.testing.assert_array_equal(tensors[run.PARAM + name], value)
-    assert set(tensors) == {run.PARAM + n for n in state} | set(optimizer_state_names(CONFIG))
+        np.testing.assert_array_equal(tensors[run_state.PARAM + name], value)
+    assert set(tensors) == {run_state.PARAM + n for n in state} | set(optimizer_state_names(CONFIG))
 
     lines = read_metrics(out)
     assert lines == metrics
@@ -323,3 +324,24 @@ def test_kill_9_leaves_a_loadable_checkpoint_and_resume_finishes_the_run(tmp_pat
     assert cli.main([*args, "--out", str(full)]) == 0
     assert len(read_metrics(killed)) == epochs
     assert_same_run(killed, full)
+
+
+def test_a_run_written_before_the_renames_resumes(tmp_path, small_digits):
+    # Version 0.1 stored Adam's epsilon as "eps" in the train state and the test -ELBO as
+    # "test_elbo" in metrics.jsonl; such a run resumes, and its records are read under the new
+    # names (adam_eps, test_neg_elbo).
+    out = tmp_path / "old"
+    train_run(out, small_digits, 1)
+    state_path = out / "train_state.safetensors"
+    tensors, meta = load_tensors(state_path)
+    train_json = json.loads(meta["train"])
+    train_json["eps"] = train_json.pop("adam_eps")
+    meta["train"] = json.dumps(train_json, sort_keys=True)
+    save_tensors(state_path, tensors, meta)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    old = [{("test_elbo" if k == "test_neg_elbo" else k): v for k, v in r.items()} for r in records]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    metrics = train_run(out, small_digits, 2, resume=True)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert all(METRIC_KEYS <= set(m) and "test_elbo" not in m for m in metrics)
+    assert metrics[0]["test_neg_elbo"] == records[0]["test_neg_elbo"]

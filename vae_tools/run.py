@@ -12,40 +12,27 @@ Files in the run directory:
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vae_common.checkpoint import (
-    CheckpointError,
-    atomic_write_bytes,
-    check_state,
-    load_tensors,
     save_checkpoint,
-    save_tensors,
 )
 from vae_common.config import VAEConfig
 from vae_common.data import Dataset, batch_indices, binarize, load_dataset, validate_images
 from vae_common.errors import DataError, ResumeError, TrainingError, UsageError
-from vae_common.training import TrainConfig, optimizer_state_names
+from vae_common.training import TrainConfig
+from vae_tools.run_state import (
+    RunSettings,
+    load_train_state,
+    read_metrics,
+    save_train_state,
+    write_metrics,
+)
 
-STATE_FORMAT = "vae-twin-train-state/1"
-PARAM = "param."
 BACKENDS = ("jax", "torch")
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """What a resumed run must share with the original (besides the model and Adam settings)."""
-
-    dataset: str
-    batch_size: int = 128
-    seed: int = 0
-    dtype: str = "float32"
-    static_binarize: bool = False
 
 
 def make_trainer(
@@ -85,79 +72,6 @@ def prepare_data(settings: RunSettings, dataset: Dataset | None, likelihood: str
             ds.test_labels,
         )
     return ds
-
-
-def _settings_meta(config: VAEConfig, train: TrainConfig, settings: RunSettings) -> dict[str, str]:
-    return {
-        "config": config.to_json(),
-        "train": train.to_json(),
-        "settings": json.dumps(asdict(settings), sort_keys=True),
-    }
-
-
-def save_train_state(path: Path, trainer, config, train, settings, epoch: int) -> None:
-    tensors = {PARAM + k: v for k, v in trainer.state_dict().items()}
-    tensors.update(trainer.optimizer_state_dict())
-    meta = _settings_meta(config, train, settings)
-    meta.update(
-        {
-            "format": STATE_FORMAT,
-            "epoch": str(epoch),
-            "step": str(trainer.step),
-            "backend": trainer.backend,
-        }
-    )
-    save_tensors(path, tensors, meta)
-
-
-def load_train_state(path: Path, config: VAEConfig, train: TrainConfig, settings: RunSettings):
-    """Read a train state and refuse it unless it was made with the same settings.
-
-    Returns:
-      ``(params, optimizer_tensors, epoch, step)``.
-    """
-    tensors, meta = load_tensors(path)
-    if meta.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path} is not a training state ({STATE_FORMAT})")
-    stored = {k: meta.get(k) for k in ("config", "train", "settings")}
-    wanted = _settings_meta(config, train, settings)
-    for key in ("config", "train", "settings"):
-        if stored[key] != wanted[key]:
-            old, new = json.loads(stored[key] or "{}"), json.loads(wanted[key])
-            diffs = {
-                k: [old.get(k), new.get(k)]
-                for k in sorted(set(old) | set(new))
-                if old.get(k) != new.get(k)
-            }
-            raise ResumeError(
-                f"--resume refused: {path} was made with a different {key}; differing fields "
-                f"[stored, requested]: {json.dumps(diffs)}"
-            )
-    params = {k[len(PARAM) :]: v for k, v in tensors.items() if k.startswith(PARAM)}
-    check_state(params, config, what=str(path))
-    opt = {k: v for k, v in tensors.items() if not k.startswith(PARAM)}
-    missing = [n for n in optimizer_state_names(config) if n not in opt]
-    if missing:
-        raise CheckpointError(f"{path} lacks optimizer tensors {missing[:3]}")
-    return params, opt, int(meta["epoch"]), int(meta["step"])
-
-
-# metrics.jsonl keys renamed in version 0.2 (they hold the *negative* ELBO): old -> new.
-RENAMED_METRICS = {"test_elbo": "test_neg_elbo"}
-
-
-def _read_metrics(path: Path, epochs_done: int) -> list[dict]:
-    """The per-epoch records up to ``epochs_done``; records written before the renames in
-    ``RENAMED_METRICS`` are read under the new names."""
-    if not path.exists():
-        return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    lines = [{RENAMED_METRICS.get(k, k): v for k, v in m.items()} for m in lines]
-    return [m for m in lines if m["epoch"] <= epochs_done]
-
-
-def _write_metrics(path: Path, metrics: list[dict]) -> None:
-    atomic_write_bytes(path, "".join(json.dumps(m) + "\n" for m in metrics).encode())
 
 
 def train(
@@ -211,7 +125,7 @@ def train(
 
             init_state = init_canonical(config, settings.seed, settings.dtype)
         trainer.load_state_dict(init_state)
-    metrics = _read_metrics(metrics_path, first_epoch - 1)
+    metrics = read_metrics(metrics_path, first_epoch - 1)
     data = trainer.put_data(ds.train)
     bar = None
     if progress:
@@ -252,7 +166,7 @@ def train(
         )
         # Order matters for kill -9: metrics first, then the resumable state, then the
         # checkpoint. A resume truncates metrics to the epochs the state has.
-        _write_metrics(metrics_path, metrics)
+        write_metrics(metrics_path, metrics)
         save_train_state(state_path, trainer, config, train_config, settings, epoch)
         save_checkpoint(
             ckpt_path,

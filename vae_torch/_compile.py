@@ -70,8 +70,8 @@ def make_compiled_step(
     Why this split: compiling only the objective leaves ``backward()`` and the optimizer to eager
     dispatch with graph breaks in between; one graph for the gradients removes that overhead.
     The update stays outside the graph because torch's fused Adam kernel cannot be traced
-    (``torch.compile`` refuses it), and the Adam inductor generates instead ran about half as
-    fast as the fused kernel on a 2-core CPU (measured with ``vae bench``).
+    (``torch.compile`` refuses it), and the Adam inductor generates instead was slower than the
+    fused kernel (the README's speed section has the figures).
     """
     from torch.optim.adam import adam as adam_update
 
