@@ -7,17 +7,15 @@ the problem; no stack trace).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from vae_common.config import VAEConfig
 from vae_common.constants import (
     BENCH_UNTIMED_STEPS,
     DEFAULT_CONV_CHANNELS,
-    DEFAULT_HIDDEN,
     DEFAULT_LATENT_DIM,
 )
-from vae_common.errors import TrainingError, UsageError, VAEError
+from vae_common.errors import TrainingError, VAEError
+from vae_tools import commands
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -50,203 +48,6 @@ def add_model_args(p: argparse.ArgumentParser, input_shape: bool = True) -> None
         g.add_argument("--input-shape", type=int_list, default=(1, 28, 28), help="C,H,W")
 
 
-def config_from_args(args, input_shape) -> VAEConfig:
-    hidden = DEFAULT_HIDDEN[args.arch] if args.hidden is None else args.hidden
-    return VAEConfig(
-        input_shape=tuple(input_shape),
-        hidden=hidden,
-        latent_dim=args.latent_dim,
-        likelihood=args.likelihood,
-        arch=args.arch,
-        conv_channels=args.conv_channels if args.arch == "conv" else (),
-    )
-
-
-def cmd_parity(args) -> int:
-    from vae_common.checkpoint import load_checkpoint
-    from vae_tools import parity
-
-    if args.checkpoint:
-        state, config, _ = load_checkpoint(args.checkpoint)
-    else:
-        state, config = None, config_from_args(args, args.input_shape)
-    if args.steps:
-        from vae_tools.trajectory import check_trajectory
-
-        report = check_trajectory(
-            config,
-            steps=args.steps,
-            dtype=args.dtype,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            beta=args.beta,
-            state=state,
-            device=args.device,
-        )
-    else:
-        inp = parity.make_inputs(
-            config,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            k=args.k,
-            beta=args.beta,
-            objective=args.objective,
-            state=state,
-        )
-        report = parity.check_parity(inp, args.dtype, args.device)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(parity.format_table(report))
-    return 0 if report["passed"] else EXIT_FAILED
-
-
-def cmd_train(args) -> int:
-    from vae_common.checkpoint import load_checkpoint
-    from vae_common.data import load_dataset
-    from vae_common.training import TrainConfig
-    from vae_tools import run
-
-    ds = load_dataset(args.dataset)
-    init_state = None
-    if args.init:
-        init_state, config, _ = load_checkpoint(args.init)
-        if config.input_shape != ds.image_shape:
-            raise UsageError(
-                f"--init {args.init} expects images of shape {config.input_shape}, dataset "
-                f"{args.dataset} has {ds.image_shape}"
-            )
-    else:
-        config = config_from_args(args, ds.image_shape)
-    train = TrainConfig(
-        lr=args.lr,
-        beta=args.beta,
-        warmup_steps=args.warmup_steps,
-        free_bits=args.free_bits,
-        binarize="dynamic" if args.binarize == "dynamic" else "none",
-    )
-    settings = run.RunSettings(
-        args.dataset,
-        args.batch_size,
-        args.seed,
-        args.dtype,
-        static_binarize=args.binarize == "static",
-    )
-    metrics = run.train(
-        args.out,
-        args.backend,
-        config,
-        train,
-        settings,
-        args.epochs,
-        resume=args.resume,
-        device=args.device,
-        compile=args.compile,
-        init_state=init_state,
-        dataset=ds,
-        progress=not args.quiet,
-    )
-    last = metrics[-1] if metrics else None
-    if last:
-        print(
-            f"epoch {last['epoch']}: train loss {last['train_loss']:.3f}, test -ELBO "
-            f"{last['test_neg_elbo']:.3f} nats ({args.out}/checkpoint.safetensors)"
-        )
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from vae_tools import run
-
-    result = run.evaluate_checkpoint(
-        args.checkpoint,
-        args.backend,
-        args.dataset,
-        seed=args.seed,
-        iwae_k=args.iwae_k,
-        dtype=args.dtype,
-        device=args.device,
-        batch_size=args.batch_size,
-    )
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(
-            f"{result['backend']} {result['dtype']} on {result['n']} test images "
-            "(nats per example):"
-        )
-        print(f"  -ELBO          {result['neg_elbo']:.4f}")
-        print(f"  reconstruction {result['reconstruction']:.4f}")
-        print(f"  KL             {result['kl']:.4f}")
-        if result["neg_iwae"] is not None:
-            print(f"  -log p(x) IWAE {result['neg_iwae']:.4f}  (k={result['iwae_k']})")
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from vae_tools import bench
-
-    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
-    unknown = [b for b in backends if b not in bench.MODES]
-    if unknown:
-        raise UsageError(f"unknown backends {unknown}; choose from {list(bench.MODES)}")
-    modes: dict[str, list[str]] | None = None
-    if args.modes:
-        modes = {}
-        for item in args.modes.split(","):
-            backend, _, mode = item.strip().partition("/")
-            if mode not in bench.MODES.get(backend, ()):
-                raise UsageError(f"unknown mode {item!r}; e.g. jax/epoch, torch/compile")
-            modes.setdefault(backend, []).append(mode)
-    if args.repeats < 1:
-        raise UsageError("--repeats must be at least 1 (5 or more for figures you report)")
-    untimed_steps = args.untimed_steps
-    if args.deprecated_warmup_steps is not None:
-        # The old name clashed with `vae train --warmup-steps` (the KL warm-up).
-        if untimed_steps is not None:
-            raise UsageError("give --untimed-steps only (--warmup-steps is its deprecated name)")
-        print("vae bench: --warmup-steps is deprecated; use --untimed-steps", file=sys.stderr)
-        untimed_steps = args.deprecated_warmup_steps
-    if untimed_steps is None:
-        untimed_steps = BENCH_UNTIMED_STEPS
-    data, config = None, None
-    if args.dataset:
-        from vae_common.data import load_dataset
-
-        ds = load_dataset(args.dataset)
-        data = ds.train[: args.samples]
-        config = bench.default_config(args.arch, ds.image_shape)
-    result = bench.run_bench(
-        backends=backends,
-        arch=args.arch,
-        device=args.device,
-        batch_sizes=args.batch_size,
-        dtype=args.dtype,
-        samples=args.samples,
-        repeats=args.repeats,
-        untimed_steps=untimed_steps,
-        modes=modes,
-        data=data,
-        config=config,
-        log=lambda m: print(m, file=sys.stderr, flush=True),
-    )
-    print(bench.format_table(result))
-    if args.json:
-        bench.write_json(result, args.json)
-    if args.plot:
-        bench.save_plot(result, args.plot)
-    return 0
-
-
-def cmd_demo(args) -> int:
-    from vae_tools.demo import run_demo
-
-    report = run_demo(args.out, epochs=args.epochs, progress=not args.quiet)
-    print(f"report: {report}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vae", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -266,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate for --steps")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, xpu, mps or auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_parity)
+    p.set_defaults(func=commands.cmd_parity)
 
     p = sub.add_parser("train", help="train a VAE with one backend")
     p.add_argument("--backend", choices=("jax", "torch"), required=True)
@@ -295,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p, input_shape=False)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=commands.cmd_train)
 
     p = sub.add_parser("eval", help="test-set -ELBO and IWAE estimate of a checkpoint")
     p.add_argument("--checkpoint", required=True)
@@ -307,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=commands.cmd_eval)
 
     p = sub.add_parser("bench", help="compare training speed across frameworks")
     p.add_argument(
@@ -341,13 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", help="write the records and host info here")
     p.add_argument("--plot", help="write a bar chart here")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=commands.cmd_bench)
 
     p = sub.add_parser("demo", help="the main job: train on digits in both backends and report")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=commands.cmd_demo)
     return parser
 
 
