@@ -54,5 +54,23 @@ test-min:
 	  '^(numpy|safetensors|scikit-learn|matplotlib|tqdm|jax|jaxlib|flax|optax|torch|pytest|hypothesis)=='
 	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow"
 
+# Mutation score (not part of `make test` or CI; hours on 2 cores, so run it at low priority:
+# `nohup nice -n 19 make mutation &`). cosmic-ray, pinned, lives in a venv of its own; it mutates
+# private copies of the tree only (README, "Mutation score"). Results: runs/mutation/*.md.
+# MUTATION_ARGS goes to both scripts, e.g. `--without tests/test_x.py` to score without a file.
+MUTATION_VENV ?= runs/mutation/venv
+COSMIC_RAY_SPEC ?= cosmic-ray==8.7.0
+MUTATION_ARGS ?=
+
+.PHONY: mutation
+mutation: setup
+	test -f $(MUTATION_VENV)/.installed-$(COSMIC_RAY_SPEC) || { \
+	  $(PYTHON) -m venv $(MUTATION_VENV) && \
+	  $(MUTATION_VENV)/bin/python -m pip install "$(COSMIC_RAY_SPEC)" && \
+	  touch $(MUTATION_VENV)/.installed-$(COSMIC_RAY_SPEC); }
+	$(BIN)/python mutation/symmetric.py $(MUTATION_ARGS); status=$$?; \
+	  $(BIN)/python mutation/generic.py --cosmic-ray $(MUTATION_VENV)/bin $(MUTATION_ARGS) && \
+	  exit $$status
+
 clean:
 	rm -rf runs .pytest_cache

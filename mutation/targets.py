@@ -1,0 +1,102 @@
+"""What ``make mutation`` mutates, with which operators, and which tests judge each file.
+
+The one place to edit when files move: ``TARGETS`` maps each mutated file to the tests run
+against its mutants, fastest and most discriminating first (pytest stops at the first failure,
+so a killed mutant usually costs one interpreter start and a few seconds).
+"""
+
+from __future__ import annotations
+
+REFERENCE_TESTS = [
+    "tests/test_reference_eval_data.py",
+    "tests/test_reference_training.py",
+]
+
+TARGETS: dict[str, list[str]] = {
+    "vae_common/training.py": [
+        *REFERENCE_TESTS,
+        "tests/test_config.py",
+        "tests/test_train_jax_torch.py",
+    ],
+    "vae_common/evaluation.py": [
+        "tests/test_reference_eval_data.py",
+        "tests/test_train_jax_torch.py",
+    ],
+    "vae_common/data.py": [
+        "tests/test_reference_eval_data.py",
+        "tests/test_data.py",
+        "tests/test_reference_training.py",
+    ],
+    "vae_common/reference.py": [
+        "tests/test_reference_training.py",
+        "tests/test_losses.py",
+        "tests/test_reference_eval_data.py",
+    ],
+    "vae_common/trainer.py": [
+        *REFERENCE_TESTS,
+        "tests/test_train_jax_torch.py",
+        "tests/test_api_mirror.py",
+    ],
+    "vae_jax/losses.py": [
+        "tests/test_losses.py",
+        *REFERENCE_TESTS,
+    ],
+    "vae_jax/train.py": [
+        "tests/test_reference_training.py",
+        "tests/test_train_jax_torch.py",
+        "tests/test_reference_eval_data.py",
+    ],
+    "vae_torch/losses.py": [
+        "tests/test_losses.py",
+        *REFERENCE_TESTS,
+    ],
+    "vae_torch/train.py": [
+        "tests/test_reference_training.py",
+        "tests/test_train_jax_torch.py",
+        "tests/test_reference_eval_data.py",
+    ],
+}
+
+# cosmic-ray's operators that are run (``cosmic-ray operators`` lists them all). Its binary and
+# comparison operators replace each operator by every other one (``+`` by ``-``, ``*``, ``/``,
+# ``//``, ``%``, ``**``, ``<<``, ``>>``, ``|``, ``&``, ``^``): most of those only raise a
+# TypeError on floats and cost a test run each, so one or two replacements per operator are
+# kept, the ones a person is likely to write by mistake. ``|`` appears only in annotations here
+# (never evaluated: ``from __future__ import annotations``), so it is not mutated.
+OPERATORS: list[str] = [
+    "core/ReplaceBinaryOperator_Add_Sub",
+    "core/ReplaceBinaryOperator_Sub_Add",
+    "core/ReplaceBinaryOperator_Mul_Div",
+    "core/ReplaceBinaryOperator_Div_Mul",
+    "core/ReplaceBinaryOperator_Pow_Mul",
+    "core/ReplaceBinaryOperator_FloorDiv_Div",
+    "core/ReplaceBinaryOperator_Mod_FloorDiv",
+    "core/ReplaceBinaryOperator_RShift_LShift",
+    "core/ReplaceComparisonOperator_Eq_NotEq",
+    "core/ReplaceComparisonOperator_NotEq_Eq",
+    "core/ReplaceComparisonOperator_Lt_LtE",
+    "core/ReplaceComparisonOperator_LtE_Lt",
+    "core/ReplaceComparisonOperator_Gt_GtE",
+    "core/ReplaceComparisonOperator_GtE_Gt",
+    "core/ReplaceComparisonOperator_Is_IsNot",
+    "core/ReplaceComparisonOperator_IsNot_Is",
+    "core/ReplaceUnaryOperator_USub_UAdd",
+    "core/ReplaceUnaryOperator_Delete_Not",
+    "core/AddNot",
+    "core/ReplaceTrueWithFalse",
+    "core/ReplaceFalseWithTrue",
+    "core/ReplaceAndWithOr",
+    "core/ReplaceOrWithAnd",
+    "core/ReplaceBreakWithContinue",
+    "core/ReplaceContinueWithBreak",
+    "core/ExceptionReplacer",
+    "core/NumberReplacer",
+    "core/RemoveDecorator",
+    "core/ZeroIterationForLoop",
+]
+
+# A mutant's tests may run this many times longer than the unmutated baseline (plus a constant
+# for the interpreter start) before the mutant counts as killed by a timeout; generous, because
+# the machine is shared and a run at low priority is slowed by whatever else runs.
+TIMEOUT_FACTOR = 5.0
+TIMEOUT_CONSTANT_S = 30.0
