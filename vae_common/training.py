@@ -74,7 +74,7 @@ class TrainConfig:
         return cls(**fields)
 
 
-def beta_at(train: TrainConfig, step: Any, minimum: Any = min):
+def beta_at(train: TrainConfig, step: Any, minimum: Any = min) -> Any:
     """KL weight at 0-based ``step``: ``beta * min(1, step / warmup_steps)``.
 
     ``minimum`` is the framework's elementwise minimum (``jnp.minimum`` for a traced step).

@@ -70,7 +70,7 @@ def select_device(name: Any = None) -> jax.Device:
 def supports_float64(device: Any) -> bool:
     """Whether JAX can compute in float64 on ``device``: it needs ``jax_enable_x64`` (off by
     default, process-wide) and a platform with float64 kernels (not TPU)."""
-    return bool(jax.config.jax_enable_x64) and select_device(device).platform != "tpu"
+    return bool(jax.config.read("jax_enable_x64")) and select_device(device).platform != "tpu"
 
 
 def check_dtype(device: Any, dtype: str) -> None:
@@ -81,7 +81,7 @@ def check_dtype(device: Any, dtype: str) -> None:
         reason = (
             "JAX runs in 32-bit mode; call vae_jax.device.enable_float64() (or "
             "jax.config.update('jax_enable_x64', True)) before creating any array"
-            if not jax.config.jax_enable_x64
+            if not jax.config.read("jax_enable_x64")
             else f"device {select_device(device)} has no float64 support; use float32"
         )
         raise DeviceError(f"float64 was requested but {reason}")

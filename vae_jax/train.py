@@ -230,12 +230,12 @@ class Trainer(TrainerBase):
             # XLA:CPU runs convolutions inside a lax.scan several times slower than the same
             # step jitted on its own (figures in the README), so conv models loop over a jitted
             # step there; the updates and the noise are the same as the scanned epoch's.
-            state, losses = self._state, []
+            state, step_losses = self._state, []
             for i, idx in enumerate(batches):
                 state, loss_i = self._indexed_step(state, data, idx, key, np.int32(i))
-                losses.append(loss_i)
+                step_losses.append(loss_i)
             self.state = state
-            return np.asarray(jnp.stack(losses))
+            return np.asarray(jnp.stack(step_losses))
         batches_d = jax.device_put(jnp.asarray(batches, jnp.int32), self.device)
         self.state, losses = self._epoch(self._state, data, batches_d, key)
         return np.asarray(losses)

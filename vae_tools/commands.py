@@ -19,8 +19,11 @@ EXIT_FAILED = 1
 def config_from_args(args: argparse.Namespace, input_shape: tuple[int, ...]) -> VAEConfig:
     """The model config the model flags describe, for images of ``input_shape`` (C, H, W)."""
     hidden = DEFAULT_HIDDEN[args.arch] if args.hidden is None else args.hidden
+    if len(input_shape) != 3:
+        raise UsageError(f"--input-shape needs three integers C,H,W, got {input_shape}")
+    channels, height, width = input_shape
     return VAEConfig(
-        input_shape=tuple(input_shape),
+        input_shape=(channels, height, width),
         hidden=hidden,
         latent_dim=args.latent_dim,
         likelihood=args.likelihood,
@@ -29,7 +32,7 @@ def config_from_args(args: argparse.Namespace, input_shape: tuple[int, ...]) -> 
     )
 
 
-def cmd_parity(args) -> int:
+def cmd_parity(args: argparse.Namespace) -> int:
     from vae_common.checkpoint import load_checkpoint
     from vae_tools import parity
 
@@ -69,7 +72,7 @@ def cmd_parity(args) -> int:
     return 0 if report["passed"] else EXIT_FAILED
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from vae_common.checkpoint import load_checkpoint
     from vae_common.data import load_dataset
     from vae_common.training import TrainConfig
@@ -123,7 +126,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
+def cmd_eval(args: argparse.Namespace) -> int:
     from vae_tools import run
 
     result = run.evaluate_checkpoint(
@@ -206,7 +209,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from vae_tools.demo import run_demo
 
     report = run_demo(args.out, epochs=args.epochs, progress=not args.quiet)

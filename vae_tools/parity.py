@@ -6,6 +6,7 @@ Imports jax and torch only inside the functions, so importing this module stays 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -75,12 +76,12 @@ def jax_side(inp: ParityInputs, dtype: str) -> dict:
     x = jax.numpy.asarray(inp.x, dtype)
     eps = jax.numpy.asarray(inp.eps, dtype)
 
-    def per_example(p):
+    def per_example(p: Any) -> Any:
         if inp.objective == "iwae":
             return vae_jax.negative_iwae_bound(model, p, x, eps)
         return vae_jax.negative_elbo(model, p, x, eps, inp.beta)
 
-    def objective(p):
+    def objective(p: Any) -> Any:
         if inp.objective == "iwae":
             return jax.numpy.mean(per_example(p))
         return vae_jax.loss(model, p, x, eps, beta=inp.beta)
@@ -126,7 +127,11 @@ def torch_side(inp: ParityInputs, dtype: str, device: str | None = "cpu") -> dic
             terms = vae_torch.negative_iwae_bound(model, None, x, eps)
         else:
             terms = vae_torch.negative_elbo(model, None, x, eps, inp.beta)
-    grads = {n: p.grad for n, p in model.named_parameters()}
+    grads = {}
+    for n, p in model.named_parameters():
+        if p.grad is None:  # a parameter the objective does not reach (none in this model)
+            raise UsageError(f"torch computed no gradient for {n!r}")
+        grads[n] = p.grad
     return {
         "loss": float(value.detach().cpu()),
         "loss_dtype": str(value.dtype).removeprefix("torch."),

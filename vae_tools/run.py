@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from vae_common.checkpoint import (
 from vae_common.config import VAEConfig
 from vae_common.data import Dataset, batch_indices, binarize, load_dataset, validate_images
 from vae_common.errors import DataError, ResumeError, TrainingError, UsageError
+from vae_common.trainer import TrainerBase
 from vae_common.training import TrainConfig
 from vae_tools.run_state import (
     RunSettings,
@@ -42,19 +44,23 @@ def make_trainer(
     dtype: str,
     device: str | None = None,
     compile: bool = False,
-):
+) -> TrainerBase:
     """The backend's ``Trainer`` (imported only when asked for)."""
+    trainer: type[TrainerBase]
     if backend == "jax":
         from vae_jax.device import enable_float64
-        from vae_jax.train import Trainer
+        from vae_jax.train import Trainer as JaxTrainer
 
         if dtype == "float64":
             enable_float64()
+        trainer = JaxTrainer
     elif backend == "torch":
-        from vae_torch.train import Trainer
+        from vae_torch.train import Trainer as TorchTrainer
+
+        trainer = TorchTrainer
     else:
         raise UsageError(f"unknown backend {backend!r}; use one of {BACKENDS}")
-    return Trainer(config, train, dtype=dtype, device=device, compile=compile)
+    return trainer(config, train, dtype=dtype, device=device, compile=compile)
 
 
 def prepare_data(settings: RunSettings, dataset: Dataset | None, likelihood: str) -> Dataset:
@@ -188,7 +194,9 @@ def train(
     return metrics
 
 
-def save_run_plots(out: Path, trainer, ds: Dataset, metrics: list[dict], seed: int) -> None:
+def save_run_plots(
+    out: Path, trainer: TrainerBase, ds: Dataset, metrics: list[dict[str, Any]], seed: int
+) -> None:
     from vae_tools import plots
 
     x = ds.test[:32]

@@ -9,11 +9,14 @@ from vae_common.compare import TOLERANCES, TRAJECTORY_TOLERANCES, max_abs_diff, 
 from vae_common.config import VAEConfig
 from vae_common.errors import UsageError
 from vae_common.spec import init_canonical
+from vae_common.trainer import TrainerBase
 from vae_common.training import TrainConfig
 from vae_tools import parity
 
 
-def _trainers(config, train, dtype, device):
+def _trainers(
+    config: VAEConfig, train: TrainConfig, dtype: str, device: str | None
+) -> tuple[TrainerBase, TrainerBase]:
     from vae_jax.device import enable_float64
 
     if dtype == "float64":

@@ -20,7 +20,7 @@ from vae_torch.losses import objective
 from vae_torch.model import VAE
 
 
-def _adam_hyperparameters(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+def _adam_hyperparameters(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     if not isinstance(optimizer, torch.optim.Adam) or len(optimizer.param_groups) != 1:
         raise ConfigError("make_compiled_step needs a torch.optim.Adam with one parameter group")
     group = optimizer.param_groups[0]
@@ -77,13 +77,15 @@ def make_compiled_step(
 
     hyper = _adam_hyperparameters(optimizer)
     names = [name for name, _ in model.named_parameters()]
-    params = [p for _, p in model.named_parameters()]
+    params: list[torch.Tensor] = [p for _, p in model.named_parameters()]
     if {id(p) for p in optimizer.param_groups[0]["params"]} != {id(p) for p in params}:
         raise ConfigError("the optimizer must hold exactly the model's parameters")
     require_compiler({p.device.type for p in params})
     group = optimizer.param_groups[0]
 
-    def gradients(params, x, eps, beta):
+    def gradients(
+        params: list[torch.Tensor], x: torch.Tensor, eps: torch.Tensor, beta: Any
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         value_and_grads = torch.func.grad_and_value(
             lambda p: objective(model, p, x, eps, beta, free_bits)
         )
@@ -92,7 +94,7 @@ def make_compiled_step(
 
     compiled = torch.compile(_own_code(gradients), fullgraph=True, **options)
 
-    def step(x, eps, beta=1.0):
+    def step(x: torch.Tensor, eps: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         states = [_adam_state(optimizer, p) for p in params]
         beta_t = torch.as_tensor(beta, dtype=x.dtype, device=x.device)
         # No autograd graph around the step: func.grad differentiates on its own, and the
@@ -123,7 +125,7 @@ def make_compiled_step(
     return step
 
 
-def _own_code(fn):
+def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` with a code object of its own. torch.compile keeps its graphs per code object and
     stops at ``torch._dynamo.config.recompile_limit`` (8) of them, failing outright under
     ``fullgraph=True``: without this, the ninth model compiled in one process (a sweep, a test
