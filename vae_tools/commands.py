@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import cast
 
 from vae_common.config import VAEConfig
 from vae_common.constants import BENCH_UNTIMED_STEPS, DEFAULT_HIDDEN
@@ -19,11 +20,9 @@ EXIT_FAILED = 1
 def config_from_args(args: argparse.Namespace, input_shape: tuple[int, ...]) -> VAEConfig:
     """The model config the model flags describe, for images of ``input_shape`` (C, H, W)."""
     hidden = DEFAULT_HIDDEN[args.arch] if args.hidden is None else args.hidden
-    if len(input_shape) != 3:
-        raise UsageError(f"--input-shape needs three integers C,H,W, got {input_shape}")
-    channels, height, width = input_shape
     return VAEConfig(
-        input_shape=(channels, height, width),
+        # VAEConfig checks the length and names the field (input_shape) when it is not C, H, W.
+        input_shape=cast(tuple[int, int, int], tuple(input_shape)),
         hidden=hidden,
         latent_dim=args.latent_dim,
         likelihood=args.likelihood,
