@@ -44,6 +44,11 @@ class ResumeError(ConfigError):
     """A run directory cannot be resumed with the given settings."""
 
 
+class RunDirError(VAEError, OSError):
+    """A run directory cannot be used: not a directory, not writable or full, locked by another
+    run, or holding files that are not a run's (the message names the path or the files)."""
+
+
 class TrainingError(VAEError, RuntimeError):
     """Training or a check ran and failed (a non-finite loss): exit status 1, not bad input."""
 
@@ -54,6 +59,7 @@ __all__ = [
     "DataError",
     "DeviceError",
     "ResumeError",
+    "RunDirError",
     "ShapeError",
     "TrainingError",
     "UsageError",
