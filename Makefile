@@ -41,8 +41,9 @@ lint: setup
 # jax/torch/dev extras into `==X`; what those packages pull in resolves as usual.
 # Torch: PyPI has no CPU-only torch wheel for Linux x86_64, and its wheels link
 # libtorch_cuda.so against the CUDA runtime, so `import torch` needs the nvidia-* packages even
-# on a machine without a GPU (`--no-deps` without them fails at import). The lowest declared
-# torch therefore installs with its CUDA libraries (about 3 GB to download, once per pip cache).
+# on a machine without a GPU (torch 2.4.0 installed with `--no-deps` stops at import: "libcublas.so
+# not found"). The lowest declared torch therefore comes with its CUDA libraries and triton:
+# 2.8 GB to download (once per pip cache), 5.9 GB in the venv.
 MIN_VENV ?= .venv-min
 
 test-min:
