@@ -150,7 +150,7 @@ def test_truncated_checkpoint(tmp_path, keep):
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.safetensors")
-    with pytest.raises(CheckpointError, match="does not exist or is not a file"):
+    with pytest.raises(CheckpointError, match="is a directory, not a file"):
         load_checkpoint(tmp_path)
 
 

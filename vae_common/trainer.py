@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from vae_common.checkpoint import check_optimizer_state, check_state, check_step
 from vae_common.config import VAEConfig
 from vae_common.constants import DTYPES
 from vae_common.data import check_batches
@@ -36,6 +37,15 @@ class TrainerBase(abc.ABC):
       compile: torch: compute each step's loss and gradients in one compiled graph; JAX compiles
         every step with ``jax.jit`` anyway and accepts it for symmetry.
       flush_denormal: torch on the CPU: flush denormals to zero while training; XLA always does.
+      devices: data parallelism over this many devices (None: one device, no collectives).
+        JAX shards every batch over a mesh of ``devices`` devices (``vae_jax.distributed``);
+        torch runs one process per device under ``DistributedDataParallel``, and ``devices``
+        must equal the world size of the process group (``vae_torch.distributed``). Either way a
+        global batch of B examples is cut into ``devices`` slices of B / devices rows (B must
+        split evenly: ``ConfigError`` otherwise), the noise and the dynamic binarization are
+        those of the 1-device run on the whole batch, and the loss is the mean over the global
+        batch, so an N-device step is the 1-device step up to rounding. Evaluation, generation
+        and reconstruction run unsharded, one whole batch on one device, any batch size.
 
     The weights are set by ``load_state_dict`` before anything else is called.
     """
@@ -50,6 +60,7 @@ class TrainerBase(abc.ABC):
         device: Any = None,
         compile: bool = False,
         flush_denormal: bool = True,
+        devices: int | None = None,
     ) -> None:
         if not isinstance(config, VAEConfig):
             raise ConfigError(f"config must be a VAEConfig, got {type(config).__name__}")
@@ -62,6 +73,11 @@ class TrainerBase(abc.ABC):
         self.dtype = dtype
         self.compile = bool(compile)
         self.flush_denormal = bool(flush_denormal)
+        if devices is not None and (
+            isinstance(devices, bool) or not isinstance(devices, int | np.integer) or devices < 1
+        ):
+            raise ConfigError(f"devices must be None or a positive integer, got {devices!r}")
+        self.devices = None if devices is None else int(devices)
         self._loaded = False
 
     # -- weights and optimizer state ---------------------------------------------------------
@@ -69,8 +85,11 @@ class TrainerBase(abc.ABC):
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Start from canonical weights (PyTorch names and layouts): fresh Adam state, step 0.
 
-        Raises ``CheckpointError`` naming any missing, extra or mis-shaped tensor.
+        Float32 and float64 weights load into either dtype (cast). Raises ``CheckpointError``
+        naming any missing, extra, mis-shaped, mis-typed or non-finite tensor, before the
+        backend sees any of them.
         """
+        check_state(state, self.config)
         self._load_state_dict(state)
         self._loaded = True
 
@@ -93,9 +112,19 @@ class TrainerBase(abc.ABC):
 
     def load_optimizer_state_dict(self, tensors: dict[str, np.ndarray], step: int) -> None:
         """Restore Adam's moments (canonical names, as ``optimizer_state_dict`` writes them) and
-        the step count; a state written by either backend loads into either."""
+        the step count; a state written by either backend loads into either.
+
+        Every tensor is checked here, once for both backends, before an optimizer or a kernel
+        sees it (torch's fused Adam trusts its state's shapes: a short moment corrupts memory):
+        exactly the names of ``vae_common.training.optimizer_state_names``, each of its
+        parameter's shape and of the trainer's dtype, finite, second moments non-negative, and a
+        step count in [0, 2**31 - 1]. Raises ``CheckpointError`` naming the first bad tensor, its
+        shape and dtype and the expected ones; the trainer's state is then unchanged.
+        """
         self._require_weights()
-        self._load_optimizer_state_dict(tensors, int(step))
+        step = check_step(step)
+        checked = check_optimizer_state(tensors, self.config, self.dtype)
+        self._load_optimizer_state_dict(checked, step)
 
     # -- training ------------------------------------------------------------------------------
 
@@ -113,6 +142,7 @@ class TrainerBase(abc.ABC):
         """
         self._require_weights()
         checked = check_batches(batches, int(data.shape[0]))
+        self._check_split(checked.shape[1])
         return self._train_epoch(data, checked, int(seed), int(epoch))
 
     def run_steps(self, xs: np.ndarray, eps: np.ndarray) -> np.ndarray:
@@ -128,6 +158,7 @@ class TrainerBase(abc.ABC):
                 f"run_steps needs xs (S, B, C, H, W) and eps (S, B, {self.config.latent_dim}), "
                 f"got xs {xs.shape} and eps {eps.shape}"
             )
+        self._check_split(xs.shape[1])
         return self._run_steps(xs, eps)
 
     def synchronize(self) -> None:
@@ -171,6 +202,16 @@ class TrainerBase(abc.ABC):
         """Posterior means (B, L)."""
         self._require_weights()
         return self._encode_mean(np.asarray(x))
+
+    def _check_split(self, batch: int) -> None:
+        # Equal slices make the mean of the per-device means the global mean; an uneven last
+        # batch never occurs in training (vae_common.data.batch_indices drops it in the 1-device
+        # run too), so any other size is a configuration error, refused before any step.
+        if self.devices is not None and batch % self.devices:
+            raise ConfigError(
+                f"batch size {batch} does not split over {self.devices} devices; use a "
+                f"multiple of {self.devices}"
+            )
 
     def _require_weights(self) -> None:
         if not self._loaded:
