@@ -9,7 +9,9 @@ see torch's feature order too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+import types
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import flax.linen as nn
@@ -17,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_common.checkpoint import check_param_mapping, spec_shapes
 from vae_common.config import CONV_KERNEL, VAEConfig
 from vae_common.constants import DTYPES
-from vae_common.errors import ConfigError, DeviceError, ShapeError
+from vae_common.errors import CheckpointError, ConfigError, DeviceError, ShapeError
 from vae_common.spec import spec_by_name
 from vae_jax._conv import conv_stride2, conv_transpose_stride2
 from vae_jax._typing import Array, ArrayLike, DTypeLike, Params
@@ -231,15 +234,62 @@ def check_eps(model: VAE, eps: ArrayLike, batch: int, name: str = "eps") -> Arra
     return eps.astype(model.dtype)
 
 
+@functools.lru_cache(maxsize=64)
+def _flax_layout(
+    config: VAEConfig,
+) -> tuple[Mapping[tuple[str, ...], str], Mapping[str, tuple[int, ...]]]:
+    """``({Flax path: canonical name}, {canonical name: shape in Flax layout})`` of ``config``,
+    from the declared table of ``vae_jax.convert``."""
+    from vae_jax.convert import conversion_table  # convert imports this module
+
+    spec = spec_shapes(config)
+    table = conversion_table(config)
+    names = {e.path: e.name for e in table}
+    shapes = {e.name: tuple(spec[e.name][i] for i in e.permutation) for e in table}
+    return types.MappingProxyType(names), types.MappingProxyType(shapes)
+
+
+def _check_params(model: VAE, params: Params) -> None:
+    """``CheckpointError`` unless ``params`` holds exactly the model's Flax paths, each an array
+    of the expected shape in the model's dtype; keys are reported by canonical name (a path the
+    table does not know, by its "/"-joined path). Under ``jit`` it runs once, while tracing."""
+    names, shapes = _flax_layout(model.config)
+    found: dict[str, tuple[tuple[int, ...], str]] = {}
+    stack: list[tuple[tuple[str, ...], Any]] = [((), params)]
+    while stack:
+        prefix, node = stack.pop()
+        if not isinstance(node, Mapping):
+            raise CheckpointError(
+                f"the params mapping must be nested mappings of arrays, got {type(node).__name__}"
+            )
+        for key, value in node.items():
+            path = prefix + (str(key),)
+            if isinstance(value, Mapping):
+                stack.append((path, value))
+                continue
+            name = names.get(path, "/".join(path))
+            if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+                raise CheckpointError(
+                    f"the params mapping: {name!r} is a {type(value).__name__}, not an array"
+                )
+            found[name] = (tuple(value.shape), np.dtype(value.dtype).name)
+    check_param_mapping(found, shapes, np.dtype(model.dtype).name, what="the params mapping")
+
+
+def _apply(model: VAE, params: Params, method: Callable[..., Any], *args: Array) -> Any:
+    _check_params(model, params)
+    return model.apply({"params": params}, *args, method=method)
+
+
 def encode(model: VAE, params: Params, x: ArrayLike) -> tuple[Array, Array]:
     """q(z|x): x (B, C, H, W) -> (mean, logvar), each (B, L)."""
     x = check_input(model, x)
-    return cast(tuple[Array, Array], model.apply({"params": params}, x, method=VAE.encode))
+    return cast(tuple[Array, Array], _apply(model, params, VAE.encode, x))
 
 
 def decode(model: VAE, params: Params, z: ArrayLike) -> Array:
     """p(x|z) parameters: z (B, L) -> (B, C, H, W) logits (Bernoulli) or mean (Gaussian)."""
-    out = model.apply({"params": params}, jnp.asarray(z, model.dtype), method=VAE.decode)
+    out = _apply(model, params, VAE.decode, jnp.asarray(z, model.dtype))
     return cast(Array, out)
 
 

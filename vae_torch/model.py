@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from vae_common.checkpoint import check_param_mapping, spec_shapes
 from vae_common.config import CONV_KERNEL, CONV_PADDING, CONV_STRIDE, VAEConfig
-from vae_common.errors import ConfigError, ShapeError
+from vae_common.errors import CheckpointError, ConfigError, ShapeError
 from vae_torch._typing import Array, ArrayLike, DTypeLike, Params
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 def _pairs(widths: Sequence[int]) -> Iterator[tuple[int, int]]:
@@ -211,9 +213,34 @@ def check_eps(model: VAE, eps: ArrayLike, batch: int, name: str = "eps") -> torc
     return _as_tensor(model, eps, name)
 
 
+def _check_params(model: VAE, params: Mapping[str, torch.Tensor]) -> None:
+    """``CheckpointError`` unless ``params`` holds exactly the canonical names, each a tensor of
+    the spec's shape in the model's dtype: ``functional_call`` would silently use the module's
+    own tensor for a missing name and ignore an extra one. Reads only metadata (no device sync).
+    """
+    if torch.compiler.is_compiling():
+        # The compiled step builds its mapping from the module's own parameters; checking it
+        # inside the graph would only add guards.
+        return
+    found = {}
+    for name, value in params.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"the params mapping: {name!r} is a {type(value).__name__}, not a torch.Tensor"
+            )
+        found[name] = (tuple(value.shape), _dtype_name(value.dtype))
+    dtype = _dtype_name(_dtype_of(model))
+    check_param_mapping(found, spec_shapes(model.config), dtype, what="the params mapping")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_NAMES.get(dtype) or str(dtype).removeprefix("torch.")
+
+
 def _apply(model: VAE, params: Mapping[str, torch.Tensor] | None, method: str, *args: Array) -> Any:
     if params is None:
         return model(*args, method=method)
+    _check_params(model, params)
     return torch.func.functional_call(model, dict(params), args, {"method": method})
 
 
