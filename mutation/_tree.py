@@ -30,9 +30,27 @@ def tree_files(root: Path = ROOT) -> list[str]:
     return sorted({p for p in out.split("\0") if p and (root / p).is_file()})
 
 
-def copy_tree(prefix: str, root: Path = ROOT) -> Path:
-    """Copy the tree into a new temporary directory and return it (the caller removes it)."""
+def exists(rel: str, rev: str | None = None, root: Path = ROOT) -> bool:
+    """Whether file ``rel`` is in the working tree (or in commit ``rev``)."""
+    if rev is None:
+        return (root / rel).is_file()
+    probe = subprocess.run(["git", "cat-file", "-e", f"{rev}:{rel}"], cwd=root, capture_output=True)
+    return probe.returncode == 0
+
+
+def copy_tree(prefix: str, rev: str | None = None, root: Path = ROOT) -> Path:
+    """Copy the tree into a new temporary directory and return it (the caller removes it).
+
+    ``rev``: copy that commit (``git archive``) instead of the working tree as it is on disk,
+    e.g. to score a commit while someone's edits in progress leave the working tree failing.
+    """
     dest = Path(tempfile.mkdtemp(prefix=prefix))
+    if rev is not None:
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", rev], cwd=root, check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        return dest
     for rel in tree_files(root):
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _tree import ROOT, check_imports_from, copy_tree, pytest_command, test_env  # noqa: E402
+from _tree import (  # noqa: E402
+    ROOT,
+    check_imports_from,
+    copy_tree,
+    exists,
+    pytest_command,
+    test_env,
+)
 from equivalent import EQUIVALENT  # noqa: E402
 from targets import OPERATORS, TARGETS, TIMEOUT_CONSTANT_S, TIMEOUT_FACTOR  # noqa: E402
 
@@ -122,9 +129,10 @@ def run_target(
     sample: int,
     previous: dict | None,
     log: Callable[[str], None],
+    rev: str | None = None,
 ) -> dict:
     """Mutate ``path`` in a fresh copy of the tree, judged by ``tests``; returns its summary."""
-    copy = copy_tree(prefix="vae-mutation-")
+    copy = copy_tree(prefix="vae-mutation-", rev=rev)
     digest = hashlib.sha256((copy / path).read_bytes()).hexdigest()
     carried = []
     if previous is not None and previous["sha256"] == digest and previous["sample"] == sample:
@@ -263,14 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=1, help="test every K-th mutant only")
     parser.add_argument("--reuse", type=Path, help="generic.json of an earlier run")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "mutation")
+    parser.add_argument("--rev", help="mutate this commit instead of the working tree")
     args = parser.parse_args(argv)
     unknown = [f for f in args.only if f not in TARGETS]
     if unknown:
         parser.error(f"not in mutation/targets.py: {unknown}")
     targets = {f: t for f, t in TARGETS.items() if not args.only or f in args.only}
     selections = {f: [t for t in tests if t not in args.without] for f, tests in targets.items()}
-    missing = sorted({t for ts in selections.values() for t in ts if not (ROOT / t).is_file()})
-    missing += sorted(f for f in targets if not (ROOT / f).is_file())
+    missing = sorted({t for ts in selections.values() for t in ts if not exists(t, args.rev)})
+    missing += sorted(f for f in targets if not exists(f, args.rev))
     if missing:
         parser.error(f"mutation/targets.py names files that do not exist: {missing}")
     previous = {}
@@ -284,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
     def one(f: str) -> dict:
-        return run_target(f, selections[f], cosmic_ray, out, args.sample, previous.get(f), log)
+        return run_target(
+            f, selections[f], cosmic_ray, out, args.sample, previous.get(f), log, args.rev
+        )
 
     # SIGTERM (kill, or a closing terminal under nohup) unwinds like Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -20,7 +20,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _tree import ROOT, check_imports_from, copy_tree, pytest_command, test_env  # noqa: E402
+from _tree import (  # noqa: E402
+    ROOT,
+    check_imports_from,
+    copy_tree,
+    exists,
+    pytest_command,
+    test_env,
+)
 from symmetric_mutations import DEFAULT_TESTS, SYMMETRIC  # noqa: E402
 
 TIMEOUT_S = 900
@@ -76,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "--without", action="append", default=[], help="leave this test file out of every run"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "mutation")
+    parser.add_argument("--rev", help="mutate this commit instead of the working tree")
     args = parser.parse_args(argv)
     names = [m["name"] for m in SYMMETRIC]
     unknown = [n for n in args.only if n not in names]
@@ -86,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     def tests_of(m: dict) -> list[str]:
         return [t for t in m.get("tests", DEFAULT_TESTS) if t not in args.without]
 
-    missing = sorted({t for m in chosen for t in tests_of(m) if not (ROOT / t).is_file()})
+    missing = sorted({t for m in chosen for t in tests_of(m) if not exists(t, args.rev)})
     if missing:
         parser.error(f"mutation/symmetric_mutations.py names missing test files: {missing}")
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    copy = copy_tree(prefix="vae-symmetric-")
+    copy = copy_tree(prefix="vae-symmetric-", rev=args.rev)
     rows, start = [], time.perf_counter()
     try:
         check_imports_from(copy)
