@@ -54,7 +54,11 @@ def require_compiler(device_types: Iterable[str]) -> None:
 
 
 def make_compiled_step(
-    model: VAE, optimizer: torch.optim.Optimizer, free_bits: float = 0.0, **options: Any
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    free_bits: float = 0.0,
+    data_parallel: bool = False,
+    **options: Any,
 ) -> Callable[..., torch.Tensor]:
     """A training step whose forward and backward pass are one graph compiled by
     ``torch.compile(fullgraph=True)`` (``torch.func.grad_and_value`` of ``objective``), followed
@@ -66,6 +70,11 @@ def make_compiled_step(
     Returns ``step(x, eps, beta) -> loss`` (a 0-d tensor, no sync); ``beta`` may change between
     calls without recompiling (it enters the graph as a tensor). ``options`` go to
     ``torch.compile`` (e.g. ``mode="max-autotune-no-cudagraphs"``).
+
+    ``data_parallel``: this process is one rank of a ``torch.distributed`` group and its batch
+    one slice of the global batch; the gradients are averaged over the ranks (one all-reduce of
+    all of them, flattened) before the update, as ``DistributedDataParallel`` would do: DDP's
+    hooks never fire here, because ``torch.func`` computes gradients without ``backward()``.
 
     Why this split: compiling only the objective leaves ``backward()`` and the optimizer to eager
     dispatch with graph breaks in between; one graph for the gradients removes that overhead.
@@ -82,6 +91,8 @@ def make_compiled_step(
         raise ConfigError("the optimizer must hold exactly the model's parameters")
     require_compiler({p.device.type for p in params})
     group = optimizer.param_groups[0]
+    if data_parallel and not torch.distributed.is_initialized():
+        raise ConfigError("make_compiled_step(data_parallel=True) needs a process group")
 
     def gradients(
         params: list[torch.Tensor], x: torch.Tensor, eps: torch.Tensor, beta: Any
@@ -101,6 +112,8 @@ def make_compiled_step(
         # parameters are then updated in place.
         with torch.no_grad():
             value, grads = compiled(params, x, eps, beta_t)
+            if data_parallel:
+                grads = _average_over_ranks(grads)
             adam_update(
                 params,
                 grads,
@@ -123,6 +136,17 @@ def make_compiled_step(
         return value
 
     return step
+
+
+def _average_over_ranks(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The mean of each gradient over the ranks, through one flat all-reduce."""
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= torch.distributed.get_world_size()
+    return [
+        part.view_as(g)
+        for part, g in zip(torch.split(flat, [g.numel() for g in grads]), grads, strict=True)
+    ]
 
 
 def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
