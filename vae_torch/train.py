@@ -5,6 +5,10 @@ Mirrors ``vae_jax.train`` name by name: the same objective (``vae_torch.losses.o
 same Adam update (``lr * m_hat / (sqrt(v_hat) + adam_eps)``, bias-corrected), the same batches
 (``vae_common.data.batch_indices``) and a ``Trainer`` on the shared contract
 (``vae_common.trainer.TrainerBase``). The compiled step lives in ``vae_torch._compile``.
+
+``Trainer(devices=N)`` is one rank of N processes (``vae_torch.distributed``) under
+``DistributedDataParallel``: each rank steps on its rows of the global batch, with the noise of
+those rows drawn for the whole batch, and DDP averages the gradients.
 """
 
 from __future__ import annotations
@@ -15,8 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from vae_common.config import VAEConfig
+from vae_common.distributed import state_digest
+from vae_common.errors import ConfigError
 from vae_common.trainer import TrainerBase
 from vae_common.training import (
     EXP_AVG,
@@ -29,6 +37,7 @@ from vae_common.training import (
 from vae_torch._compile import cpu_compiler, make_compiled_step, require_compiler
 from vae_torch.convert import from_canonical, to_canonical
 from vae_torch.device import check_dtype, select_device, synchronize
+from vae_torch.distributed import all_ranks_agree, local_device
 from vae_torch.losses import elbo_terms, negative_iwae_bound, objective
 from vae_torch.model import VAE, build_model, decode_mean, encode
 
@@ -89,6 +98,35 @@ def make_run_steps(
     return run
 
 
+class _Objective(torch.nn.Module):
+    """``objective`` as a module's forward, the form ``DistributedDataParallel`` wraps: DDP
+    prepares its gradient all-reduce in ``forward``, which the functional ``objective`` of the
+    bare model would bypass. Holds the model, so its parameters are the model's own."""
+
+    def __init__(self, model: VAE, free_bits: float) -> None:
+        super().__init__()
+        self.vae = model
+        self.free_bits = free_bits
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor, beta: float) -> torch.Tensor:
+        return objective(self.vae, None, x, eps, beta, self.free_bits)
+
+
+def _ddp_step(ddp: DistributedDataParallel, train: TrainConfig) -> StepFn:
+    """``make_train_step`` through DDP: this rank's slice, gradients averaged over the ranks."""
+
+    def step(
+        optimizer: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor, index: int
+    ) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        value = ddp(x, eps, beta_at(train, index))
+        value.backward()
+        optimizer.step()
+        return value.detach()
+
+    return step
+
+
 class Trainer(TrainerBase):
     __doc__ = TrainerBase.__doc__
 
@@ -102,9 +140,11 @@ class Trainer(TrainerBase):
         device: Any = None,
         compile: bool = False,
         flush_denormal: bool = True,
+        devices: int | None = None,
     ) -> None:
-        super().__init__(config, train, dtype, device, compile, flush_denormal)
-        self.device = select_device(device)
+        super().__init__(config, train, dtype, device, compile, flush_denormal, devices)
+        self.world, self.rank = self._process_group()
+        self.device = local_device(device) if self.world > 1 else select_device(device)
         check_dtype(self.device, dtype)
         # Adam's moments of rarely-updated weights decay into denormals, which slow x86 CPUs
         # (see PITFALLS); the switch is process-wide, so it is on only while this trainer trains.
@@ -116,6 +156,63 @@ class Trainer(TrainerBase):
         self._eager_step = make_train_step(self.model, self.train_config)
         self._compiled_step: Callable[..., torch.Tensor] | None = None
         self._step_count = 0
+        if self.world > 1:
+            # Every rank builds the same model; DDP's constructor checks the parameter shapes
+            # across ranks. The compiled step all-reduces its own gradients (torch.func
+            # bypasses DDP's hooks), so only the eager step goes through DDP.
+            if not self.compile:
+                wrapped = _Objective(self.model, self.train_config.free_bits)
+                ids = [self.device.index] if self.device.type in ("cuda", "xpu") else None
+                self._eager_step = _ddp_step(
+                    DistributedDataParallel(wrapped, device_ids=ids), self.train_config
+                )
+
+    def _process_group(self) -> tuple[int, int]:
+        """``(world size, rank)``: (1, 0) for one device; refuses a mismatch with ``devices``."""
+        if self.devices is None:
+            return 1, 0
+        world = dist.get_world_size() if dist.is_initialized() else None
+        if world != self.devices and not (world is None and self.devices == 1):
+            found = "no process group" if world is None else f"a process group of {world}"
+            raise ConfigError(
+                f"Trainer(devices={self.devices}) needs a torch.distributed process group of "
+                f"world size {self.devices}, found {found}; launch with torchrun "
+                f"--nproc-per-node {self.devices} and call vae_torch.distributed.initialize()"
+            )
+        if world is None or world == 1:
+            return 1, 0
+        if self.train_config.free_bits > 0:
+            # The floor applies to the batch mean of each KL dimension: per-rank means floored
+            # apart and then averaged are not the global mean floored.
+            raise ConfigError(
+                "free_bits > 0 is not supported by the torch data-parallel trainer (the floor "
+                "needs the global batch mean of each KL dimension); train with free_bits=0, or "
+                "with the JAX backend, whose sharded step is exact"
+            )
+        if not all_ranks_agree(self._settings()):
+            raise ConfigError(
+                f"rank {dist.get_rank()}: the ranks were started with different "
+                "model, training or dtype settings"
+            )
+        return world, dist.get_rank()
+
+    def _settings(self) -> str:
+        return "|".join(
+            (self.config.to_json(), self.train_config.to_json(), self.dtype, str(self.compile))
+        )
+
+    def _rows(self, batch: int) -> slice:
+        """This rank's rows ``r*B/N : (r+1)*B/N`` of a global batch of B."""
+        share = batch // self.world
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+    def _global_mean(self, losses: torch.Tensor) -> torch.Tensor:
+        """Per-step losses averaged over the ranks (equal slices: the global-batch means); one
+        all-reduce per call, not per step."""
+        if self.world > 1:
+            dist.all_reduce(losses)
+            losses /= self.world
+        return losses
 
     def _put(self, a: Any) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), device=self.device).to(
@@ -126,7 +223,10 @@ class Trainer(TrainerBase):
         if self.compile:
             if self._compiled_step is None:
                 self._compiled_step = make_compiled_step(
-                    self.model, self.optimizer, self.train_config.free_bits
+                    self.model,
+                    self.optimizer,
+                    self.train_config.free_bits,
+                    data_parallel=self.world > 1,
                 )
             value = self._compiled_step(x, eps, beta_at(self.train_config, self._step_count))
         else:
@@ -146,6 +246,8 @@ class Trainer(TrainerBase):
             torch.set_flush_denormal(False)
 
     def _load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        if self.world > 1 and not all_ranks_agree(state_digest(state)):
+            raise ConfigError(f"rank {self.rank}: the ranks were given different weights")
         from_canonical(self.model, state)
         self.optimizer = make_optimizer(self.model, self.train_config)
         self._compiled_step = None  # bound to the optimizer it was made with
@@ -193,27 +295,32 @@ class Trainer(TrainerBase):
         gen.manual_seed(epoch_seed(seed, epoch))
         index = torch.as_tensor(batches.astype(np.int64), device=self.device)
         steps, batch = index.shape
+        rows = self._rows(batch)
         losses = torch.empty(steps, device=self.device, dtype=data.dtype)
         dynamic = self.train_config.binarize == "dynamic"
         with self._denormals_flushed():
             for i in range(steps):
-                x = data.index_select(0, index[i])
+                # The random draws are made for the whole global batch, as in the 1-device
+                # run, and sliced: example j gets the same binarization and noise on any rank.
                 if dynamic:
-                    x = torch.bernoulli(x, generator=gen)
+                    x = torch.bernoulli(data.index_select(0, index[i]), generator=gen)[rows]
+                else:
+                    x = data.index_select(0, index[i, rows])
                 eps = torch.randn(
                     (batch, self.config.latent_dim),
                     generator=gen,
                     device=self.device,
                     dtype=data.dtype,
                 )
-                losses[i] = self._train_step(x, eps)
-            return losses.cpu().numpy()
+                losses[i] = self._train_step(x, eps[rows])
+            return self._global_mean(losses).cpu().numpy()
 
     def _run_steps(self, xs: np.ndarray, eps: np.ndarray) -> np.ndarray:
-        xs_t, eps_t = self._put(xs), self._put(eps)
+        rows = self._rows(xs.shape[1])
+        xs_t, eps_t = self._put(xs[:, rows]), self._put(eps[:, rows])
         with self._denormals_flushed():
             losses = torch.stack([self._train_step(xs_t[i], eps_t[i]) for i in range(len(xs))])
-            return losses.cpu().numpy()
+            return self._global_mean(losses).cpu().numpy()
 
     def _synchronize(self) -> None:
         synchronize(self.device)
