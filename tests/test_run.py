@@ -1,4 +1,6 @@
 """Training runs on disk (``vae_tools.run``): files, plots, resume, refusals, divergence, kill -9.
+(The run directory's protocol in detail, and its refusals: ``test_run_dir.py``; kills at every
+file write: ``test_run_kills.py``.)
 
 The runs use a small slice of the bundled digits passed as ``dataset=`` (no I/O), except the
 kill -9 test, which runs ``vae train`` in a subprocess on IDX files written to ``tmp_path``. Torch
@@ -21,90 +23,44 @@ from pathlib import Path
 import numpy as np
 import pytest
 from idx_files import write_idx_dir
+from run_helpers import (
+    CONFIG,
+    SETTINGS,
+    STEPS_PER_EPOCH,
+    TRAIN,
+    assert_manifest_holds,
+    assert_same_run,
+    file_bytes,
+    manifest,
+    read_metrics,
+    train_run,
+)
+from run_helpers import small_digits as load_small_digits
 
 from vae_common.checkpoint import load_checkpoint, load_tensors, save_tensors
-from vae_common.config import VAEConfig
-from vae_common.data import Dataset, load_digits
+from vae_common.data import Dataset
 from vae_common.errors import ResumeError, TrainingError
 from vae_common.training import TrainConfig, optimizer_state_names
-from vae_tools import cli, run, run_state
-from vae_tools.run_state import RunSettings
+from vae_tools import cli, run_state
 
-CONFIG = VAEConfig(input_shape=(1, 8, 8), hidden=(32,), latent_dim=2)
-TRAIN = TrainConfig(lr=3e-3)
-SETTINGS = RunSettings("digits-small", batch_size=32, seed=0, dtype="float32")
-STEPS_PER_EPOCH = 256 // 32
-RUN_FILES = {"train_state.safetensors", "checkpoint.safetensors", "metrics.jsonl"}
+RUN_FILES = {
+    "run.json",
+    ".vae-train.lock",
+    "train_state.safetensors",
+    "checkpoint.safetensors",
+    "metrics.jsonl",
+}
 PLOTS = {"reconstructions.png", "samples.png", "loss_curves.png", "latent_space.png"}
 METRIC_KEYS = {"epoch", "train_loss", "test_neg_elbo", "test_reconstruction", "test_kl", "seconds"}
 # What atomic_write_bytes leaves behind if killed mid-write: a hidden, clearly temporary name.
 TEMP_FILE = re.compile(
-    r"^\.(train_state\.safetensors|checkpoint\.safetensors|metrics\.jsonl)\..*\.tmp$"
+    r"^\.(run\.json|train_state\.safetensors|checkpoint\.safetensors|metrics\.jsonl)\..*\.tmp$"
 )
 
 
 @pytest.fixture(scope="module")
 def small_digits() -> Dataset:
-    ds = load_digits()
-    return Dataset(
-        "digits-small", ds.train[:256], ds.test[:64], ds.train_labels[:256], ds.test_labels[:64]
-    )
-
-
-def train_run(
-    out: Path,
-    dataset: Dataset,
-    epochs: int,
-    backend: str = "torch",
-    *,
-    config: VAEConfig = CONFIG,
-    train: TrainConfig = TRAIN,
-    settings: RunSettings = SETTINGS,
-    resume: bool = False,
-    plots: bool = False,
-):
-    return run.train(
-        out,
-        backend,
-        config,
-        train,
-        settings,
-        epochs,
-        resume=resume,
-        device="cpu",
-        dataset=dataset,
-        progress=False,
-        plots=plots,
-    )
-
-
-def read_metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def file_bytes(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
-
-
-def without_seconds(metrics: list[dict]) -> list[dict]:
-    return [{k: v for k, v in m.items() if k != "seconds"} for m in metrics]
-
-
-def assert_same_run(got: Path, want: Path) -> None:
-    """Bit-identical weights, Adam state and progress; the same metrics except wall time."""
-    got_ckpt = load_checkpoint(got / "checkpoint.safetensors")
-    want_ckpt = load_checkpoint(want / "checkpoint.safetensors")
-    assert got_ckpt[1] == want_ckpt[1]
-    assert list(got_ckpt[0]) == list(want_ckpt[0])
-    unequal = [n for n in want_ckpt[0] if not np.array_equal(got_ckpt[0][n], want_ckpt[0][n])]
-    assert not unequal, f"final weights differ from the uninterrupted run: {unequal}"
-    got_state, got_meta = load_tensors(got / "train_state.safetensors")
-    want_state, want_meta = load_tensors(want / "train_state.safetensors")
-    assert sorted(got_state) == sorted(want_state)
-    unequal = [n for n in want_state if not np.array_equal(got_state[n], want_state[n])]
-    assert not unequal, f"final train state differs from the uninterrupted run: {unequal}"
-    assert (got_meta["epoch"], got_meta["step"]) == (want_meta["epoch"], want_meta["step"])
-    assert without_seconds(read_metrics(got)) == without_seconds(read_metrics(want))
+    return load_small_digits()
 
 
 def test_run_writes_checkpoint_metrics_and_plots(tmp_path, small_digits):
@@ -124,6 +80,8 @@ def test_run_writes_checkpoint_metrics_and_plots(tmp_path, small_digits):
     lines = read_metrics(out)
     assert lines == metrics
     assert [m["epoch"] for m in lines] == [1, 2]
+    assert_manifest_holds(out, 2)
+    assert set(manifest(out)["files"]) == RUN_FILES - {"run.json", ".vae-train.lock"} | PLOTS
     for m in lines:
         assert METRIC_KEYS <= set(m)
         assert all(np.isfinite(m[k]) for k in METRIC_KEYS)
@@ -254,6 +212,7 @@ def test_resume_after_a_kill_in_the_middle_of_saving(tmp_path, small_digits):
     metrics = train_run(out, small_digits, 3, resume=True)
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert metrics[2]["train_loss"] != -1.0
+    assert_manifest_holds(out, 3)
     train_run(full, small_digits, 3)
     assert_same_run(out, full)
 
@@ -313,25 +272,30 @@ def test_kill_9_leaves_a_loadable_checkpoint_and_resume_finishes_the_run(tmp_pat
     names = {p.name for p in killed.iterdir()}
     leftovers = names - RUN_FILES
     assert all(TEMP_FILE.match(n) for n in leftovers), f"unexpected files after kill: {leftovers}"
-    assert {"checkpoint.safetensors", "train_state.safetensors"} <= names
+    assert {"checkpoint.safetensors", "train_state.safetensors", "run.json"} <= names
+    # The manifest's epoch, or one ahead of it in the order the files are written.
+    committed = manifest(killed)["epoch"]
     _, _, ckpt_meta = load_checkpoint(killed / "checkpoint.safetensors")
     _, state_meta = load_tensors(killed / "train_state.safetensors")
     done = int(state_meta["epoch"])
-    assert done < epochs and int(ckpt_meta["epoch"]) in (done, done - 1)
+    assert done < epochs and done in (committed, committed + 1)
+    assert int(ckpt_meta["epoch"]) in (committed, done)
     assert [m["epoch"] for m in read_metrics(killed)][:done] == list(range(1, done + 1))
 
     assert cli.main([*args, "--out", str(killed), "--resume"]) == 0
     assert cli.main([*args, "--out", str(full)]) == 0
     assert len(read_metrics(killed)) == epochs
     assert_same_run(killed, full)
+    assert_manifest_holds(killed, epochs)
 
 
 def test_a_run_written_before_the_renames_resumes(tmp_path, small_digits):
     # Version 0.1 stored Adam's epsilon as "eps" in the train state and the test -ELBO as
-    # "test_elbo" in metrics.jsonl; such a run resumes, and its records are read under the new
-    # names (adam_eps, test_neg_elbo).
+    # "test_elbo" in metrics.jsonl, and wrote no run.json; such a run resumes, its records are
+    # read under the new names (adam_eps, test_neg_elbo), and it gains a manifest.
     out = tmp_path / "old"
     train_run(out, small_digits, 1)
+    (out / "run.json").unlink()
     state_path = out / "train_state.safetensors"
     tensors, meta = load_tensors(state_path)
     train_json = json.loads(meta["train"])
@@ -345,3 +309,4 @@ def test_a_run_written_before_the_renames_resumes(tmp_path, small_digits):
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert all(METRIC_KEYS <= set(m) and "test_elbo" not in m for m in metrics)
     assert metrics[0]["test_neg_elbo"] == records[0]["test_neg_elbo"]
+    assert_manifest_holds(out, 2)

@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="start from this checkpoint's weights and config")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in --out although it holds a run or other files",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p, input_shape=False)
     p.set_defaults(func=commands.cmd_train)

@@ -77,6 +77,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vae_common.training import TrainConfig
     from vae_tools import run
 
+    # The run directory's refusals (a file, unwritable, locked, someone else's files) come
+    # before the data is loaded; run.train makes them again under its lock.
+    run.check_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     ds = load_dataset(args.dataset)
     init_state = None
     if args.init:
@@ -115,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init_state=init_state,
         dataset=ds,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     last = metrics[-1] if metrics else None
     if last:
@@ -139,7 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result, allow_nan=False))
     else:
         print(
             f"{result['backend']} {result['dtype']} on {result['n']} test images "

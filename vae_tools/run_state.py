@@ -166,18 +166,101 @@ def load_train_state(
 
 # metrics.jsonl keys renamed in version 0.2 (they hold the *negative* ELBO): old -> new.
 RENAMED_METRICS = {"test_elbo": "test_neg_elbo"}
+# Keys every metrics record holds; the ones that are numbers must be finite.
+METRIC_KEYS = (
+    "epoch",
+    "step",
+    "train_loss",
+    "train_losses",
+    "test_neg_elbo",
+    "test_reconstruction",
+    "test_kl",
+)
+NUMBER_KEYS = ("train_loss", "test_neg_elbo", "test_reconstruction", "test_kl")
+_CANNOT_RESUME = "the run cannot resume from it (restore the file, or start over with --overwrite)"
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _check_record(record: Any, epoch: int, where: str) -> dict[str, Any]:
+    """The record of ``epoch`` (renamed keys read under their new names), or CheckpointError."""
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{where} is not a JSON object; {_CANNOT_RESUME}")
+    record = {RENAMED_METRICS.get(k, k): v for k, v in record.items()}
+    missing = [k for k in METRIC_KEYS if k not in record]
+    if missing:
+        raise CheckpointError(f"{where} lacks {missing}; {_CANNOT_RESUME}")
+    if type(record["epoch"]) is not int or record["epoch"] != epoch:
+        raise CheckpointError(
+            f"{where} records epoch {record['epoch']!r} where epoch {epoch} belongs; "
+            f"{_CANNOT_RESUME}"
+        )
+    if type(record["step"]) is not int or record["step"] < 0:
+        raise CheckpointError(f"{where}: step {record['step']!r} is not a count; {_CANNOT_RESUME}")
+    bad = [k for k in NUMBER_KEYS if not _finite_number(record[k])]
+    losses = record["train_losses"]
+    if not isinstance(losses, list) or not all(_finite_number(v) for v in losses):
+        bad.append("train_losses")
+    if bad:
+        raise CheckpointError(f"{where}: {bad} must be finite numbers; {_CANNOT_RESUME}")
+    return record
 
 
 def read_metrics(path: Path, epochs_done: int) -> list[dict[str, Any]]:
-    """The per-epoch records up to ``epochs_done``; records written before the renames in
-    ``RENAMED_METRICS`` are read under the new names."""
-    if not path.exists():
+    """The records of epochs ``1 .. epochs_done``, checked, in order.
+
+    Lines after them (an epoch whose files were never committed) are not read. Records written
+    before the renames in ``RENAMED_METRICS`` are read under the new names.
+
+    Raises:
+      CheckpointError naming the file, and the line where one is at fault: the file is missing
+      or unreadable, holds fewer records, or a record is not a JSON object, lacks a key of
+      ``METRIC_KEYS``, is out of sequence or holds a number that is not finite.
+    """
+    if epochs_done == 0:
         return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    lines = [{RENAMED_METRICS.get(k, k): v for k, v in m.items()} for m in lines]
-    return [m for m in lines if m["epoch"] <= epochs_done]
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{path} is missing but the train state is at epoch {epochs_done}; {_CANNOT_RESUME}"
+        ) from None
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if len(records) == epochs_done:
+            break
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line, parse_constant=_not_json)
+        except (ValueError, RecursionError) as exc:
+            raise CheckpointError(
+                f"{where} is not a JSON record ({exc}); {_CANNOT_RESUME}"
+            ) from None
+        records.append(_check_record(record, len(records) + 1, where))
+    if len(records) < epochs_done:
+        raise CheckpointError(
+            f"{path} holds {len(records)} epoch records but the train state is at epoch "
+            f"{epochs_done}; {_CANNOT_RESUME}"
+        )
+    return records
+
+
+def metrics_bytes(metrics: list[dict[str, Any]]) -> bytes:
+    """The contents of ``metrics.jsonl`` for ``metrics``: one strict JSON record a line (NaN and
+    Inf are not JSON and raise ``ValueError``; the run never records them)."""
+    return "".join(json.dumps(m, allow_nan=False) + "\n" for m in metrics).encode()
 
 
 def write_metrics(path: Path, metrics: list[dict[str, Any]]) -> None:
-    """Rewrite ``metrics.jsonl`` atomically with ``metrics``, one JSON record a line."""
-    atomic_write_bytes(path, "".join(json.dumps(m) + "\n" for m in metrics).encode())
+    """Rewrite ``metrics.jsonl`` atomically with ``metrics`` (``metrics_bytes``)."""
+    atomic_write_bytes(path, metrics_bytes(metrics))
