@@ -109,7 +109,7 @@ def content_digest(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str
         arr = np.ascontiguousarray(tensors[name])
         arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
         h.update(json.dumps([name, arr.dtype.name, list(arr.shape)]).encode())
-        h.update(arr.reshape(-1).view(np.uint8))
+        h.update(arr.reshape(-1).view(np.uint8).data)
     return h.hexdigest()
 
 
@@ -189,7 +189,10 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[s
             raise CheckpointError(
                 f"{path}: tensor {name!r} has dtype {view['dtype']}, which numpy cannot hold"
             )
-        tensors[name] = np.frombuffer(view["data"], dtype).reshape(view["shape"])
+        arr = np.frombuffer(view["data"], dtype).reshape(view["shape"])
+        # safetensors hands over a fresh bytearray (a writeable array); older releases gave
+        # immutable bytes, and callers may edit what they load.
+        tensors[name] = arr if arr.flags.writeable else arr.copy()
     stored = metadata.pop(DIGEST_KEY, None)
     if stored is not None and stored != content_digest(tensors, metadata):
         raise CheckpointError(
