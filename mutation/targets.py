@@ -8,6 +8,7 @@ so a killed mutant usually costs one interpreter start and a few seconds).
 from __future__ import annotations
 
 REFERENCE_TESTS = [
+    "tests/test_shared_contracts.py",
     "tests/test_reference_eval_data.py",
     "tests/test_reference_training.py",
 ]
@@ -19,6 +20,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_train_jax_torch.py",
     ],
     "vae_common/evaluation.py": [
+        "tests/test_shared_contracts.py",
         "tests/test_reference_eval_data.py",
         "tests/test_train_jax_torch.py",
     ],

@@ -238,20 +238,21 @@ def mlp_negative_iwae_bound(
     ``-(log sum_k exp(log w_k) - log K)`` with ``log w_k = log p(x|z_k) + log N(z_k; 0, I)
     - log N(z_k; mean, diag(exp(logvar)))``, the densities written out term by term.
     """
-    k = eps.shape[0]
+    k, b, latent = eps.shape
     _, mean, logvar = mlp_forward(state, config, x, eps[0])
-    log_w = []
-    for eps_k in eps:
-        z = mean + np.exp(0.5 * logvar) * eps_k
-        out = _mlp_decode(state, config, z).reshape(x.shape)
-        if config.likelihood == "bernoulli":
-            # The logit form (accurate for any logit), not bernoulli_log_likelihood's.
-            log_lik = np.sum(_flat(x * out - _softplus(out)), axis=1)
-        else:
-            log_lik = gaussian_log_likelihood(x, out, config.gaussian_std)
-        log_prior = np.sum(-0.5 * z**2 - 0.5 * LOG_2PI, axis=1)
-        log_q = np.sum(-0.5 * (z - mean) ** 2 / np.exp(logvar) - 0.5 * logvar - 0.5 * LOG_2PI, 1)
-        log_w.append(log_lik + log_prior - log_q)
-    a = np.stack(log_w)  # (K, B)
+    z = mean + np.exp(0.5 * logvar) * eps  # (K, B, L)
+    out = _mlp_decode(state, config, z.reshape(k * b, latent)).reshape(k, b, -1)
+    target = _flat(x)[None]  # (1, B, D)
+    if config.likelihood == "bernoulli":
+        # The logit form (accurate for any logit), not bernoulli_log_likelihood's.
+        log_lik = np.sum(target * out - _softplus(out), axis=2)
+    else:
+        var = config.gaussian_std**2
+        log_lik = -np.sum(0.5 * (target - out) ** 2 / var, axis=2) - target.shape[2] * (
+            np.log(config.gaussian_std) + 0.5 * LOG_2PI
+        )
+    log_prior = np.sum(-0.5 * z**2 - 0.5 * LOG_2PI, axis=2)
+    log_q = np.sum(-0.5 * (z - mean) ** 2 / np.exp(logvar) - 0.5 * logvar - 0.5 * LOG_2PI, axis=2)
+    a = log_lik + log_prior - log_q  # (K, B)
     top = a.max(axis=0)
     return -(top + np.log(np.sum(np.exp(a - top), axis=0)) - np.log(k))

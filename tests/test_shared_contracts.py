@@ -1,0 +1,122 @@
+"""Contracts of the numpy code both trainers share (``vae_common.training``, ``evaluation``),
+checked on their own: a change here moves both backends at once, so no parity test sees it.
+
+Each test pins something a generic mutation run found unpinned: the documented defaults,
+validation edges, the serialised form resumes compare, the evaluation's defaults and its IWAE
+chunking, all against numpy (``vae_common.reference``) or the optimizers' own defaults.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import numpy as np
+import optax
+import pytest
+import torch
+
+from vae_common import reference
+from vae_common.config import VAEConfig
+from vae_common.data import standard_normal
+from vae_common.errors import ConfigError
+from vae_common.evaluation import evaluate_batches
+from vae_common.spec import init_canonical
+from vae_common.training import TrainConfig, optimizer_state_names, split_optimizer_state
+
+CONFIG = VAEConfig(input_shape=(1, 2, 2), hidden=(3,), latent_dim=2)
+
+
+def test_train_config_defaults_are_the_optimizers_and_the_plain_objective():
+    """Adam's defaults are PyTorch's and optax's (as documented); the objective's switches are
+    off: KL weight 1, no warm-up, no free bits, no binarization."""
+    c = TrainConfig()
+    torch_adam = inspect.signature(torch.optim.Adam).parameters
+    optax_adam = inspect.signature(optax.adam).parameters
+    assert (c.b1, c.b2) == torch_adam["betas"].default
+    assert c.lr == torch_adam["lr"].default
+    assert c.adam_eps == torch_adam["eps"].default == optax_adam["eps"].default
+    assert (c.b1, c.b2) == (optax_adam["b1"].default, optax_adam["b2"].default)
+    assert (c.beta, c.warmup_steps, c.free_bits, c.binarize) == (1.0, 0, 0.0, "none")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("b1", 1.0), ("b2", 1.0), ("b1", -0.1), ("b2", -0.1), ("lr", 0.0), ("warmup_steps", -1)],
+)
+def test_train_config_refuses_each_bad_setting_alone(field, value):
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_train_config_json_has_sorted_keys():
+    """A resume compares the stored JSON text with a new one, and files already written have
+    their keys sorted: the text must stay byte for byte what it was."""
+    c = TrainConfig(lr=0.5, warmup_steps=3)
+    assert c.to_json() == json.dumps(json.loads(c.to_json()), sort_keys=True)
+    assert list(json.loads(c.to_json())) == sorted(json.loads(c.to_json()))
+    assert TrainConfig.from_json(c.to_json()) == c
+
+
+@pytest.mark.parametrize("missing, ellipsis", [(4, False), (5, True)])
+def test_missing_optimizer_tensors_are_named_four_at_most(missing, ellipsis):
+    names = optimizer_state_names(CONFIG)
+    tensors = {n: np.zeros(1) for n in names[missing:]}
+    with pytest.raises(ConfigError, match="lacks tensors") as info:
+        split_optimizer_state(tensors, CONFIG)
+    message = str(info.value)
+    assert all(n in message for n in names[: min(missing, 4)])
+    assert message.endswith("...") == ellipsis
+
+
+# -- evaluate_batches against numpy, with numpy batch functions ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def state() -> dict[str, np.ndarray]:
+    return init_canonical(CONFIG, 1, "float64")
+
+
+def _terms(state):
+    def terms(x, eps):
+        logits, mean, logvar = reference.mlp_forward(state, CONFIG, x, eps)
+        recon = np.sum(np.logaddexp(0.0, logits) - x * logits, axis=(1, 2, 3))
+        return recon, reference.gaussian_kl(mean, logvar)
+
+    return terms
+
+
+def _iwae(state):
+    return lambda x, eps: reference.mlp_negative_iwae_bound(state, CONFIG, x, eps)
+
+
+def test_evaluation_defaults(state):
+    """Seed 0, batches of 500 (501 images: two batches, noise streams 0 and 2), no IWAE."""
+    x = np.random.default_rng(0).uniform(0, 1, (501, 1, 2, 2))
+    got = evaluate_batches(_terms(state), _iwae(state), x, 2, "float64")
+    terms = _terms(state)
+    r0, k0 = terms(x[:500], standard_normal(0, 0, (500, 2)))
+    r1, k1 = terms(x[500:], standard_normal(0, 2, (1, 2)))
+    recon, kl = np.concatenate([r0, r1]), np.concatenate([k0, k1])
+    assert got["neg_elbo"] == pytest.approx(np.mean(recon + kl), rel=1e-12)
+    assert got["neg_iwae"] is None and got["iwae_k"] == 0 and got["n"] == 501
+
+
+@pytest.mark.parametrize("k", [16667, 25000, 30000])
+def test_iwae_chunks_hold_at_most_50000_samples(state, k):
+    """For large K the IWAE runs on chunks of ``max(1, min(batch_size, 50000 // K))`` examples,
+    chunk j with noise ``standard_normal(seed, 2j + 1, (K, chunk, L))``: 2, 2 and 1 examples
+    here (K = 16667, 25000, 30000), so a change of the constant or the rule changes the noise."""
+    x = np.random.default_rng(1).uniform(0, 1, (3, 1, 2, 2))
+    got = evaluate_batches(_terms(state), _iwae(state), x, 2, "float64", 4, 3, k)
+    chunk = max(1, min(3, 50_000 // k))
+    bounds = [
+        reference.mlp_negative_iwae_bound(
+            state,
+            CONFIG,
+            x[s : s + chunk],
+            standard_normal(4, 2 * j + 1, (k, len(x[s : s + chunk]), 2)),
+        )
+        for j, s in enumerate(range(0, 3, chunk))
+    ]
+    assert got["neg_iwae"] == pytest.approx(np.mean(np.concatenate(bounds)), rel=1e-12)
