@@ -1,6 +1,7 @@
 """Both backends export the same names, and each shared function takes the same arguments:
-the package surface, each module file by file (model, losses, sampling, convert, device, train),
-and the ``Trainer`` methods against the shared contract ``vae_common.trainer.TrainerBase``."""
+the package surface, each module file by file (model, losses, sampling, convert, device,
+distributed, train), and the ``Trainer`` methods against the shared contract
+``vae_common.trainer.TrainerBase``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import vae_jax
 import vae_torch
 from vae_common.trainer import TrainerBase
 
-MODULES = ("model", "losses", "sampling", "convert", "device", "train")
+MODULES = ("model", "losses", "sampling", "convert", "device", "distributed", "train")
 
 
 def shared_names() -> list[str]:

@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate for --steps")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, xpu, mps or auto")
+    p.add_argument(
+        "--data-parallel",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train --steps Adam steps (default 10) on N devices and on one, in each backend, "
+        "and compare (also JAX vs torch)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=commands.cmd_parity)
 

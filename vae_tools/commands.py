@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import cast
+from typing import Any, cast
 
 from vae_common.config import VAEConfig
 from vae_common.constants import BENCH_UNTIMED_STEPS, DEFAULT_HIDDEN
@@ -39,6 +39,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
         state, config, _ = load_checkpoint(args.checkpoint)
     else:
         state, config = None, config_from_args(args, args.input_shape)
+    if args.data_parallel:
+        return _parity_data_parallel(args, config, state)
     if args.steps:
         from vae_tools.trajectory import check_trajectory
 
@@ -68,6 +70,27 @@ def cmd_parity(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(parity.format_table(report))
+    return 0 if report["passed"] else EXIT_FAILED
+
+
+def _parity_data_parallel(args: argparse.Namespace, config: VAEConfig, state: Any) -> int:
+    from vae_tools import parity_dp
+
+    if args.objective != "elbo" or args.k != 1:
+        raise UsageError("--data-parallel trains on the ELBO with one sample: drop --objective/--k")
+    report = parity_dp.check_data_parallel(
+        config,
+        args.data_parallel,
+        dtype=args.dtype,
+        steps=args.steps or 10,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        lr=args.lr,
+        beta=args.beta,
+        state=state,
+        device=args.device,
+    )
+    print(json.dumps(report, indent=2) if args.json else parity_dp.format_table(report))
     return 0 if report["passed"] else EXIT_FAILED
 
 

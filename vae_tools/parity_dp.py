@@ -100,13 +100,14 @@ def train_both_paths(
     devices: int | None = None,
     device: Any = None,
     compile: bool = False,
+    paths: tuple[str, ...] = PATHS,
 ) -> dict[str, dict[str, Any]]:
     """Train ``problem`` with this process's ``backend`` ``Trainer`` (``devices`` as given: the
-    N devices or the process group must exist here). Returns, per path, ``losses`` (S,) and
-    ``params`` (canonical name -> array), all float64 numpy."""
+    N devices or the process group must exist here). Returns, per path of ``paths``, ``losses``
+    (S,) and ``params`` (canonical name -> array), all float64 numpy."""
     trainer_cls = _trainer_class(backend, dtype)
     with _exact_matmuls(backend):
-        return _train_both(trainer_cls, problem, dtype, devices, device, compile)
+        return _train_both(trainer_cls, problem, dtype, devices, device, compile, paths)
 
 
 def _train_both(
@@ -116,9 +117,12 @@ def _train_both(
     devices: int | None,
     device: Any,
     compile: bool,
+    paths: tuple[str, ...],
 ) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for path, train in (("run_steps", problem.train), ("train_epoch", problem.epoch_train)):
+        if path not in paths:
+            continue
         trainer = trainer_cls(
             problem.config, train, dtype, device=device, compile=compile, devices=devices
         )

@@ -1,0 +1,515 @@
+"""Data parallelism: N devices compute the 1-device numbers, in each backend and across them.
+
+JAX needs its device count before it starts, so its N-device checks run in subprocesses (2 forced
+host CPU devices; and 2 processes of 1 device joined by ``jax.distributed``); torch runs 2 gloo
+ranks under ``torchrun``. This file is also the script those processes run (``python
+tests/test_data_parallel.py MODE OUT``). Bad configurations are checked in this process where
+they can be: each must raise one clear error before any work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vae_common.compare import TOLERANCES, TRAJECTORY_TOLERANCES, rel_diff
+from vae_common.config import VAEConfig
+from vae_common.distributed import free_port, threads_per_process
+from vae_common.errors import ConfigError, DeviceError, UsageError
+from vae_common.spec import init_canonical
+from vae_common.training import TrainConfig
+from vae_tools import parity_dp
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = VAEConfig(input_shape=(1, 4, 4), hidden=(6,), latent_dim=2)
+TINY_CONV = VAEConfig(
+    input_shape=(1, 4, 4), hidden=(), latent_dim=2, arch="conv", conv_channels=(2,)
+)
+STEPS, BATCH = 10, 8
+F64 = TOLERANCES["float64"]
+
+
+def problem(config: VAEConfig = TINY) -> parity_dp.Problem:
+    return parity_dp.make_problem(config, steps=STEPS, batch_size=BATCH, seed=3, lr=1e-2)
+
+
+def worst(a: dict, b: dict) -> float:
+    """The largest relative difference over every per-step loss and every parameter."""
+    curve = max(rel_diff(x, y) for x, y in zip(a["losses"], b["losses"], strict=True))
+    assert set(a["params"]) == set(b["params"])
+    return max([curve] + [rel_diff(a["params"][n], p) for n, p in b["params"].items()])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    # One thread per process; JAX's persistent compilation cache, as conftest.py sets it.
+    env.update(
+        OMP_NUM_THREADS="1",
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(ROOT / ".pytest_cache" / "jax-compilation-cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        **extra,
+    )
+    return env
+
+
+def _script(mode: str, out: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, __file__, mode, str(out), *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 600) -> None:
+    for p in procs:
+        out, _ = p.communicate(timeout=timeout)
+        assert p.returncode == 0, out[-4000:]
+
+
+# -- configuration errors, in this process ----------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("bad", [0, -1, True, 2.0, "2"])
+def test_devices_must_be_a_positive_integer(backend, bad):
+    cls = parity_dp._trainer_class(backend, "float64")
+    with pytest.raises(ConfigError, match="devices must be None or a positive integer"):
+        cls(TINY, dtype="float64", devices=bad)
+
+
+def test_jax_more_devices_than_exist_is_refused_at_construction():
+    import jax
+
+    n = len(jax.devices("cpu")) + 1
+    cls = parity_dp._trainer_class("jax", "float64")
+    with pytest.raises(DeviceError, match=rf"{n} devices were requested but JAX has {n - 1} cpu"):
+        cls(TINY, dtype="float64", device="cpu", devices=n)
+
+
+def test_jax_one_device_mesh_is_the_one_device_run():
+    # devices=1 takes the sharded code path on a 1-device mesh: the same numbers as devices=None.
+    p = problem()
+    one = parity_dp.train_both_paths("jax", p, "float64", None, "cpu")
+    mesh = parity_dp.train_both_paths("jax", p, "float64", 1, "cpu")
+    for path in parity_dp.PATHS:
+        assert worst(mesh[path], one[path]) <= F64, path
+
+
+def test_torch_needs_a_process_group_of_the_given_size(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # keep this process's thread count
+    cls = parity_dp._trainer_class("torch", "float64")
+    with pytest.raises(ConfigError, match=r"devices=2\) needs .* world size 2, found no process"):
+        cls(TINY, dtype="float64", devices=2)
+    from vae_torch import distributed
+
+    distributed.initialize(f"127.0.0.1:{free_port()}", 1, 0, timeout_s=30, device="cpu")
+    try:
+        with pytest.raises(ConfigError, match="world size 3, found a process group of 1"):
+            cls(TINY, dtype="float64", devices=3)
+        # A group of one is the 1-device run.
+        p = problem()
+        assert distributed.all_ranks_ok(True) and not distributed.all_ranks_ok(False)
+        assert distributed.all_ranks_agree("x")
+        one = parity_dp.train_both_paths("torch", p, "float64", None, "cpu")
+        group = parity_dp.train_both_paths("torch", p, "float64", 1, "cpu")
+        for path in parity_dp.PATHS:
+            assert worst(group[path], one[path]) == 0.0, path
+    finally:
+        distributed.shutdown()
+    assert distributed.process_count() == 1
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_unreachable_coordinator_is_a_device_error_within_the_time_limit(backend):
+    import importlib
+
+    distributed = importlib.import_module(f"vae_{backend}.distributed")
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(DeviceError, match=rf"process 1 of 2: the coordinator {address} did not"):
+        distributed.initialize(address, 2, 1, timeout_s=1.0, device="cpu")
+    assert time.monotonic() - start < 10
+    assert distributed.process_count() == 1
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(coordinator="localhost"), "host:port"),
+        (dict(coordinator="h:0"), "host:port"),
+        (dict(coordinator="h:1", num_processes=2, process_id=2), r"\[0, 2\)"),
+        (dict(coordinator="h:1", num_processes=2, process_id=0, timeout_s=0), "timeout_s"),
+    ],
+)
+def test_bad_distributed_settings_are_config_errors(backend, kwargs, message):
+    import importlib
+
+    distributed = importlib.import_module(f"vae_{backend}.distributed")
+    kwargs = {"num_processes": 2, "process_id": 1, "timeout_s": 1.0, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        distributed.initialize(**kwargs)
+
+
+def test_torch_without_torchrun_environment_names_what_is_missing(monkeypatch):
+    from vae_torch import distributed
+
+    for name in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="MASTER_ADDR and MASTER_PORT"):
+        distributed.initialize()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1234")
+    with pytest.raises(ConfigError, match="WORLD_SIZE is not set"):
+        distributed.initialize()
+
+
+class _FakeAccelerator:
+    """Stands in for ``torch.cuda`` / ``torch.xpu``: two devices, the current one recorded."""
+
+    def __init__(self) -> None:
+        self.current: object = None
+
+    def is_available(self) -> bool:
+        return True
+
+    def device_count(self) -> int:
+        return 2
+
+    def set_device(self, device: object) -> None:
+        self.current = device
+
+    def current_device(self) -> int:
+        return 1
+
+
+@pytest.mark.parametrize("kind, backend", [("xpu", "xccl"), ("cuda", "nccl")])
+def test_torch_backend_and_device_follow_the_accelerator(monkeypatch, kind, backend):
+    import torch
+
+    from vae_torch import distributed
+
+    fake = _FakeAccelerator()
+    monkeypatch.setattr(torch, kind, fake)
+    calls: list[dict] = []
+    monkeypatch.setattr(
+        distributed.dist, "init_process_group", lambda b, **kw: calls.append(dict(kw, backend=b))
+    )
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    threads: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    distributed.initialize("10.0.0.1:29500", 2, 0, timeout_s=7, device=kind)
+    (call,) = calls
+    assert call["backend"] == backend
+    assert (call["world_size"], call["rank"]) == (2, 0)
+    assert call["init_method"] == "tcp://10.0.0.1:29500"
+    assert call["timeout"].total_seconds() == 7
+    assert fake.current == torch.device(kind, 1)  # LOCAL_RANK picks the device
+    assert threads == [threads_per_process(2)]
+    assert distributed.backend_for(kind) == backend
+
+
+def test_torch_backend_for_cpu_and_mps():
+    from vae_torch import distributed
+
+    assert distributed.backend_for("cpu") == "gloo"
+    with pytest.raises(DeviceError, match="no backend for mps"):
+        distributed.backend_for("mps")
+
+
+def test_threads_per_process_share_the_cores(monkeypatch):
+    import vae_common.distributed as d
+
+    monkeypatch.setattr(d, "usable_cores", lambda: 16)
+    assert [d.threads_per_process(n) for n in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
+
+
+def test_parity_data_parallel_refuses_bad_sizes():
+    with pytest.raises(UsageError, match="at least 2"):
+        parity_dp.check_data_parallel(TINY, 1)
+    with pytest.raises(UsageError, match="batch size 9 does not split over 2"):
+        parity_dp.check_data_parallel(TINY, 2, batch_size=9)
+
+
+def test_cli_exit_status_follows_the_report(monkeypatch, capsys):
+    from vae_tools.cli import main
+
+    seen: dict = {}
+
+    def fake(config, n, **kwargs):
+        seen.update(kwargs, n=n, config=config)
+        c = {"max_rel_diff": 2e-12, "tolerance": 1e-12, "passed": False}
+        return {
+            "dtype": "float64",
+            "devices": n,
+            "steps": kwargs["steps"],
+            "jax": {"run_steps": c, "train_epoch": c},
+            "torch": {"run_steps": c, "train_epoch": c},
+            "jax_vs_torch": {"1": c, "N": c},
+            "max_rel_diff": 2e-12,
+            "tolerance": 1e-12,
+            "passed": False,
+        }
+
+    monkeypatch.setattr(parity_dp, "check_data_parallel", fake)
+    args = ["parity", "--data-parallel", "3", "--input-shape", "1,4,4", "--hidden", "6"]
+    assert main([*args, "--json", "--batch-size", "6"]) == 1
+    assert json.loads(capsys.readouterr().out)["passed"] is False
+    assert seen["n"] == 3 and seen["steps"] == 10 and seen["batch_size"] == 6
+    assert main(args + ["--steps", "4"]) == 1
+    assert "FAILED" in capsys.readouterr().out and seen["steps"] == 4
+
+
+# -- N devices against one ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_jax_two_devices_equal_one(tmp_path):
+    # One process with 2 forced host devices: the 1-device and the 2-device trainers side by side.
+    out = tmp_path / "jax.json"
+    _finish(
+        [_script("jax-devices", out, _env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))]
+    )
+    r = json.loads(out.read_text())
+    assert r["devices"] == 2
+    assert r["sharded_draw_equal"] is True  # threefry gives each row the same numbers
+    for case, figure in r["worst"].items():
+        assert figure <= F64, (case, figure)
+    assert set(r["worst"]) == {"mlp/run_steps", "mlp/train_epoch", "conv/train_epoch"}
+    assert r["state_replicated"] is True
+    assert r["batch_split"] is True
+    assert r["all_reduce_in_epoch"] is True
+    assert "batch size 5 does not split over 2 devices" in r["odd_batch_error"]
+    assert r["odd_batch_step"] == 0  # refused before any step
+    assert "3 devices were requested but JAX has 2 cpu" in r["too_many_error"]
+    assert r["evaluate_odd_batch"] is True
+
+
+@pytest.mark.slow
+def test_jax_two_processes_equal_one_device(tmp_path):
+    # Two hosts in miniature: two processes of one CPU device each, joined by jax.distributed,
+    # each feeding its own rows of every batch.
+    address = f"127.0.0.1:{free_port()}"
+    procs = [
+        _script("jax-process", tmp_path / f"rank{i}.npz", _env(), address, str(i)) for i in (0, 1)
+    ]
+    _finish(procs)
+    p = problem()
+    one = parity_dp.train_both_paths("jax", p, "float64", None, "cpu")
+    for i in (0, 1):
+        got = parity_dp.load_result(tmp_path / f"rank{i}.npz")
+        for path in parity_dp.PATHS:
+            assert worst(got[path], one[path]) <= F64, (i, path)
+        flags = json.loads((tmp_path / f"rank{i}.npz.json").read_text())
+        assert flags == {"mixed_ok": False, "all_ok": True, "agree": True, "disagree": False}
+
+
+@pytest.mark.slow
+def test_torch_two_ranks_errors_and_compiled_step(tmp_path):
+    import shutil
+
+    compile_too = shutil.which(os.environ.get("CXX", "g++")) is not None
+    out = tmp_path / "torch.npz"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        __file__,
+        "torch-ranks",
+        str(out),
+        "compile" if compile_too else "eager",
+    ]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    checks = json.loads(out.with_suffix(".json").read_text())
+    assert checks["mixed_ok"] is False and checks["all_ok"] is True
+    assert "batch size 5 does not split over 2 devices" in checks["odd_batch_error"]
+    assert checks["odd_batch_step"] == 0
+    assert "different model, training or dtype settings" in checks["settings_error"]
+    assert "given different weights" in checks["weights_error"]
+    assert "free_bits > 0 is not supported" in checks["free_bits_error"]
+    assert checks["threads"] == 1
+    p = problem()
+    one = parity_dp.train_both_paths("torch", p, "float64", None, "cpu")
+    got = parity_dp.load_result(out)
+    for path in parity_dp.PATHS:
+        # eager ranks under DDP, or the compiled step with its explicit all-reduce
+        assert worst(got[path], one[path]) <= F64, path
+    assert checks["compiled"] is compile_too
+
+
+@pytest.mark.slow
+def test_cli_reports_both_backends_and_across(capsys):
+    from vae_tools.cli import main
+
+    argv = ["parity", "--data-parallel", "2", "--json", "--input-shape", "1,4,4"]
+    code = main([*argv, "--hidden", "6", "--latent-dim", "2", "--batch-size", "8"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    r = json.loads(out)
+    assert (r["devices"], r["steps"], r["dtype"]) == (2, 10, "float64")
+    for backend in ("jax", "torch"):
+        for path in parity_dp.PATHS:
+            c = r[backend][path]
+            assert c["tolerance"] == F64 and c["max_rel_diff"] <= F64 and c["passed"], (
+                backend,
+                path,
+            )
+            assert c["judged"] == "params, loss curve"
+            assert len(c["loss_curve"]["a"]) == 10
+    for k in ("1", "N"):
+        c = r["jax_vs_torch"][k]
+        assert c["tolerance"] == TRAJECTORY_TOLERANCES["float64"] and c["passed"], k
+    assert r["passed"] is True
+    assert r["max_rel_diff"] <= r["tolerance"]
+
+
+# -- the processes the slow tests start -----------------------------------------------------------
+
+
+def _jax_devices(out: Path) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    import vae_jax.train
+    from vae_jax.distributed import data_mesh
+
+    p = problem()
+    report: dict = {"devices": len(jax.devices()), "worst": {}}
+    for name, config in (("mlp", TINY), ("conv", TINY_CONV)):
+        pc = problem(config)
+        if name == "conv":
+            # Conv models on the CPU take the per-step path (one jitted step per batch).
+            pc = parity_dp.Problem(**{**pc.__dict__, "batches": pc.batches[:3]})
+        paths = parity_dp.PATHS if name == "mlp" else ("train_epoch",)
+        one = parity_dp.train_both_paths("jax", pc, "float64", None, "cpu", paths=paths)
+        two = parity_dp.train_both_paths("jax", pc, "float64", 2, "cpu", paths=paths)
+        for path in paths:
+            report["worst"][f"{name}/{path}"] = worst(two[path], one[path])
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = data_mesh(2, "cpu")
+    key = jax.random.key(11)
+    whole = jax.random.normal(key, (BATCH, 3), jnp.float64)
+    split = jax.jit(
+        lambda k: jax.random.normal(k, (BATCH, 3), jnp.float64),
+        out_shardings=NamedSharding(mesh, P("data")),
+    )(key)
+    report["sharded_draw_equal"] = bool(np.array_equal(np.asarray(whole), np.asarray(split)))
+    t = vae_jax.train.Trainer(TINY, p.epoch_train, "float64", device="cpu", devices=2)
+    t.load_state_dict(p.state)
+    leaves = jax.tree.leaves(t.state)
+    report["state_replicated"] = all(a.sharding.is_fully_replicated for a in leaves)
+    data = t.put_data(p.data)
+    key_d = t._put_key(vae_jax.train.epoch_key(0, 1))
+    lowered = t._epoch.lower(t.state, data, t._global(p.batches, t._step_rows, 1), key_d)
+    compiled = lowered.compile()
+    report["batch_split"] = compiled.input_shardings[0][2].spec == P(None, "data")
+    report["all_reduce_in_epoch"] = "all-reduce" in compiled.as_text()
+    try:
+        t.run_steps(p.xs[:, :5], p.eps[:, :5])
+    except ConfigError as exc:
+        report["odd_batch_error"] = str(exc)
+    report["odd_batch_step"] = t.step
+    report["evaluate_odd_batch"] = bool(np.isfinite(t.evaluate(p.data[:7])["neg_elbo"]))
+    try:
+        vae_jax.train.Trainer(TINY, dtype="float64", device="cpu", devices=3)
+    except DeviceError as exc:
+        report["too_many_error"] = str(exc)
+    out.write_text(json.dumps(report))
+
+
+def _jax_process(out: Path, address: str, rank: int) -> None:
+    from vae_jax import distributed
+
+    distributed.initialize(address, 2, rank, timeout_s=120, device="cpu")
+    try:
+        result = parity_dp.train_both_paths("jax", problem(), "float64", 2, "cpu")
+        parity_dp.save_result(result, out)
+        flags = {
+            "mixed_ok": distributed.all_ranks_ok(rank == 0),
+            "all_ok": distributed.all_ranks_ok(True),
+            "agree": distributed.all_ranks_agree("same"),
+            "disagree": distributed.all_ranks_agree(f"rank {rank}"),
+        }
+        Path(f"{out}.json").write_text(json.dumps(flags))
+    finally:
+        distributed.shutdown()
+
+
+def _torch_ranks(out: Path, mode: str) -> None:
+    import torch
+
+    import vae_torch.train
+    from vae_torch import distributed
+
+    distributed.initialize(timeout_s=120, device="cpu")
+    rank = distributed.process_index()
+    checks: dict = {"threads": torch.get_num_threads()}
+    checks["mixed_ok"] = distributed.all_ranks_ok(rank == 0)
+    checks["all_ok"] = distributed.all_ranks_ok(True)
+    p = problem()
+    Trainer = vae_torch.train.Trainer
+    t = Trainer(TINY, p.train, "float64", device="cpu", devices=2)
+    t.load_state_dict(p.state)
+    try:
+        t.run_steps(p.xs[:, :5], p.eps[:, :5])
+    except ConfigError as exc:
+        checks["odd_batch_error"] = str(exc)
+    checks["odd_batch_step"] = t.step
+    try:
+        Trainer(TINY, TrainConfig(lr=1e-3 * (rank + 1)), "float64", device="cpu", devices=2)
+    except ConfigError as exc:
+        checks["settings_error"] = str(exc)
+    try:
+        t.load_state_dict(init_canonical(TINY, rank))
+    except ConfigError as exc:
+        checks["weights_error"] = str(exc)
+    try:
+        Trainer(TINY, TrainConfig(free_bits=0.1), "float64", device="cpu", devices=2)
+    except ConfigError as exc:
+        checks["free_bits_error"] = str(exc)
+    checks["compiled"] = mode == "compile"
+    result = parity_dp.train_both_paths("torch", p, "float64", 2, "cpu", compile=checks["compiled"])
+    if rank == 0:
+        parity_dp.save_result(result, out)
+        out.with_suffix(".json").write_text(json.dumps(checks))
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    mode, target = sys.argv[1], Path(sys.argv[2])
+    if mode == "jax-devices":
+        _jax_devices(target)
+    elif mode == "jax-process":
+        _jax_process(target, sys.argv[3], int(sys.argv[4]))
+    elif mode == "torch-ranks":
+        _torch_ranks(target, sys.argv[3])
+    else:
+        sys.exit(f"unknown mode {mode!r}")
