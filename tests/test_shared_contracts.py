@@ -18,8 +18,8 @@ import torch
 
 from vae_common import reference
 from vae_common.config import VAEConfig
-from vae_common.data import standard_normal
-from vae_common.errors import ConfigError
+from vae_common.data import check_batches, standard_normal
+from vae_common.errors import ConfigError, ShapeError
 from vae_common.evaluation import evaluate_batches
 from vae_common.spec import init_canonical
 from vae_common.training import TrainConfig, optimizer_state_names, split_optimizer_state
@@ -120,3 +120,16 @@ def test_iwae_chunks_hold_at_most_50000_samples(state, k):
         for j, s in enumerate(range(0, 3, chunk))
     ]
     assert got["neg_iwae"] == pytest.approx(np.mean(np.concatenate(bounds)), rel=1e-12)
+
+
+def test_batch_indices_are_checked_at_both_ends():
+    """Both trainers gather with the checked indices (JAX clamps out-of-range ones silently):
+    -1 and n are refused, 0 and n - 1 pass, and the dtype is the one asked for."""
+    for bad in ([[0, -1]], [[0, 5]]):
+        with pytest.raises(ShapeError, match=r"indices in \[-?\d+, \d+\] but data has 5"):
+            check_batches(np.array(bad), 5)
+    ok = check_batches(np.array([[0, 4], [4, 0]]), 5)
+    assert ok.dtype == np.int32 and ok.tolist() == [[0, 4], [4, 0]]
+    assert check_batches(np.array([[1, 2]]), 5, wide=True).dtype == np.int64
+    with pytest.raises(ShapeError, match=r"\(steps, batch\) integer array"):
+        check_batches(np.array([0, 1]), 5)
