@@ -25,6 +25,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_train_jax_torch.py",
     ],
     "vae_common/data.py": [
+        "tests/test_shared_contracts.py",
         "tests/test_reference_eval_data.py",
         "tests/test_data.py",
         "tests/test_reference_training.py",
