@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -180,9 +182,26 @@ def test_npz_errors(tmp_path):
     np.savez(bad, x_train=x, y_train=y[:2], x_test=x, y_test=y)
     with pytest.raises(DataError, match="x_train"):
         load_dataset(f"npz:{bad}")
+
+
+def test_npz_values_are_checked_against_the_likelihood_not_at_load(tmp_path):
+    # Float images keep their values; whether they suit the likelihood is decided by the run
+    # (validate_images with the model's likelihood), so a Gaussian run accepts any finite value
+    # and is never told what the Bernoulli likelihood needs.
+    x, y = make_split(np.random.default_rng(3), 3)
     floats = tmp_path / "floats.npz"
-    np.savez(floats, x_train=x.astype(np.float32), y_train=y, x_test=x, y_test=y)
-    with pytest.raises(DataError, match=r"values in \[0, 1\]"):
+    wide = x.astype(np.float32) / 100
+    wide[0, 0, :2] = -2, 3.1  # values in [-2, 3.1]
+    np.savez(floats, x_train=wide, y_train=y, x_test=wide, y_test=y)
+    ds = load_dataset(f"npz:{floats}")
+    np.testing.assert_array_equal(ds.train[:, 0], wide)
+    validate_images(ds.train, "gaussian", name="train")
+    with pytest.raises(DataError, match=r"^train has values in \[-2, 3\.1\]; the Bernoulli"):
+        validate_images(ds.train, "bernoulli", name="train")
+    nan = wide.copy()
+    nan[0, 0, 0] = np.nan
+    np.savez(floats, x_train=nan, y_train=y, x_test=wide, y_test=y)
+    with pytest.raises(DataError, match=r"floats\.npz:x_train contains 1 NaN or Inf values"):
         load_dataset(f"npz:{floats}")
 
 
@@ -247,3 +266,162 @@ def test_standard_normal_is_shared_noise():
     np.testing.assert_array_equal(a, standard_normal(0, 3, (4, 5)))
     assert not np.array_equal(a, standard_normal(0, 4, (4, 5)))
     assert standard_normal(0, 3, (4, 5), "float32").dtype == np.float32
+
+
+# Damaged, hostile or inconsistent files: each a DataError naming the file.
+
+
+def npz_arrays(seed=0, rows=5, cols=4, **changes):
+    rng = np.random.default_rng(seed)
+    (x_train, y_train), (x_test, y_test) = make_split(rng, 4, rows, cols), make_split(rng, 2)
+    arrays = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    arrays.update(changes)
+    return arrays
+
+
+def test_npz_that_is_a_bad_zip(tmp_path):
+    good = tmp_path / "good.npz"
+    np.savez(good, **npz_arrays())
+    blob = good.read_bytes()
+    for name, damaged in (
+        ("header-only.npz", blob[:30]),  # a zip local header, then nothing
+        ("cut.npz", blob[: len(blob) // 2]),  # the central directory is gone
+        ("pk.npz", b"PK\x03\x04" + bytes(200)),
+    ):
+        path = tmp_path / name
+        path.write_bytes(damaged)
+        with pytest.raises(DataError, match=rf"^{re.escape(str(path))} is not a readable \.npz"):
+            load_dataset(f"npz:{path}")
+
+
+def test_npz_whose_member_is_damaged(tmp_path):
+    path = tmp_path / "flipped.npz"
+    np.savez(path, **npz_arrays())
+    blob = bytearray(path.read_bytes())
+    start = blob.index(b"x_train.npy") + len("x_train.npy") + 90  # inside the array's bytes
+    blob[start : start + 8] = bytes(8) if any(blob[start : start + 8]) else b"\xff" * 8
+    path.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match=re.escape(str(path))):
+        load_dataset(f"npz:{path}")
+
+
+def test_npz_that_is_really_an_npy(tmp_path):
+    path = tmp_path / "mnist.npz"
+    with open(path, "wb") as f:
+        np.save(f, np.zeros((3, 5, 4), np.uint8))
+    with pytest.raises(DataError, match=r"holds a single \.npy array of shape \(3, 5, 4\)"):
+        load_dataset(f"npz:{path}")
+
+
+def test_npz_with_string_labels(tmp_path):
+    path = tmp_path / "labels.npz"
+    np.savez(path, **npz_arrays(y_train=np.array(["a", "b", "c", "d"])))
+    with pytest.raises(
+        DataError, match=r"labels\.npz: y_train must hold integer labels, got dtype <U1"
+    ):
+        load_dataset(f"npz:{path}")
+    np.savez(path, **npz_arrays(y_test=np.array([0.0, 1.0])))
+    with pytest.raises(DataError, match="y_test must hold integer labels, got dtype float64"):
+        load_dataset(f"npz:{path}")
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128", "<U3"])
+def test_npz_with_images_that_are_not_real_numbers(tmp_path, dtype):
+    x = npz_arrays()["x_train"]
+    path = tmp_path / "images.npz"
+    np.savez(path, **npz_arrays(x_train=(x / 255 + 1j * x).astype(dtype)))
+    # Refused before any cast: a cast would drop the imaginary part with only a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(
+            DataError, match=rf"x_train must hold real numbers .* got dtype {dtype}"
+        ):
+            load_dataset(f"npz:{path}")
+
+
+def idx_header(magic, *dims):
+    return b"".join(int(v).to_bytes(4, "big") for v in (magic, *dims))
+
+
+def test_gzip_idx_that_expands_past_its_header_is_refused_after_a_bounded_read(
+    tmp_path, monkeypatch
+):
+    # 16 bytes of header declaring 2 images of 4x4, then 64 MiB of zeros: ~64 KiB gzipped.
+    path = tmp_path / "bomb.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(idx_header(2051, 2, 4, 4))
+        chunk = bytes(1 << 20)
+        for _ in range(64):
+            f.write(chunk)
+    assert path.stat().st_size < 1 << 18
+    sizes = []
+    real_read = gzip.GzipFile.read
+
+    def recording_read(self, size=-1):
+        sizes.append(size)
+        return real_read(self, size)
+
+    monkeypatch.setattr(gzip.GzipFile, "read", recording_read)
+    with pytest.raises(DataError, match=r"bomb\.gz: header says shape \(2, 4, 4\) .*file has more"):
+        read_idx(path)
+    assert sizes and all(0 <= s <= 2 * 4 * 4 + 1 for s in sizes), sizes
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
+def test_idx_header_declaring_more_than_the_limit_is_refused_before_reading(tmp_path, gz):
+    # 60000 images of 30000 x 30000 pixels (54 TB): refused from the header alone.
+    blob = idx_header(2051, 60000, 30000, 30000) + bytes(64)
+    path = tmp_path / ("huge.gz" if gz else "huge")
+    path.write_bytes(gzip.compress(blob) if gz else blob)
+    with pytest.raises(DataError, match=r"\(60000, 30000, 30000\) .*more than the 2147483648-byte"):
+        read_idx(path)
+    # The limit is a parameter (MAX_DATA_BYTES by default).
+    small = tmp_path / "small"
+    small.write_bytes(idx_header(2049, 10) + bytes(10))
+    assert read_idx(small).shape == (10,)
+    with pytest.raises(DataError, match="more than the 9-byte limit"):
+        read_idx(small, max_bytes=9)
+
+
+def test_idx_dimensions_whose_product_overflows_64_bits(tmp_path):
+    # 2**31 * 2**31 * 4 = 2**64: an int64 product wraps around to 0, which a header-only file
+    # would match. Exact integers here: the declared size is refused against the limit.
+    path = tmp_path / "overflow"
+    path.write_bytes(idx_header(2051, 2**31, 2**31, 4))
+    with pytest.raises(DataError, match=r"\(2147483648, 2147483648, 4\) \(18446744073709551632 "):
+        read_idx(path)
+
+
+def test_raw_idx_longer_than_its_header(tmp_path):
+    path = tmp_path / "long"
+    path.write_bytes(idx_header(2049, 3) + bytes(5))
+    with pytest.raises(
+        DataError, match=r"long: header says shape \(3,\) \(11 bytes\), file has 13"
+    ):
+        read_idx(path)
+
+
+def test_train_and_test_images_of_different_sizes_are_refused_at_load(tmp_path):
+    write_idx_dir(tmp_path)
+    test_images = tmp_path / STEMS["test_images"]
+    rng = np.random.default_rng(9)
+    test_images.write_bytes(idx_images(rng.integers(0, 256, (3, 6, 4))))
+    with pytest.raises(DataError) as info:
+        load_dataset(f"mnist:{tmp_path}")
+    message = str(info.value)
+    assert str(tmp_path / STEMS["train_images"]) in message and str(test_images) in message
+    assert "are 5x4" in message and "are 6x4" in message
+    path = tmp_path / "sizes.npz"
+    np.savez(path, **npz_arrays(x_test=np.zeros((2, 6, 4), np.uint8)))
+    with pytest.raises(DataError, match=r"sizes\.npz: x_train images are \(1, 5, 4\) .* x_test"):
+        load_dataset(f"npz:{path}")
+
+
+def test_a_split_without_images_is_refused(tmp_path):
+    write_idx_dir(tmp_path, n_test=0)
+    with pytest.raises(DataError, match=rf"{STEMS['test_images']} holds no images"):
+        load_dataset(f"mnist:{tmp_path}")
+    path = tmp_path / "empty.npz"
+    np.savez(path, **npz_arrays(x_train=np.zeros((0, 5, 4), np.uint8), y_train=np.zeros(0, int)))
+    with pytest.raises(DataError, match="x_train holds no images"):
+        load_dataset(f"npz:{path}")

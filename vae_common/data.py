@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from vae_common.checks import pixel_value_error
 from vae_common.errors import DataError, ShapeError
 
 IDX_FILES = {
@@ -26,6 +30,11 @@ IDX_FILES = {
 }
 IDX_DATASETS = ("mnist", "fashion-mnist", "kmnist", "idx")
 DIGITS_TEST_SIZE = 297
+# The largest array a data file may declare, in bytes (2 GiB; Fashion-MNIST's largest file holds
+# 47 MB). A header (IDX) or a zip entry (npz) declaring more is refused before anything is read,
+# and no read goes past the declared size: a small gzip or zip file cannot expand to fill memory.
+MAX_DATA_BYTES = 1 << 31
+IDX_MAGIC = {2051: 3, 2049: 1}  # unsigned-byte images (N, rows, cols) and labels (N,)
 
 
 @dataclass(frozen=True)
@@ -49,22 +58,28 @@ class Dataset:
         return tuple(self.train.shape[1:])
 
 
-def validate_images(x: np.ndarray, likelihood: str = "bernoulli", name: str = "x") -> None:
-    """``DataError`` unless ``x`` is a finite float array (N, C, H, W), in [0, 1] if Bernoulli."""
+def validate_images(x: np.ndarray, likelihood: str | None = "bernoulli", name: str = "x") -> None:
+    """``DataError`` unless ``x`` is a float array (N, C, H, W) whose values suit ``likelihood``.
+
+    The values follow ``vae_common.checks.pixel_value_error``, the rule the loss functions apply:
+    every value finite; in [0, 1] for ``"bernoulli"``; any finite value for ``"gaussian"`` (and
+    for None, when the likelihood is not known yet, as while loading a file).
+    """
     if not isinstance(x, np.ndarray):
         raise DataError(f"{name} must be a numpy array, got {type(x).__name__}")
     if x.ndim != 4:
         raise DataError(f"{name} must have shape (N, C, H, W), got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"{name} must be floating point, got dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-        raise DataError(f"{name} contains {bad} NaN or Inf values")
-    if likelihood == "bernoulli" and x.size and (x.min() < 0 or x.max() > 1):
-        raise DataError(
-            f"{name} has values in [{x.min():g}, {x.max():g}]; the Bernoulli likelihood needs "
-            "values in [0, 1]"
-        )
+    if not x.size:
+        return
+    lo, hi = float(np.min(x)), float(np.max(x))
+    nonfinite = None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        nonfinite = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+    error = pixel_value_error(name, lo, hi, likelihood or "gaussian", nonfinite)
+    if error is not None:
+        raise error
 
 
 def load_digits(seed: int = 0) -> Dataset:
@@ -89,29 +104,48 @@ def _open_maybe_gz(path: Path) -> gzip.GzipFile | io.BufferedReader:
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (raw or gzipped): images (magic 2051) or labels (magic 2049), as uint8."""
+def read_idx(path: str | os.PathLike, max_bytes: int = MAX_DATA_BYTES) -> np.ndarray:
+    """Read one IDX file (raw or gzipped): images (magic 2051) or labels (magic 2049), as uint8.
+
+    The header is read first: a declared size above ``max_bytes`` is refused before any data is
+    read, a raw file must have exactly the declared size, and a gzipped one is decompressed only
+    up to one byte past it (a small file cannot expand without bound). ``DataError`` naming the
+    file for anything that is not a complete IDX file.
+    """
     path = Path(path)
     try:
         with _open_maybe_gz(path) as f:
-            data = f.read()
-    except (OSError, EOFError) as exc:
+            head = f.read(8)
+            magic = int.from_bytes(head[:4], "big") if len(head) == 8 else None
+            ndim = IDX_MAGIC.get(magic) if magic is not None else None
+            more = f.read(4 * (ndim - 1)) if ndim else b""
+            header = len(head) + len(more)
+            if magic is None or (ndim is not None and len(more) < 4 * (ndim - 1)):
+                raise DataError(f"{path} is too short to be an IDX file ({header} bytes)")
+            if ndim is None:
+                raise DataError(f"{path} is not an IDX image or label file (magic number {magic})")
+            blob = head[4:] + more
+            dims = tuple(int.from_bytes(blob[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            expected = math.prod(dims)  # Python ints: no overflow, whatever the header says
+            declared = f"header says shape {dims} ({header + expected} bytes)"
+            if expected > max_bytes:
+                raise DataError(
+                    f"{path}: {declared}, more than the {max_bytes}-byte limit for one data file "
+                    "(vae_common.data.MAX_DATA_BYTES); corrupt or not an image dataset"
+                )
+            if isinstance(f, io.BufferedReader):
+                size = os.fstat(f.fileno()).st_size
+                if size != header + expected:
+                    raise DataError(
+                        f"{path}: {declared}, file has {size} bytes (truncated or corrupt)"
+                    )
+            data = f.read(expected + 1)
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot read IDX file {path}: {exc}") from None
-    if len(data) < 8:
-        raise DataError(f"{path} is too short to be an IDX file ({len(data)} bytes)")
-    magic = int.from_bytes(data[:4], "big")
-    ndim = {2051: 3, 2049: 1}.get(magic)
-    if ndim is None:
-        raise DataError(f"{path} is not an IDX image or label file (magic number {magic})")
-    header = 4 + 4 * ndim
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = int(np.prod(dims))
-    if len(data) != header + expected:
-        raise DataError(
-            f"{path}: header says shape {tuple(dims)} ({header + expected} bytes), file has "
-            f"{len(data)} bytes (truncated or corrupt)"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    if len(data) != expected:
+        found = "more" if len(data) > expected else f"{header + len(data)} bytes"
+        raise DataError(f"{path}: {declared}, file has {found} (truncated or corrupt)")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def _find_idx(directory: Path, stem: str) -> Path:
@@ -126,7 +160,8 @@ def load_idx_dir(directory: str | os.PathLike, name: str | None = None) -> Datas
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"dataset directory {directory} does not exist")
-    arrays = {key: read_idx(_find_idx(directory, stem)) for key, stem in IDX_FILES.items()}
+    paths = {key: _find_idx(directory, stem) for key, stem in IDX_FILES.items()}
+    arrays = {key: read_idx(path) for key, path in paths.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1:
@@ -135,10 +170,19 @@ def load_idx_dir(directory: str | os.PathLike, name: str | None = None) -> Datas
             raise DataError(
                 f"{directory}: {len(images)} {split} images but {len(labels)} {split} labels"
             )
+        if not len(images):
+            raise DataError(f"{paths[f'{split}_images']} holds no images")
+    train, test = arrays["train_images"], arrays["test_images"]
+    if train.shape[1:] != test.shape[1:]:
+        raise DataError(
+            f"train images {paths['train_images']} are {train.shape[1]}x{train.shape[2]} but "
+            f"test images {paths['test_images']} are {test.shape[1]}x{test.shape[2]}; both "
+            "splits must have one image size"
+        )
     return Dataset(
         name or f"idx:{directory}",
-        _to_unit(arrays["train_images"]),
-        _to_unit(arrays["test_images"]),
+        _to_unit(train),
+        _to_unit(test),
         arrays["train_labels"].astype(np.int64),
         arrays["test_labels"].astype(np.int64),
     )
@@ -148,17 +192,53 @@ def _to_unit(images: np.ndarray) -> np.ndarray:
     return (images.astype(np.float32) / 255.0)[:, None, :, :]
 
 
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an npz archive; ``DataError`` naming the file for anything else (a bad zip,
+    a single ``.npy`` array, pickled objects, an entry declaring more than MAX_DATA_BYTES)."""
+    try:
+        # Memory-mapped: a single .npy array (refused below) is not read into memory.
+        loaded = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path} is not a readable .npz file: {exc}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DataError(
+            f"{path} holds a single .npy array of shape {np.shape(loaded)}, not an .npz archive "
+            f"with arrays {list(NPZ_ARRAYS)}"
+        )
+    with loaded as f:
+        for info in f.zip.infolist():
+            # The uncompressed size from the zip directory: zipfile reads no further than it.
+            if info.file_size > MAX_DATA_BYTES:
+                raise DataError(
+                    f"{path}: entry {info.filename} declares {info.file_size} bytes, more than "
+                    f"the {MAX_DATA_BYTES}-byte limit (vae_common.data.MAX_DATA_BYTES)"
+                )
+        try:
+            arrays = {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DataError(f"{path} is not a readable .npz file: {exc}") from None
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):
+            raise DataError(f"{path}: entry {key} is not a .npy array")
+    return arrays
+
+
 def load_npz(path: str | os.PathLike) -> Dataset:
-    """A Keras-style ``mnist.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test`` (uint8)."""
+    """A Keras-style ``mnist.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test``.
+
+    Images (N, H, W) or (N, C, H, W): uint8 scaled to [0, 1], other real numbers kept as they
+    are (float32); labels integers. The values are checked here only for being finite: whether
+    they suit the likelihood (in [0, 1] for Bernoulli) is checked where the model is known
+    (``validate_images`` in ``vae_tools.run``).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"npz file {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable .npz file: {exc}") from None
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    arrays = _read_npz(path)
+    missing = [k for k in NPZ_ARRAYS if k not in arrays]
     if missing:
         raise DataError(f"{path} lacks arrays {missing} (has {sorted(arrays)})")
     out = {}
@@ -171,13 +251,28 @@ def load_npz(path: str | os.PathLike) -> Dataset:
                 f"{path}: x_{split} must be (N, H, W) or (N, C, H, W) and y_{split} (N,), got "
                 f"{x.shape} and {y.shape}"
             )
+        if x.dtype.kind not in "biuf":
+            raise DataError(
+                f"{path}: x_{split} must hold real numbers (uint8 or floating point), got dtype "
+                f"{x.dtype}"
+            )
+        if y.dtype.kind not in "iu":
+            raise DataError(f"{path}: y_{split} must hold integer labels, got dtype {y.dtype}")
+        if not len(x):
+            raise DataError(f"{path}: x_{split} holds no images")
         if x.dtype == np.uint8:
             x = x.astype(np.float32) / 255.0
         else:
             x = x.astype(np.float32)
-        validate_images(x, "bernoulli", name=f"{path}:x_{split}")
+        validate_images(x, None, name=f"{path}:x_{split}")
         out[split] = (x, y.astype(np.int64))
-    return Dataset(f"npz:{path}", out["train"][0], out["test"][0], out["train"][1], out["test"][1])
+    train, test = out["train"][0], out["test"][0]
+    if train.shape[1:] != test.shape[1:]:
+        raise DataError(
+            f"{path}: x_train images are {train.shape[1:]} (C, H, W) but x_test images are "
+            f"{test.shape[1:]}; both splits must have one image size"
+        )
+    return Dataset(f"npz:{path}", train, test, out["train"][1], out["test"][1])
 
 
 def load_dataset(spec: str) -> Dataset:
