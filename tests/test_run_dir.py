@@ -555,11 +555,18 @@ DAMAGE = {
 }
 
 
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory) -> Path:
+    """A two-epoch run of ``vae train`` (read-only: tests copy it)."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert cli.main([*CLI_TRAIN[:6], "2", *CLI_TRAIN[7:], "--out", str(out)]) == 0
+    return out
+
+
 @pytest.mark.parametrize("case", list(DAMAGE))
-def test_damaged_metrics_on_resume_exit_2_naming_the_file_and_line(case, tmp_path, capsys):
-    out = tmp_path / "run"
+def test_damaged_metrics_on_resume_exit_2_naming_the_file_and_line(case, cli_run, tmp_path, capsys):
+    out = copy_run(cli_run, tmp_path / "run")
     argv = [*CLI_TRAIN[:6], "2", *CLI_TRAIN[7:], "--out", str(out)]
-    assert cli.main(argv) == 0
     damage, line, phrase = DAMAGE[case]
     path = out / "metrics.jsonl"
     lines = path.read_text().splitlines()

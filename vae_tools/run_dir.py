@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from vae_common.checkpoint import atomic_write_bytes
 from vae_common.errors import CheckpointError, ResumeError, RunDirError, UsageError
@@ -65,6 +65,10 @@ TEMP_FILE = re.compile(
 # Test hook of tests/test_run_kills.py: with this variable set to N, a run kills its own process
 # with SIGKILL at its N-th kill point (1: the lock is taken; then one after every file written).
 KILL_ENV = "VAE_TWIN_TEST_KILL_AT"
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return type(value) is int and value >= 0
 
 
 def sha256_file(path: Path) -> str:
@@ -96,22 +100,27 @@ class Manifest:
         """The manifest in ``text``; ``CheckpointError`` naming ``path`` unless it is one."""
         try:
             body = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise CheckpointError(f"{path} is not a run manifest (not JSON: {exc})") from None
         if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT:
             raise CheckpointError(f"{path} is not a run manifest ({MANIFEST_FORMAT})")
         epoch, step, files = body.get("epoch"), body.get("step"), body.get("files")
-        counts_ok = all(type(v) is int and v >= 0 for v in (epoch, step))
-        files_ok = isinstance(files, dict) and all(
-            isinstance(v, dict) and type(v.get("epoch")) is int and isinstance(v.get("sha256"), str)
-            for v in files.values()
-        )
-        if not (counts_ok and files_ok):
-            raise CheckpointError(
-                f"{path} is a damaged run manifest: it needs integer 'epoch' and 'step' and a "
-                "'files' map of {'epoch', 'sha256'}"
+        if (
+            _is_count(epoch)
+            and _is_count(step)
+            and isinstance(files, dict)
+            and all(
+                isinstance(v, dict)
+                and _is_count(v.get("epoch"))
+                and isinstance(v.get("sha256"), str)
+                for v in files.values()
             )
-        return cls(epoch, step, dict(files))
+        ):
+            return cls(epoch, step, dict(files))
+        raise CheckpointError(
+            f"{path} is a damaged run manifest: it needs integer 'epoch' and 'step' and a "
+            "'files' map of {'epoch', 'sha256'}"
+        )
 
     def vouches_for(self, directory: Path, name: str) -> bool:
         """Whether ``name`` in ``directory`` is the very file this manifest records."""
@@ -243,9 +252,9 @@ class RunDir:
     Use ``RunDir.open(out)``; the lock is held until the ``with`` block ends, however it ends.
     """
 
-    def __init__(self, out: Path, lock_fd: int) -> None:
+    def __init__(self, out: Path) -> None:
         self.out = out
-        self._lock_fd = lock_fd
+        # The manifest as this process last committed it (or found it, on resume).
         self.manifest = Manifest()
         self._kill_points = 0
 
@@ -266,7 +275,7 @@ class RunDir:
                 decide(path, contents, resume=False, overwrite=False)
         fd = _lock(path)
         try:
-            yield cls(path, fd)
+            yield cls(path)
         finally:
             # Clear the pid first: a lock file that names a pid claims a live holder.
             try:
@@ -302,7 +311,11 @@ class RunDir:
 
     def record(self, name: str, epoch: int) -> None:
         """Note in the manifest (not yet committed) that ``name`` now holds ``epoch``."""
-        self.manifest.files[name] = {"epoch": epoch, "sha256": sha256_file(self.path(name))}
+        try:
+            digest = sha256_file(self.path(name))
+        except OSError as exc:
+            raise RunDirError(f"cannot read back {self.path(name)}: {_os_reason(exc)}") from None
+        self.manifest.files[name] = {"epoch": epoch, "sha256": digest}
 
     def commit(self, epoch: int, step: int) -> None:
         """Write the manifest: ``epoch`` and every recorded file are now the run's state."""
@@ -311,8 +324,9 @@ class RunDir:
         self.manifest.epoch, self.manifest.step = epoch, step
 
     def remove_run_files(self) -> None:
-        """Delete the files a run writes (``--overwrite``), the train state first: a kill
-        part-way leaves no train state beside a newer manifest's claims."""
+        """Delete the files a run writes (``--overwrite``). The train state goes first: a kill
+        part-way then leaves a manifest without its train state, which ``--resume`` refuses,
+        never an old train state that it would continue."""
         for name in (STATE, MANIFEST, CHECKPOINT, METRICS, *PLOTS):
             try:
                 self.path(name).unlink(missing_ok=True)
