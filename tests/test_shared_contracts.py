@@ -18,7 +18,7 @@ import torch
 
 from vae_common import reference
 from vae_common.config import VAEConfig
-from vae_common.data import check_batches, standard_normal
+from vae_common.data import batch_indices, check_batches, read_idx, standard_normal
 from vae_common.errors import ConfigError, ShapeError
 from vae_common.evaluation import evaluate_batches
 from vae_common.spec import init_canonical
@@ -133,3 +133,18 @@ def test_batch_indices_are_checked_at_both_ends():
     assert check_batches(np.array([[1, 2]]), 5, wide=True).dtype == np.int64
     with pytest.raises(ShapeError, match=r"\(steps, batch\) integer array"):
         check_batches(np.array([0, 1]), 5)
+    with pytest.raises(ShapeError, match=r"\(steps, batch\) integer array"):
+        check_batches(np.array([[0.0, 1.0]]), 5)
+
+
+def test_batches_of_one_example():
+    order = batch_indices(3, 1, seed=0, epoch=1)
+    assert order.shape == (3, 1) and sorted(order.ravel().tolist()) == [0, 1, 2]
+
+
+def test_idx_dimensions_are_read_as_whole_big_endian_words(tmp_path):
+    """Every byte of each 4-byte dimension counts (a count of 0x01020304 images of 0 x 5
+    pixels: no data, so the file is just its header)."""
+    path = tmp_path / "images-idx3-ubyte"
+    path.write_bytes(np.array([2051, 0x01020304, 0, 5], ">u4").tobytes())
+    assert read_idx(path).shape == (0x01020304, 0, 5)
