@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from vae_common import checks
 from vae_common.checkpoint import check_optimizer_state, check_state, check_step
 from vae_common.config import VAEConfig
 from vae_common.constants import DTYPES
@@ -129,8 +130,12 @@ class TrainerBase(abc.ABC):
     # -- training ------------------------------------------------------------------------------
 
     def put_data(self, x: np.ndarray) -> Any:
-        """Images (N, C, H, W) moved to the device once, in the model dtype."""
-        return self._put_data(np.asarray(x))
+        """Images (N, C, H, W) moved to the device once, in the model dtype.
+
+        Checked here, once, by the rules of the losses (``vae_common.checks.image_array``):
+        the training steps do not check x's values themselves.
+        """
+        return self._put_data(self._images("x", x, self.config.likelihood))
 
     def train_epoch(self, data: Any, batches: np.ndarray, seed: int, epoch: int) -> np.ndarray:
         """One epoch of Adam steps over ``batches`` (S, B) of indices into ``data`` (from
@@ -158,6 +163,8 @@ class TrainerBase(abc.ABC):
                 f"run_steps needs xs (S, B, C, H, W) and eps (S, B, {self.config.latent_dim}), "
                 f"got xs {xs.shape} and eps {eps.shape}"
             )
+        self._images("xs", xs.reshape((-1,) + xs.shape[2:]), self.config.likelihood)
+        checks.check_dtype("eps", checks.dtype_name(eps.dtype))
         self._check_split(xs.shape[1])
         return self._run_steps(xs, eps)
 
@@ -180,7 +187,7 @@ class TrainerBase(abc.ABC):
         return evaluate_batches(
             self._batch_terms,
             self._batch_iwae,
-            np.asarray(x),
+            self._images("x", x, self.config.likelihood),
             self.config.latent_dim,
             self.dtype,
             seed,
@@ -191,17 +198,24 @@ class TrainerBase(abc.ABC):
     def reconstruct(self, x: np.ndarray) -> np.ndarray:
         """E[x|z] at z = the posterior mean, (B, C, H, W)."""
         self._require_weights()
-        return self._reconstruct(np.asarray(x))
+        return self._reconstruct(self._images("x", x, None))
 
     def sample(self, z: np.ndarray) -> np.ndarray:
         """E[x|z] for latents z (B, L) (e.g. prior draws), (B, C, H, W)."""
         self._require_weights()
-        return self._sample(np.asarray(z))
+        z = np.asarray(z)
+        checks.check_latents("z", z.shape, self.config.latent_dim)
+        checks.check_dtype("z", checks.dtype_name(z.dtype))
+        return self._sample(z)
 
     def encode_mean(self, x: np.ndarray) -> np.ndarray:
         """Posterior means (B, L)."""
         self._require_weights()
-        return self._encode_mean(np.asarray(x))
+        return self._encode_mean(self._images("x", x, None))
+
+    def _images(self, name: str, x: Any, likelihood: str | None) -> np.ndarray:
+        # Refused before any cast to the model dtype (which would drop an imaginary part).
+        return checks.image_array(name, x, self.config.input_shape, likelihood)
 
     def _check_split(self, batch: int) -> None:
         # Equal slices make the mean of the per-device means the global mean; an uneven last

@@ -8,17 +8,26 @@ Reductions, the same in both backends:
 - ``loss`` reduces over the batch with ``reduction="mean"`` (default) or ``"sum"``.
 
 The per-example maths is written for one example and batched with ``jax.vmap``.
+
+Input checks (rules and messages in ``vae_common.checks``, the same in ``vae_torch.losses``):
+shapes and dtypes always, also under ``jax.jit`` (they are static); values (``beta`` and
+``free_bits`` finite and >= 0, ``x`` finite and in [0, 1] for the Bernoulli likelihood) only when
+the value is concrete: a ``jax.core.Tracer`` cannot be inspected while tracing, so inside a jitted
+function the values are not checked (the trainers check their data once, up front).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from vae_common import checks
 from vae_common.constants import LOG_2PI
-from vae_common.errors import ConfigError, ShapeError
+from vae_common.errors import ConfigError
 from vae_jax._typing import Array, ArrayLike, Params
 from vae_jax.model import VAE, check_eps, check_input, decode, encode
 from vae_jax.sampling import reparameterize
@@ -26,11 +35,46 @@ from vae_jax.sampling import reparameterize
 REDUCTIONS = ("mean", "sum")
 
 
+def _is_traced(a: Any) -> bool:
+    return isinstance(a, jax.core.Tracer)
+
+
+def _check_setting(name: str, value: Any) -> None:
+    """``beta`` or ``free_bits``: a scalar always; finite and >= 0 when concrete."""
+    if _is_traced(value):
+        if value.ndim != 0:
+            raise checks.scalar_error(name, value.shape)
+        return
+    checks.check_weight(name, np.asarray(value) if isinstance(value, jax.Array) else value)
+
+
+def _check_values(model: VAE, x: ArrayLike) -> None:
+    """``x`` finite, and in [0, 1] for the Bernoulli likelihood; skipped for a tracer.
+
+    Also run on a concrete x met while tracing (a constant closed over by a jitted function):
+    computed eagerly then, not staged into the traced computation.
+    """
+    if _is_traced(x):
+        return
+    with jax.ensure_compile_time_eval():
+        x = jnp.asarray(x, model.dtype)  # the values the loss sees, as in torch
+        lo, hi = float(jnp.min(x)), float(jnp.max(x))
+    error = checks.pixel_value_error("x", lo, hi, model.config.likelihood)
+    if error is not None:
+        raise error
+
+
 def gaussian_kl_per_dim(mean: Array, logvar: Array) -> Array:
     """KL(N(mean, exp(logvar)) || N(0, 1)) of each latent dimension: (B, L) -> (B, L), in nats.
 
     ``-0.5 * (1 + logvar - mean^2 - exp(logvar))`` elementwise; ``gaussian_kl`` sums it.
+    ``ShapeError`` unless mean and logvar are both (B, L).
     """
+    checks.check_posterior("gaussian_kl_per_dim", np.shape(mean), np.shape(logvar))
+    return _kl_per_dim(mean, logvar)
+
+
+def _kl_per_dim(mean: Array, logvar: Array) -> Array:
     # Rearranged with expm1: it keeps float32 accurate near the prior (logvar ~ 0), where
     # 1 + logvar - exp(logvar) cancels to noise.
     return 0.5 * (mean**2 + jnp.expm1(logvar) - logvar)
@@ -39,9 +83,11 @@ def gaussian_kl_per_dim(mean: Array, logvar: Array) -> Array:
 def gaussian_kl(mean: Array, logvar: Array) -> Array:
     """KL(N(mean, diag(exp(logvar))) || N(0, I)) in closed form, summed over latent dims.
 
-    ``-0.5 * sum(1 + logvar - mean^2 - exp(logvar))``: (B, L) -> (B,).
+    ``-0.5 * sum(1 + logvar - mean^2 - exp(logvar))``: (B, L) -> (B,). ``ShapeError`` unless
+    mean and logvar are both (B, L).
     """
-    return jax.vmap(lambda m, lv: jnp.sum(gaussian_kl_per_dim(m, lv)))(mean, logvar)
+    checks.check_posterior("gaussian_kl", np.shape(mean), np.shape(logvar))
+    return jax.vmap(lambda m, lv: jnp.sum(_kl_per_dim(m, lv)))(mean, logvar)
 
 
 def _bernoulli_terms(x: Array, logits: Array) -> Array:
@@ -59,8 +105,10 @@ def bernoulli_log_likelihood(x: Array, logits: Array) -> Array:
     """log Bernoulli(x | sigmoid(logits)), summed over all pixels: (B, ...) -> (B,).
 
     Computed from the logits, stable for any logit; equal to minus the summed
-    ``binary_cross_entropy(sigmoid(logits), x)``. ``x`` may be any value in [0, 1].
+    ``binary_cross_entropy(sigmoid(logits), x)``. ``x`` may be any value in [0, 1] (not checked
+    here: the losses check it). ``ShapeError`` unless x is (B, ...) and logits has its shape.
     """
+    checks.check_pixels("bernoulli_log_likelihood", np.shape(x), "logits", np.shape(logits))
     return jax.vmap(_bernoulli_one)(x, logits)
 
 
@@ -69,8 +117,12 @@ def gaussian_log_likelihood(x: Array, mean: Array, std: float = 1.0) -> Array:
 
     With D pixels, ``-log p = sum((x - mean)^2) / (2 std^2) + D * (log(std) + log(2 pi) / 2)``:
     for std = 1 it is half the summed squared error plus a constant, so minimising it is
-    minimising the summed MSE.
+    minimising the summed MSE. ``ShapeError`` unless x is (B, ...) and mean has its shape;
+    ``ConfigError`` unless std is finite and > 0 (when concrete).
     """
+    checks.check_pixels("gaussian_log_likelihood", np.shape(x), "mean", np.shape(mean))
+    if not _is_traced(std):
+        checks.check_std(np.asarray(std) if isinstance(std, jax.Array) else std)
 
     def one(x1: Array, m1: Array) -> Array:
         d = x1.size
@@ -101,9 +153,24 @@ def standard_normal_log_density(eps: Array) -> Array:
     return -0.5 * jnp.sum(eps**2 + LOG_2PI, axis=-1)
 
 
-def _prepare(model: VAE, x: ArrayLike, eps: ArrayLike) -> tuple[Array, Array]:
+def _prepare(
+    model: VAE,
+    x: ArrayLike,
+    eps: ArrayLike,
+    check_values: bool = True,
+    ndim: int | None = None,
+    fn: str = "",
+) -> tuple[Array, Array]:
+    """Shapes and dtypes first, then (``check_values``) the values of x; ``ndim``: the number of
+    axes ``fn`` needs eps to have (2 or 3) when it does not take both."""
+    given = x
     x = check_input(model, x)
     eps = check_eps(model, eps, x.shape[0])
+    if ndim is not None:
+        checks.check_noise_rank(fn, "eps", eps.shape, ndim)
+    if check_values:
+        # The converted x is a tracer under jit even for a concrete input: check what was given.
+        _check_values(model, given if _is_traced(x) else x)
     return x, eps
 
 
@@ -119,14 +186,21 @@ def elbo_terms(model: VAE, params: Params, x: ArrayLike, eps: ArrayLike) -> tupl
     """The two terms of the negative ELBO, per example.
 
     Args:
-      x: (B, C, H, W) images.
-      eps: (B, L) noise, or (K, B, L) for K samples per example.
+      x: (B, C, H, W) images, B >= 1: finite, and in [0, 1] for the Bernoulli likelihood
+        (``DataError`` otherwise, when x is concrete).
+      eps: (B, L) noise, or (K, B, L) for K >= 1 samples per example.
 
     Returns:
       ``(reconstruction, kl)``, each (B,) in nats: ``-log p(x|z)`` (averaged over the K samples)
       and the closed-form ``KL(q(z|x) || N(0, I))``.
     """
-    x, eps = _prepare(model, x, eps)
+    return _elbo_terms(model, params, x, eps, True)
+
+
+def _elbo_terms(
+    model: VAE, params: Params, x: ArrayLike, eps: ArrayLike, check_values: bool
+) -> tuple[Array, Array]:
+    x, eps = _prepare(model, x, eps, check_values)
     mean, logvar = encode(model, params, x)
     if eps.ndim == 2:
         # One sample: decoded directly, not as a K = 1 vmap, whose batched dots (and the
@@ -140,8 +214,16 @@ def elbo_terms(model: VAE, params: Params, x: ArrayLike, eps: ArrayLike) -> tupl
 def negative_elbo(
     model: VAE, params: Params, x: ArrayLike, eps: ArrayLike, beta: float = 1.0
 ) -> Array:
-    """``reconstruction + beta * kl`` per example, (B,) in nats (see ``elbo_terms``)."""
-    recon, kl = elbo_terms(model, params, x, eps)
+    """``reconstruction + beta * kl`` per example, (B,) in nats (see ``elbo_terms``);
+    ``ConfigError`` unless beta is finite and >= 0 (when concrete)."""
+    return _negative_elbo(model, params, x, eps, beta, True)
+
+
+def _negative_elbo(
+    model: VAE, params: Params, x: ArrayLike, eps: ArrayLike, beta: Any, check_values: bool
+) -> Array:
+    _check_setting("beta", beta)
+    recon, kl = _elbo_terms(model, params, x, eps, check_values)
     return recon + beta * kl
 
 
@@ -156,9 +238,21 @@ def loss(
     """The training objective: the negative ELBO summed over pixels and latents, then reduced
     over the batch by ``reduction`` (``"mean"``, the default, or ``"sum"``). A scalar.
     """
+    return _loss(model, params, x, eps, beta, reduction, True)
+
+
+def _loss(
+    model: VAE,
+    params: Params,
+    x: ArrayLike,
+    eps: ArrayLike,
+    beta: Any,
+    reduction: str,
+    check_values: bool,
+) -> Array:
     if reduction not in REDUCTIONS:
         raise ConfigError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    per_example = negative_elbo(model, params, x, eps, beta)
+    per_example = _negative_elbo(model, params, x, eps, beta, check_values)
     return jnp.mean(per_example) if reduction == "mean" else jnp.sum(per_example)
 
 
@@ -169,6 +263,8 @@ def objective(
     eps: ArrayLike,
     beta: float = 1.0,
     free_bits: float = 0.0,
+    *,
+    check_values: bool = True,
 ) -> Array:
     """The training loss, a scalar: the batch mean of ``reconstruction + beta * KL``.
 
@@ -176,10 +272,17 @@ def objective(
     ``sum_j max(free_bits, mean_batch KL_j)`` with ``KL_j`` from ``gaussian_kl_per_dim``: the
     batch mean is taken per dimension first, then floored, then summed. ``eps`` is (B, L). With
     ``free_bits == 0`` this is exactly ``loss(..., reduction="mean")``.
+
+    ``check_values=False`` skips the check of x's values (see ``elbo_terms``; shapes, dtypes,
+    ``beta`` and ``free_bits`` are still checked): torch's training step passes it, because on
+    an accelerator reading the check's result would synchronise the device every step, and the
+    trainers check their data once instead. Under ``jax.jit`` the check is skipped anyway.
     """
+    _check_setting("free_bits", free_bits)
     if free_bits == 0:
-        return loss(model, params, x, eps, beta)
-    x, eps = _prepare(model, x, eps)
+        return _loss(model, params, x, eps, beta, "mean", check_values)
+    _check_setting("beta", beta)
+    x, eps = _prepare(model, x, eps, check_values, ndim=2, fn="objective with free_bits > 0")
     mean, logvar = encode(model, params, x)
     recon = -log_likelihood(model, x, decode(model, params, reparameterize(mean, logvar, eps)))
     kl_dims = jnp.mean(gaussian_kl_per_dim(mean, logvar), axis=0)
@@ -194,14 +297,12 @@ def negative_iwae_bound(model: VAE, params: Params, x: ArrayLike, eps: ArrayLike
     tends to ``-log p(x)`` as K grows.
 
     Args:
-      x: (B, C, H, W); eps: (K, B, L).
+      x: (B, C, H, W), as for ``elbo_terms``; eps: (K, B, L), K >= 1.
 
     Returns:
       (B,).
     """
-    x, eps = _prepare(model, x, eps)
-    if eps.ndim != 3:
-        raise ShapeError(f"negative_iwae_bound needs eps of shape (K, B, L), got {eps.shape}")
+    x, eps = _prepare(model, x, eps, ndim=3, fn="negative_iwae_bound")
     mean, logvar = encode(model, params, x)
     z = reparameterize(mean, logvar, eps)  # (K, B, L)
     decoded = jax.vmap(lambda zk: decode(model, params, zk))(z)  # (K, B, C, H, W)

@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_common import checks
 from vae_common.checkpoint import check_param_mapping, spec_shapes
 from vae_common.config import CONV_KERNEL, VAEConfig
 from vae_common.constants import DTYPES
-from vae_common.errors import CheckpointError, ConfigError, DeviceError, ShapeError
+from vae_common.errors import CheckpointError, ConfigError, DeviceError
 from vae_common.spec import spec_by_name
 from vae_jax._conv import conv_stride2, conv_transpose_stride2
 from vae_jax._typing import Array, ArrayLike, DTypeLike, Params
@@ -208,30 +209,33 @@ def init_params(model: VAE, rng: Array) -> dict:
     return model.init(rng, x, eps)["params"]
 
 
+def _dtype_name(a: ArrayLike) -> str:
+    # The dtype as given (before any conversion), so the message names what the caller passed.
+    dtype = getattr(a, "dtype", None)
+    return checks.dtype_name(np.asarray(a).dtype if dtype is None else dtype)
+
+
 def check_input(model: VAE, x: ArrayLike, name: str = "x") -> Array:
-    """``x`` in the model's dtype; ``ShapeError`` unless it is (B, C, H, W) of the config."""
-    x = jnp.asarray(x)
-    expected = model.config.input_shape
-    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-        raise ShapeError(
-            f"{name} has shape {tuple(x.shape)} but the model expects "
-            f"(batch, {', '.join(map(str, expected))})"
-        )
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ShapeError(f"{name} must be floating point, got dtype {x.dtype}")
-    return x.astype(model.dtype)
+    """``x`` in the model's dtype; ``ShapeError`` unless it is a real floating-point array
+    (B, C, H, W) of the config with B >= 1 (rules in ``vae_common.checks``). Shapes and dtypes
+    only, so it runs under ``jax.jit`` tracing too."""
+    checks.check_images(name, np.shape(x), model.config.input_shape)
+    checks.check_dtype(name, _dtype_name(x))
+    return jnp.asarray(x, model.dtype)
 
 
 def check_eps(model: VAE, eps: ArrayLike, batch: int, name: str = "eps") -> Array:
-    """``eps`` as an array of the model's dtype; it must be (B, L) or (K, B, L)."""
-    eps = jnp.asarray(eps)
-    latent = model.config.latent_dim
-    if eps.ndim not in (2, 3) or eps.shape[-2:] != (batch, latent):
-        raise ShapeError(
-            f"{name} has shape {tuple(eps.shape)} but must be ({batch}, {latent}) or "
-            f"(K, {batch}, {latent}) for a batch of {batch} and latent_dim {latent}"
-        )
-    return eps.astype(model.dtype)
+    """``eps`` as an array of the model's dtype; ``ShapeError`` unless it is a real
+    floating-point array (B, L) or (K, B, L) with K >= 1."""
+    checks.check_noise(name, np.shape(eps), batch, model.config.latent_dim)
+    checks.check_dtype(name, _dtype_name(eps))
+    return jnp.asarray(eps, model.dtype)
+
+
+def _check_latents(model: VAE, z: ArrayLike, name: str = "z") -> Array:
+    checks.check_latents(name, np.shape(z), model.config.latent_dim)
+    checks.check_dtype(name, _dtype_name(z))
+    return jnp.asarray(z, model.dtype)
 
 
 @functools.lru_cache(maxsize=64)
@@ -288,8 +292,11 @@ def encode(model: VAE, params: Params, x: ArrayLike) -> tuple[Array, Array]:
 
 
 def decode(model: VAE, params: Params, z: ArrayLike) -> Array:
-    """p(x|z) parameters: z (B, L) -> (B, C, H, W) logits (Bernoulli) or mean (Gaussian)."""
-    out = _apply(model, params, VAE.decode, jnp.asarray(z, model.dtype))
+    """p(x|z) parameters: z (B, L) -> (B, C, H, W) logits (Bernoulli) or mean (Gaussian).
+
+    ``ShapeError`` unless z is a real floating-point (B, latent_dim) array with B >= 1.
+    """
+    out = _apply(model, params, VAE.decode, _check_latents(model, z))
     return cast(Array, out)
 
 

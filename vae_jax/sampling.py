@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from vae_common import checks
 from vae_jax._typing import Array, DTypeLike
 from vae_jax.model import resolve_dtype
 
@@ -19,8 +21,10 @@ def reparameterize(mean: Array, logvar: Array, eps: Array) -> Array:
       eps: standard normal noise, (B, L), or (K, B, L) for K samples per example (broadcast).
 
     Returns:
-      z with the shape of ``eps``.
+      z with the shape of ``eps``. ``ShapeError`` naming the argument unless the shapes are
+      these (a shape check only: it runs under tracing and compiling too).
     """
+    checks.check_reparameterize(np.shape(mean), np.shape(logvar), np.shape(eps))
     return mean + jnp.exp(0.5 * logvar) * eps
 
 

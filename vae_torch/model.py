@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vae_common import checks
 from vae_common.checkpoint import check_param_mapping, spec_shapes
 from vae_common.config import CONV_KERNEL, CONV_PADDING, CONV_STRIDE, VAEConfig
 from vae_common.errors import CheckpointError, ConfigError, ShapeError
@@ -22,6 +23,8 @@ from vae_torch._typing import Array, ArrayLike, DTypeLike, Params
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+# The input dtypes ``vae_common.checks`` allows, as torch dtypes (a set lookup per call).
+_INPUT_DTYPES = frozenset(getattr(torch, name) for name in checks.FLOAT_DTYPES)
 
 
 def _pairs(widths: Sequence[int]) -> Iterator[tuple[int, int]]:
@@ -179,38 +182,38 @@ def _dtype_of(model: VAE) -> torch.dtype:
 
 
 def _as_tensor(model: VAE, a: ArrayLike, name: str) -> torch.Tensor:
+    """``a`` on the model's device in its dtype, once its dtype passed ``checks.check_dtype``
+    (checked as given, before any conversion, so the message names what the caller passed)."""
     device = _device_of(model)
-    if not isinstance(a, torch.Tensor):
-        a = torch.as_tensor(np.asarray(a), device=device)
-    elif a.device != device:
-        raise ShapeError(f"{name} is on {a.device} but the model is on {device}")
-    if not torch.is_floating_point(a):
-        raise ShapeError(f"{name} must be floating point, got dtype {a.dtype}")
-    return a.to(_dtype_of(model))
+    if isinstance(a, torch.Tensor):
+        if a.dtype not in _INPUT_DTYPES:
+            checks.check_dtype(name, checks.dtype_name(a.dtype))
+        if a.device != device:
+            raise ShapeError(f"{name} is on {a.device} but the model is on {device}")
+        return a.to(_dtype_of(model))
+    array = np.asarray(a)
+    checks.check_dtype(name, checks.dtype_name(array.dtype))
+    return torch.as_tensor(array, device=device).to(_dtype_of(model))
 
 
 def check_input(model: VAE, x: ArrayLike, name: str = "x") -> torch.Tensor:
-    """``x`` in the model's dtype; ``ShapeError`` unless it is (B, C, H, W) of the config."""
-    expected = model.config.input_shape
-    shape = tuple(np.shape(x))
-    if len(shape) != 4 or shape[1:] != expected:
-        raise ShapeError(
-            f"{name} has shape {shape} but the model expects "
-            f"(batch, {', '.join(map(str, expected))})"
-        )
+    """``x`` in the model's dtype; ``ShapeError`` unless it is a real floating-point array
+    (B, C, H, W) of the config with B >= 1 (rules in ``vae_common.checks``). Shapes and dtypes
+    only: no device sync."""
+    checks.check_images(name, np.shape(x), model.config.input_shape)
     return _as_tensor(model, x, name)
 
 
 def check_eps(model: VAE, eps: ArrayLike, batch: int, name: str = "eps") -> torch.Tensor:
-    """``eps`` as a tensor of the model's dtype; it must be (B, L) or (K, B, L)."""
-    latent = model.config.latent_dim
-    shape = tuple(np.shape(eps))
-    if len(shape) not in (2, 3) or shape[-2:] != (batch, latent):
-        raise ShapeError(
-            f"{name} has shape {shape} but must be ({batch}, {latent}) or "
-            f"(K, {batch}, {latent}) for a batch of {batch} and latent_dim {latent}"
-        )
+    """``eps`` as a tensor of the model's dtype; ``ShapeError`` unless it is a real
+    floating-point array (B, L) or (K, B, L) with K >= 1."""
+    checks.check_noise(name, np.shape(eps), batch, model.config.latent_dim)
     return _as_tensor(model, eps, name)
+
+
+def _check_latents(model: VAE, z: ArrayLike, name: str = "z") -> torch.Tensor:
+    checks.check_latents(name, np.shape(z), model.config.latent_dim)
+    return _as_tensor(model, z, name)
 
 
 def _check_params(model: VAE, params: Mapping[str, torch.Tensor]) -> None:
@@ -250,8 +253,11 @@ def encode(model: VAE, params: Params, x: ArrayLike) -> tuple[Array, Array]:
 
 
 def decode(model: VAE, params: Params, z: ArrayLike) -> Array:
-    """p(x|z) parameters: z (B, L) -> (B, C, H, W) logits (Bernoulli) or mean (Gaussian)."""
-    return _apply(model, params, "decode", _as_tensor(model, z, "z"))
+    """p(x|z) parameters: z (B, L) -> (B, C, H, W) logits (Bernoulli) or mean (Gaussian).
+
+    ``ShapeError`` unless z is a real floating-point (B, latent_dim) array with B >= 1.
+    """
+    return _apply(model, params, "decode", _check_latents(model, z))
 
 
 def decode_mean(model: VAE, params: Params, z: ArrayLike) -> Array:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
+from vae_common import checks
 from vae_torch._typing import Array, DTypeLike
 from vae_torch.model import resolve_dtype
 
@@ -18,8 +20,10 @@ def reparameterize(mean: Array, logvar: Array, eps: Array) -> Array:
       eps: standard normal noise, (B, L), or (K, B, L) for K samples per example (broadcast).
 
     Returns:
-      z with the shape of ``eps``.
+      z with the shape of ``eps``. ``ShapeError`` naming the argument unless the shapes are
+      these (a shape check only: it runs under tracing and compiling too).
     """
+    checks.check_reparameterize(np.shape(mean), np.shape(logvar), np.shape(eps))
     return mean + torch.exp(0.5 * logvar) * eps
 
 

@@ -75,7 +75,11 @@ def make_train_step(model: VAE, train: TrainConfig) -> StepFn:
         optimizer: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor, index: int
     ) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        value = objective(model, None, x, eps, beta_at(train, index), train.free_bits)
+        # x's values are not checked per step (it would sync the device): the trainer checks
+        # its data once.
+        value = objective(
+            model, None, x, eps, beta_at(train, index), train.free_bits, check_values=False
+        )
         value.backward()
         optimizer.step()
         return value.detach()
