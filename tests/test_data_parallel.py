@@ -99,6 +99,7 @@ def test_jax_more_devices_than_exist_is_refused_at_construction():
         cls(TINY, dtype="float64", device="cpu", devices=n)
 
 
+@pytest.mark.slow
 def test_jax_one_device_mesh_is_the_one_device_run():
     # devices=1 takes the sharded code path on a 1-device mesh: the same numbers as devices=None.
     p = problem()

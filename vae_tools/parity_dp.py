@@ -11,6 +11,11 @@ devices of the platform, else in a subprocess with N forced host CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which must be set before JAX starts);
 torch always in N processes started by ``torchrun`` (gloo on the CPU, nccl on CUDA).
 ``python -m vae_tools.parity_dp worker ...`` is the entry point of those processes.
+
+The 1-device torch reference runs with the ranks' intra-op thread count (``rank_threads``): on
+the CPU the thread count alone changes how the matrix products are blocked, and Adam amplifies
+that rounding in near-zero gradients, so a 1-thread and a 2-thread run of the same 1-device
+training differ after 10 steps as much as the tolerance (figures in the README).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,7 +224,7 @@ def train_data_parallel(
             env["JAX_PLATFORMS"] = "cpu"
             cmd = [sys.executable, *worker]
         else:
-            env.setdefault("OMP_NUM_THREADS", str(threads_per_process(n)))
+            env["OMP_NUM_THREADS"] = str(rank_threads(n))
             cmd = [
                 sys.executable,
                 "-m",
@@ -247,6 +253,26 @@ def train_data_parallel(
                 f"the {n}-device {backend} run failed (exit status {done.returncode}):\n{tail}"
             )
         return load_result(result_path)
+
+
+def rank_threads(n: int) -> int:
+    """Intra-op threads of each rank of an ``n``-process torch run started here:
+    ``$OMP_NUM_THREADS`` when set, else ``max(1, cores // n)``."""
+    text = os.environ.get("OMP_NUM_THREADS", "")
+    return int(text) if text.isdigit() and int(text) > 0 else threads_per_process(n)
+
+
+@contextlib.contextmanager
+def torch_threads(k: int) -> Iterator[None]:
+    """``torch.set_num_threads(k)`` inside the block, the previous count restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(k)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _jax_has(n: int, platform: str | None) -> bool:
@@ -323,7 +349,9 @@ def check_data_parallel(
     runs: dict[str, dict[str, Any]] = {}
     for backend in ("jax", "torch"):
         here = jax_device(device) if backend == "jax" else device
-        single = train_both_paths(backend, problem, dtype, None, here, compile)
+        threads = torch_threads(rank_threads(n)) if backend == "torch" else contextlib.nullcontext()
+        with threads:
+            single = train_both_paths(backend, problem, dtype, None, here, compile)
         multi = train_data_parallel(backend, n, problem, dtype, device, compile)
         runs[backend] = {"1": single, "N": multi}
     report: dict[str, Any] = {"dtype": dtype, "devices": n, "steps": steps}
