@@ -118,6 +118,12 @@ class VAEConfig:
         factor = CONV_STRIDE ** len(self.conv_channels)
         return (self.conv_channels[-1], h // factor, w // factor)
 
+    def num_params(self) -> int:
+        """The number of parameters of the model (``vae_common.spec.num_params``)."""
+        from vae_common.spec import num_params  # spec builds on this module
+
+        return num_params(self)
+
     def replace(self, **changes: Any) -> VAEConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

@@ -43,6 +43,13 @@ def evaluate_batches(
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
+    if iwae_k < 0 or iwae_k == 1 or iwae_k > IWAE_CHUNK:
+        # 0 is "no IWAE"; a negative count or one sample (the ELBO again) is not a bound asked
+        # for, and more than IWAE_CHUNK samples of one example would be decoded at once.
+        raise ConfigError(
+            f"iwae_k must be 0 (no IWAE) or in [2, {IWAE_CHUNK}], got {iwae_k} (the upper limit "
+            "is vae_common.evaluation.IWAE_CHUNK, the samples decoded at once)"
+        )
     n = len(x)
     if n == 0:
         raise DataError("cannot evaluate on an empty dataset")

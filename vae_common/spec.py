@@ -8,12 +8,15 @@ this layout through the table in ``vae_jax.convert``; nothing guesses layouts fr
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from vae_common.config import CONV_KERNEL, VAEConfig
+from vae_common.config import CONV_KERNEL, CONV_STRIDE, VAEConfig
+from vae_common.errors import ConfigError
 
 Kind = Literal["linear_weight", "conv_weight", "conv_transpose_weight", "bias"]
 
@@ -93,6 +96,94 @@ def param_spec(config: VAEConfig) -> list[ParamSpec]:
     for i, (a, b) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
         specs += _conv_transpose(f"decoder.deconv.{i}", a, b)
     return specs
+
+
+# The most parameters a model may have: 1e9 (4 GB in float32 for the weights alone, several
+# times that with gradients and Adam's moments). The default MLP has 0.65 million.
+MAX_PARAMS = 1_000_000_000
+
+# What one training or parity step holds per parameter and per activation, in units of the
+# dtype: weights, gradients and Adam's two moments in each backend, plus the canonical numpy copy
+# (parameters); the forward values and their gradients, in each backend (activations).
+PARAM_COPIES = 9
+ACTIVATION_COPIES = 4
+
+
+def num_params(config: VAEConfig) -> int:
+    """The number of parameters (weights and biases) of the model for ``config``."""
+    return sum(math.prod(s.shape) for s in param_spec(config))
+
+
+def activations_per_example(config: VAEConfig) -> int:
+    """The values one example produces through the model: every layer's output, encoder and
+    decoder (the input and the reconstruction included)."""
+    c, h, w = config.input_shape
+    units = 2 * config.input_dim + 3 * config.latent_dim  # x, decoded; mean, logvar, z
+    for channels in config.conv_channels:
+        h, w = h // CONV_STRIDE, w // CONV_STRIDE
+        units += 2 * channels * h * w  # an encoder feature map and its decoder mirror
+    units += 2 * sum(config.hidden)
+    return units
+
+
+def estimated_bytes(
+    config: VAEConfig, dtype: str, batch_size: int = 0, samples: int = 1, dataset: int = 0
+) -> int:
+    """A rough upper estimate, in bytes, of the memory a step on ``batch_size`` examples with
+    ``samples`` noise draws each needs (``PARAM_COPIES`` and ``ACTIVATION_COPIES``), with
+    ``dataset`` images held in memory (a host and a device copy)."""
+    values = PARAM_COPIES * num_params(config)
+    values += ACTIVATION_COPIES * batch_size * samples * activations_per_example(config)
+    values += 2 * dataset * config.input_dim
+    return values * np.dtype(dtype).itemsize
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``, else the free
+    physical pages), or None where neither can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_size(
+    config: VAEConfig,
+    dtype: str = "float32",
+    batch_size: int = 0,
+    samples: int = 1,
+    dataset: int = 0,
+    available: int | None = None,
+) -> None:
+    """``ConfigError`` before anything is allocated when the model has more than ``MAX_PARAMS``
+    parameters, or when ``estimated_bytes`` exceeds the available memory (``available``, by
+    default ``available_memory()``; not checked when that is unknown)."""
+    n = num_params(config)
+    if n > MAX_PARAMS:
+        raise ConfigError(
+            f"the model has {n:,} parameters, more than the limit of {MAX_PARAMS:,} "
+            f"(vae_common.spec.MAX_PARAMS); reduce latent_dim ({config.latent_dim}), hidden "
+            f"{config.hidden} or the image size {config.input_shape}"
+        )
+    available = available_memory() if available is None else available
+    needed = estimated_bytes(config, dtype, batch_size, samples, dataset)
+    if available is not None and needed > available:
+        what = f"{n:,} parameters"
+        if batch_size:
+            what += f", batches of {batch_size:,} x {samples} samples"
+        if dataset:
+            what += f", {dataset:,} images"
+        raise ConfigError(
+            f"{what} in {dtype} need about {needed / 2**30:,.1f} GiB, more than the "
+            f"{available / 2**30:,.1f} GiB of memory available; use a smaller model or batch"
+        )
 
 
 def spec_by_name(config: VAEConfig) -> dict[str, ParamSpec]:

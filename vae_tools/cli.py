@@ -7,7 +7,9 @@ the problem; no stack trace).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Callable
 
 from vae_common.constants import (
     BENCH_UNTIMED_STEPS,
@@ -15,6 +17,7 @@ from vae_common.constants import (
     DEFAULT_LATENT_DIM,
 )
 from vae_common.errors import TrainingError, VAEError
+from vae_common.evaluation import IWAE_CHUNK
 from vae_tools import commands
 
 EXIT_FAILED = 1
@@ -33,13 +36,82 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+# The largest seed every consumer takes (JAX keys are int64; numpy and torch take more).
+MAX_SEED = 2**63 - 1
+
+
+def _integer(text: str, what: str, lo: int, hi: int | None = None) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < lo or (hi is not None and value > hi):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (argparse ``type=``: a bad value exits with status 2, naming the flag)."""
+    return _integer(text, "a positive integer", 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0."""
+    return _integer(text, "an integer >= 0", 0)
+
+
+def seed_int(text: str) -> int:
+    """A seed: an integer in [0, 2**63 - 1]."""
+    return _integer(text, f"a seed in [0, {MAX_SEED}]", 0, MAX_SEED)
+
+
+def iwae_samples(text: str) -> int:
+    """Importance samples of the IWAE bound: 0 (no IWAE) or an integer in [2, IWAE_CHUNK]
+    (``vae_common.evaluation.IWAE_CHUNK`` samples of one example are decoded at once)."""
+    what = f"0 (no IWAE) or an integer in [2, {IWAE_CHUNK}]"
+    value = _integer(text, what, 0, IWAE_CHUNK)
+    if value == 1:
+        raise argparse.ArgumentTypeError(
+            f"expected {what}, got '1' (one sample is the ELBO, reported anyway)"
+        )
+    return value
+
+
+def _real(text: str, what: str, ok: Callable[[float], bool]) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    return _real(text, "a finite number > 0", lambda v: v > 0)
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0."""
+    return _real(text, "a finite number >= 0", lambda v: v >= 0)
+
+
+def positive_int_list(text: str) -> tuple[int, ...]:
+    """Comma-separated integers, each >= 1."""
+    values = int_list(text)
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 def add_model_args(p: argparse.ArgumentParser, input_shape: bool = True) -> None:
     g = p.add_argument_group("model (ignored when a checkpoint gives the config)")
     g.add_argument("--arch", choices=("mlp", "conv"), default="mlp")
     g.add_argument(
         "--hidden", type=int_list, default=None, help="hidden widths, e.g. 400 or 512,256"
     )
-    g.add_argument("--latent-dim", type=int, default=DEFAULT_LATENT_DIM)
+    g.add_argument("--latent-dim", type=positive_int, default=DEFAULT_LATENT_DIM)
     g.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
     g.add_argument(
         "--conv-channels", type=int_list, default=DEFAULT_CONV_CHANNELS, help="conv arch only"
@@ -56,19 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--checkpoint", help="use this checkpoint's config and weights")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--beta", type=float, default=1.0)
-    p.add_argument("--k", type=int, default=1, help="noise samples per example")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--beta", type=nonnegative_float, default=1.0)
+    p.add_argument("--k", type=positive_int, default=1, help="noise samples per example")
     p.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
     p.add_argument(
-        "--steps", type=int, default=0, help="compare N Adam steps instead of one gradient"
+        "--steps",
+        type=nonnegative_int,
+        default=0,
+        help="compare N Adam steps instead of one gradient",
     )
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate for --steps")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate for --steps")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, xpu, mps or auto")
     p.add_argument(
         "--data-parallel",
-        type=int,
+        type=nonnegative_int,
         default=0,
         metavar="N",
         help="train --steps Adam steps (default 10) on N devices and on one, in each backend, "
@@ -84,14 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="digits",
         help="digits | mnist:DIR | fashion-mnist:DIR | kmnist:DIR | npz:FILE",
     )
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--beta", type=float, default=1.0, help="KL weight")
-    p.add_argument("--warmup-steps", type=int, default=0, help="KL warm-up length in steps")
-    p.add_argument("--free-bits", type=float, default=0.0, help="nats per latent dimension")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--beta", type=nonnegative_float, default=1.0, help="KL weight")
+    p.add_argument(
+        "--warmup-steps", type=nonnegative_int, default=0, help="KL warm-up length in steps"
+    )
+    p.add_argument(
+        "--free-bits", type=nonnegative_float, default=0.0, help="nats per latent dimension"
+    )
     p.add_argument("--binarize", choices=("none", "static", "dynamic"), default="none")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--device", default=None, help="torch: cpu|cuda|xpu|mps; jax: cpu|gpu")
     p.add_argument(
@@ -115,11 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--backend", choices=("jax", "torch"), required=True)
     p.add_argument("--dataset", default="digits")
-    p.add_argument("--iwae-k", type=int, default=0, help="importance samples (0: no IWAE)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the shared evaluation noise")
+    p.add_argument(
+        "--iwae-k",
+        type=iwae_samples,
+        default=0,
+        help=f"importance samples of the IWAE bound: 0 (no IWAE) or 2 to {IWAE_CHUNK}",
+    )
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the shared evaluation noise")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=commands.cmd_eval)
 
@@ -134,24 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=("cpu", "cuda", "xpu"), default="cpu")
     p.add_argument("--arch", choices=("mlp", "conv"), default="mlp")
-    p.add_argument("--batch-size", type=int_list, default=(128,), help="one or a list: 64,128,256")
+    p.add_argument(
+        "--batch-size", type=positive_int_list, default=(128,), help="one or a list: 64,128,256"
+    )
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--samples", type=int, default=60000, help="samples per epoch")
+    p.add_argument("--samples", type=positive_int, default=60000, help="samples per epoch")
     p.add_argument(
         "--dataset",
         default=None,
         help="train on this dataset's images (default: synthetic MNIST-shaped data)",
     )
-    p.add_argument("--repeats", type=int, default=5, help="timed epochs per contender")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed epochs per contender")
     p.add_argument(
         "--untimed-steps",
-        type=int,
+        type=nonnegative_int,
         default=None,
         help=f"untimed steps per contender before timing, in whole epochs (default "
         f"{BENCH_UNTIMED_STEPS}: past PyTorch's denormal slowdown at ~800)",
     )
     p.add_argument(
-        "--warmup-steps", dest="deprecated_warmup_steps", type=int, help=argparse.SUPPRESS
+        "--warmup-steps",
+        dest="deprecated_warmup_steps",
+        type=nonnegative_int,
+        help=argparse.SUPPRESS,
     )
     p.add_argument("--json", help="write the records and host info here")
     p.add_argument("--plot", help="write a bar chart here")
@@ -159,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: train on digits in both backends and report")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=positive_int, default=30)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=commands.cmd_demo)
     return parser

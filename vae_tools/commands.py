@@ -13,14 +13,19 @@ from typing import Any, cast
 from vae_common.config import VAEConfig
 from vae_common.constants import BENCH_UNTIMED_STEPS, DEFAULT_HIDDEN
 from vae_common.errors import UsageError
+from vae_common.spec import check_size
 
 EXIT_FAILED = 1
 
 
 def config_from_args(args: argparse.Namespace, input_shape: tuple[int, ...]) -> VAEConfig:
-    """The model config the model flags describe, for images of ``input_shape`` (C, H, W)."""
+    """The model config the model flags describe, for images of ``input_shape`` (C, H, W).
+
+    ``ConfigError`` when the model is too large to build (``vae_common.spec.check_size``, with
+    the command's dtype and batch size), before anything is allocated.
+    """
     hidden = DEFAULT_HIDDEN[args.arch] if args.hidden is None else args.hidden
-    return VAEConfig(
+    config = VAEConfig(
         # VAEConfig checks the length and names the field (input_shape) when it is not C, H, W.
         input_shape=cast(tuple[int, int, int], tuple(input_shape)),
         hidden=hidden,
@@ -29,6 +34,8 @@ def config_from_args(args: argparse.Namespace, input_shape: tuple[int, ...]) -> 
         arch=args.arch,
         conv_channels=args.conv_channels if args.arch == "conv" else (),
     )
+    check_size(config, args.dtype, args.batch_size, getattr(args, "k", 1))
+    return config
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
@@ -37,6 +44,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
     if args.checkpoint:
         state, config, _ = load_checkpoint(args.checkpoint)
+        check_size(config, args.dtype, args.batch_size, args.k)
     else:
         state, config = None, config_from_args(args, args.input_shape)
     if args.data_parallel:
@@ -213,6 +221,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ds = load_dataset(args.dataset)
         data = ds.train[: args.samples]
         config = bench.default_config(args.arch, ds.image_shape)
+    # The synthetic data (--samples images) and the largest batch must fit in memory.
+    check_size(
+        config or bench.default_config(args.arch),
+        args.dtype,
+        max(args.batch_size),
+        dataset=args.samples if data is None else len(data),
+    )
     result = bench.run_bench(
         backends=backends,
         arch=args.arch,
