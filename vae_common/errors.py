@@ -40,6 +40,11 @@ class UsageError(VAEError, ValueError):
     """A command-line value or combination of values is invalid."""
 
 
+class BackendUnavailableError(UsageError, ImportError):
+    """A backend was asked for but its framework is not installed (the message names the extra
+    to install); an ``ImportError`` too, so ``except ImportError`` keeps catching it."""
+
+
 class ResumeError(ConfigError):
     """A run directory cannot be resumed with the given settings."""
 
@@ -54,6 +59,7 @@ class TrainingError(VAEError, RuntimeError):
 
 
 __all__ = [
+    "BackendUnavailableError",
     "CheckpointError",
     "ConfigError",
     "DataError",

@@ -163,6 +163,9 @@ class VAE(nn.Module):
 
     Use it through the pure functions of this package (``encode(model, params, x)`` and so on);
     ``params`` is the ``"params"`` collection, a nested dict laid out as in ``vae_jax.convert``.
+    ``model.apply({"params": params}, x, eps)`` returns ``(decoded, mean, logvar)`` for given
+    noise (the parity form); ``model.apply({"params": params}, x, rngs={"noise": key})`` draws
+    the noise from the ``"noise"`` RNG stream, Flax's way of giving a module randomness.
     """
 
     config: VAEConfig
@@ -178,8 +181,31 @@ class VAE(nn.Module):
     def decode(self, z: Array) -> Array:
         return self.decoder(z)
 
-    def __call__(self, x: Array, eps: Array) -> tuple[Array, Array, Array]:
+    def __call__(self, x: Array, eps: Array | None = None) -> tuple[Array, Array, Array]:
+        """One pass through the VAE with z = mean + exp(logvar / 2) * eps.
+
+        Args:
+          x: images (B, C, H, W).
+          eps: N(0, I) noise (B, L); None draws it from the ``"noise"`` RNG stream
+            (``apply(..., rngs={"noise": key})``).
+
+        Returns:
+          ``(decoded (B, C, H, W), mean (B, L), logvar (B, L))``: Bernoulli logits or the
+          Gaussian mean, and the posterior's parameters.
+        """
+        x = check_input(self, x)
+        if eps is not None:
+            # (K, B, L) noise would broadcast through the decoder into the wrong image count.
+            checks.check_noise_rank("VAE.__call__", "eps", np.shape(eps), 2)
+            eps = check_eps(self, eps, x.shape[0])
+        elif not self.has_rng("noise"):
+            raise ConfigError(
+                "VAE.__call__ without eps draws its noise from the 'noise' RNG stream: pass "
+                "rngs={'noise': key} to apply, or pass eps"
+            )
         mean, logvar = self.encoder(x)
+        if eps is None:
+            eps = jax.random.normal(self.make_rng("noise"), mean.shape, mean.dtype)
         return self.decoder(mean + jnp.exp(0.5 * logvar) * eps), mean, logvar
 
 

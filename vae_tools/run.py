@@ -74,21 +74,14 @@ def make_trainer(
     device: str | None = None,
     compile: bool = False,
 ) -> TrainerBase:
-    """The backend's ``Trainer`` (imported only when asked for)."""
-    trainer: type[TrainerBase]
-    if backend == "jax":
-        from vae_jax.device import enable_float64
-        from vae_jax.train import Trainer as JaxTrainer
+    """The backend's ``Trainer`` (imported only when asked for: ``BackendUnavailableError``
+    naming the extra to install when its framework is missing)."""
+    from vae_tools._backends import import_backend
 
-        if dtype == "float64":
-            enable_float64()
-        trainer = JaxTrainer
-    elif backend == "torch":
-        from vae_torch.train import Trainer as TorchTrainer
-
-        trainer = TorchTrainer
-    else:
-        raise UsageError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    module = import_backend(backend)
+    if backend == "jax" and dtype == "float64":
+        module.enable_float64()
+    trainer: type[TrainerBase] = module.Trainer
     return trainer(config, train, dtype=dtype, device=device, compile=compile)
 
 

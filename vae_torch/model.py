@@ -106,10 +106,15 @@ class Decoder(nn.Module):
 
 
 class VAE(nn.Module):
-    """The VAE; ``forward(x, eps)`` returns ``(decoded, mean, logvar)``.
+    """The VAE as a PyTorch module: ``model(x)`` returns ``(decoded, mean, logvar)``.
 
-    ``forward(*args, method="encode")`` and ``method="decode"`` select the other entry points, so
-    ``torch.func.functional_call`` can run each of them with external parameters.
+    ``model(x)`` draws the noise itself (``torch.randn_like`` on the module's device, so
+    ``torch.manual_seed`` makes it repeatable), as in PyTorch's own VAE example; ``model(x, eps)``
+    takes it from the caller, the form the parity tests use (both backends, the same ``eps``).
+    ``decoded`` is the Bernoulli logits or the Gaussian mean (``decode_mean`` gives E[x|z]).
+
+    ``forward(z, method="decode")`` and ``forward(x, method="encode")`` select the other entry
+    points, so ``torch.func.functional_call`` can run each of them with external parameters.
     """
 
     def __init__(self, config: VAEConfig) -> None:
@@ -124,13 +129,34 @@ class VAE(nn.Module):
     def decode(self, z: Array) -> Array:
         return self.decoder(z)
 
-    def forward(self, *args: Array, method: str = "full") -> Array | tuple[Array, ...]:
+    def forward(
+        self, x: Array, eps: Array | None = None, *, method: str = "full"
+    ) -> Array | tuple[Array, ...]:
+        """One pass through the VAE with z = mean + exp(logvar / 2) * eps.
+
+        Args:
+          x: images (B, C, H, W) (for ``method="decode"``: latents z (B, L)).
+          eps: N(0, I) noise (B, L); None draws it with ``torch.randn_like(mean)``.
+          method: ``"full"``; ``"encode"`` returns ``(mean, logvar)``, ``"decode"`` the
+            decoder's output for z (both take no eps).
+
+        Returns:
+          ``(decoded (B, C, H, W), mean (B, L), logvar (B, L))`` for ``"full"``.
+        """
         if method == "encode":
-            return self.encoder(*args)
+            return self.encoder(x)
         if method == "decode":
-            return self.decoder(*args)
-        x, eps = args
+            return self.decoder(x)
+        if method != "full":
+            raise ConfigError(f"method must be 'full', 'encode' or 'decode', got {method!r}")
+        x = check_input(self, x)
+        if eps is not None:
+            # (K, B, L) noise would broadcast through the decoder into the wrong image count.
+            checks.check_noise_rank("VAE.forward", "eps", tuple(np.shape(eps)), 2)
+            eps = check_eps(self, eps, x.shape[0])
         mean, logvar = self.encoder(x)
+        if eps is None:
+            eps = torch.randn_like(mean)
         return self.decoder(mean + torch.exp(0.5 * logvar) * eps), mean, logvar
 
 

@@ -1,0 +1,371 @@
+"""Generation from a checkpoint in either backend: samples from the prior, reconstructions,
+latent interpolations, and the latent means of a dataset (numpy in, numpy out), and the files
+``vae generate`` writes.
+
+Everything goes through the shared training contract (``TrainerBase.sample``, ``reconstruct``
+and ``encode_mean``), so the JAX and the PyTorch trainer compute the same numbers, and the prior
+noise comes from ``vae_common.data.standard_normal(seed, PRIOR_STREAM, (n, L))``, the same array
+in both backends: one checkpoint, one seed, the same samples up to rounding (float64: 1e-12).
+
+    gen = load_generator("runs/d-torch/checkpoint.safetensors", "torch")
+    images = gen.prior_samples(64, seed=0)                 # (64, C, H, W), E[x|z], z ~ N(0, I)
+    means = gen.encode_dataset(load_dataset("digits").test)  # (N, L) posterior means
+
+The backend is imported when ``load_generator`` asks for it (``vae_tools._backends``): a
+generator needs only the framework of the backend it names.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vae_common.checkpoint import atomic_write_bytes, load_checkpoint
+from vae_common.config import VAEConfig
+from vae_common.data import Dataset, load_dataset, standard_normal
+from vae_common.errors import DataError, ShapeError, UsageError
+from vae_common.trainer import TrainerBase
+from vae_common.training import TrainConfig
+
+# The stream of ``standard_normal`` the prior noise is drawn from: 5, the stream of the
+# ``samples.png`` that ``vae train`` writes (``default_rng([seed, 5])``), so
+# ``prior_samples(64, seed)`` shows the run's own samples again.
+PRIOR_STREAM = 5
+# Examples encoded or decoded at once (bounds device memory for a whole dataset).
+DEFAULT_BATCH = 500
+
+SAMPLES = ("samples.png", "samples.npy", "samples_z.npy")
+RECONSTRUCTIONS = ("reconstructions.png", "reconstructions.npy")
+INTERPOLATION = ("interpolation.png", "interpolation.npy", "interpolation_z.npy")
+LATENTS = ("latent_means.npy", "labels.npy")
+
+
+def prior_noise(n: int, seed: int, latent_dim: int, dtype: str = "float64") -> np.ndarray:
+    """z ~ N(0, I), (n, latent_dim): ``standard_normal(seed, PRIOR_STREAM, (n, latent_dim))``."""
+    _check_count("n", n, 1)
+    return standard_normal(int(seed), PRIOR_STREAM, (int(n), int(latent_dim)), dtype)
+
+
+def interpolation_latents(mean_a: np.ndarray, mean_b: np.ndarray, steps: int) -> np.ndarray:
+    """Points evenly spaced on the segments from ``mean_a`` to ``mean_b``, both ends included.
+
+    Args:
+      mean_a, mean_b: (P, L) latent means (P pairs).
+      steps: points per segment, >= 2.
+
+    Returns:
+      (P, steps, L): ``(1 - t) * mean_a + t * mean_b`` for t = 0, 1/(steps-1), ..., 1.
+    """
+    _check_count("steps", steps, 2)
+    a, b = np.asarray(mean_a), np.asarray(mean_b)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ShapeError(f"mean_a and mean_b must both be (P, L), got {a.shape} and {b.shape}")
+    t = np.linspace(0.0, 1.0, int(steps), dtype=np.float64)[None, :, None]
+    return ((1.0 - t) * a[:, None, :] + t * b[:, None, :]).astype(a.dtype)
+
+
+def _check_count(name: str, value: int, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+@dataclass
+class Generator:
+    """A checkpoint loaded into one backend's trainer, for generation.
+
+    Attributes:
+      trainer: the backend's ``Trainer`` holding the checkpoint's weights.
+      checkpoint: the file it was loaded from.
+      metadata: the checkpoint's metadata strings (``dataset``, ``backend``, ``epoch`` when
+        ``vae train`` wrote it).
+    """
+
+    trainer: TrainerBase
+    checkpoint: Path
+    metadata: dict[str, str]
+
+    @property
+    def config(self) -> VAEConfig:
+        return self.trainer.config
+
+    @property
+    def backend(self) -> str:
+        return self.trainer.backend
+
+    @property
+    def dtype(self) -> str:
+        return self.trainer.dtype
+
+    @property
+    def dataset(self) -> str | None:
+        """The dataset spec the checkpoint records (``vae train`` writes it), else None."""
+        return self.metadata.get("dataset") or None
+
+    def prior_samples(self, n: int, seed: int = 0) -> np.ndarray:
+        """E[x|z] for n draws z ~ N(0, I) (``prior_noise(n, seed, L)``), (n, C, H, W)."""
+        return self.decode(prior_noise(n, seed, self.config.latent_dim, self.dtype))
+
+    def decode(self, z: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """E[x|z] for latents z (N, L), (N, C, H, W), ``batch_size`` at a time."""
+        z = np.asarray(z)
+        if z.ndim != 2 or not len(z):
+            raise ShapeError(
+                f"z has shape {z.shape} but the model expects (batch, {self.config.latent_dim})"
+            )
+        return _batched(self.trainer.sample, z, batch_size)
+
+    def reconstructions(self, x: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """E[x|z] at z = the posterior mean of each image of x (N, C, H, W), (N, C, H, W)."""
+        return _batched(self.trainer.reconstruct, self._images(x), batch_size)
+
+    def interpolate(self, x_a: np.ndarray, x_b: np.ndarray, steps: int = 10) -> np.ndarray:
+        """Decoded points on the line between the posterior means of two images.
+
+        Args:
+          x_a, x_b: one image each (C, H, W), or P images each (P, C, H, W) for P pairs.
+          steps: images per pair, >= 2, the first decoding x_a's mean and the last x_b's.
+
+        Returns:
+          (steps, C, H, W) for one pair, (P, steps, C, H, W) for P pairs: E[x|z] at
+          ``interpolation_latents(mean(x_a), mean(x_b), steps)``.
+        """
+        z = self.interpolation_latents(x_a, x_b, steps)
+        images = self.decode_grid(z)
+        return images[0] if np.ndim(x_a) == 3 else images
+
+    def interpolation_latents(self, x_a: np.ndarray, x_b: np.ndarray, steps: int) -> np.ndarray:
+        """The latents ``interpolate`` decodes, (P, steps, L) (P = 1 for single images)."""
+        a, b = _pairs(x_a), _pairs(x_b)
+        if a.shape[0] != b.shape[0]:
+            raise ShapeError(f"x_a holds {len(a)} images but x_b {len(b)}; give one per pair")
+        mean_a, mean_b = self.trainer.encode_mean(a), self.trainer.encode_mean(b)
+        return interpolation_latents(mean_a, mean_b, steps)
+
+    def decode_grid(self, z: np.ndarray) -> np.ndarray:
+        """E[x|z] for latents z (P, S, L), (P, S, C, H, W)."""
+        z = np.asarray(z)
+        if z.ndim != 3:
+            raise ShapeError(f"z has shape {z.shape} but must be (P, S, {self.config.latent_dim})")
+        images = self.decode(z.reshape((-1,) + z.shape[2:]))
+        return images.reshape(z.shape[:2] + images.shape[1:])
+
+    def encode_dataset(self, x: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """Posterior means of every image of x (N, C, H, W), (N, L), ``batch_size`` at a time."""
+        return _batched(self.trainer.encode_mean, self._images(x), batch_size)
+
+    def _images(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 4 or not len(x):
+            # The trainer checks the full shape and the dtype; batching needs (N >= 1, ...).
+            raise ShapeError(
+                f"x has shape {x.shape} but the model expects (batch, "
+                f"{', '.join(map(str, self.config.input_shape))})"
+            )
+        return x
+
+
+def _pairs(x: np.ndarray) -> np.ndarray:
+    """One image (C, H, W) as a batch of one; a batch (P, C, H, W) as it is."""
+    x = np.asarray(x)
+    return x[None] if x.ndim == 3 else x
+
+
+def _batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int) -> np.ndarray:
+    """``fn`` applied to x (N, ...) ``batch_size`` rows at a time, the results concatenated."""
+    _check_count("batch_size", batch_size, 1)
+    step = int(batch_size)
+    return np.concatenate([fn(x[i : i + step]) for i in range(0, len(x), step)])
+
+
+def load_generator(
+    checkpoint: str | Path,
+    backend: str,
+    dtype: str = "float32",
+    device: str | None = None,
+) -> Generator:
+    """Load ``checkpoint`` (``vae_common.checkpoint``: every tensor checked) into ``backend``.
+
+    Args:
+      backend: ``"jax"`` or ``"torch"``; only its framework is imported.
+      dtype: ``"float32"`` or ``"float64"`` (JAX: switches 64-bit mode on for the process).
+      device: the backend's device name (None: its default).
+
+    Raises:
+      CheckpointError: the file cannot be loaded. BackendUnavailableError: the backend's
+      framework is not installed (the message names the extra).
+    """
+    from vae_tools.run import make_trainer
+
+    state, config, metadata = load_checkpoint(checkpoint)
+    trainer = make_trainer(backend, config, TrainConfig(), dtype, device)
+    trainer.load_state_dict(state)
+    return Generator(trainer, Path(checkpoint), metadata)
+
+
+def dataset_for(generator: Generator, spec: str | None) -> Dataset:
+    """The dataset ``spec`` names, else the one the checkpoint records; its images must have the
+    model's shape.
+
+    Raises:
+      UsageError: no ``spec`` and the checkpoint records none. DataError: it cannot be loaded or
+      its images are not of the model's shape.
+    """
+    spec = spec or generator.dataset
+    if spec is None:
+        raise UsageError(
+            f"{generator.checkpoint} does not record the dataset it was trained on; give "
+            "--dataset (or --images FILE.npy)"
+        )
+    ds = load_dataset(spec)
+    if ds.image_shape != generator.config.input_shape:
+        raise DataError(
+            f"dataset {ds.name} has images of shape {ds.image_shape} but checkpoint "
+            f"{generator.checkpoint} expects {generator.config.input_shape}"
+        )
+    return ds
+
+
+def inputs(
+    generator: Generator, dataset: str | None, split: str = "test", images: str | Path | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(images (N, C, H, W), labels (N,) or None)`` to generate from: the ``.npy`` file
+    ``images``, else the ``split`` (``"test"`` or ``"train"``) of ``dataset`` (None: the dataset
+    the checkpoint records, see ``dataset_for``)."""
+    if images is not None:
+        if dataset is not None:
+            raise UsageError("give --images or --dataset, not both")
+        return load_images(images), None
+    if split not in ("test", "train"):
+        raise UsageError(f"split must be 'test' or 'train', got {split!r}")
+    ds = dataset_for(generator, dataset)
+    labels = getattr(ds, f"{split}_labels", None)
+    return getattr(ds, split), None if labels is None else np.asarray(labels)
+
+
+def load_images(path: str | Path) -> np.ndarray:
+    """The images of a ``.npy`` file, (N, C, H, W) floating point (checked by the trainer)."""
+    path = Path(path)
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path} is not a readable .npy file: {exc}") from None
+    if not isinstance(x, np.ndarray):
+        raise DataError(f"{path} holds several arrays (an .npz?); give one (N, C, H, W) .npy array")
+    return x
+
+
+def targets(out: str | Path, names: Sequence[str], overwrite: bool) -> list[Path]:
+    """The paths ``names`` in the directory ``out``, refused before any work unless writable.
+
+    Raises:
+      UsageError: ``out`` exists and is not a directory, or (without ``overwrite``) one of the
+      files exists already (the message names it).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    paths = [out / name for name in names]
+    if not overwrite:
+        for path in paths:
+            if path.exists() or path.is_symlink():
+                raise UsageError(f"{path} exists; pass --overwrite to replace it")
+    return paths
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """``np.save`` of ``array`` to ``path``, atomically (a reader sees no partial file)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_samples(
+    generator: Generator, out: str | Path, n: int, seed: int, overwrite: bool, ncols: int = 8
+) -> list[Path]:
+    """``samples.png`` (a grid), ``samples.npy`` (n, C, H, W) and ``samples_z.npy`` (n, L)."""
+    from vae_tools import plots
+
+    png, npy, znpy = targets(out, SAMPLES, overwrite)
+    z = prior_noise(n, seed, generator.config.latent_dim, generator.dtype)
+    images = generator.decode(z)
+    save_array(npy, images)
+    save_array(znpy, z)
+    title = f"samples from the prior (seed {seed})"
+    plots.save_samples(png, images, ncols=min(ncols, n), title=title)
+    return [png, npy, znpy]
+
+
+def write_reconstructions(
+    generator: Generator, out: str | Path, x: np.ndarray, overwrite: bool, ncols: int = 8
+) -> list[Path]:
+    """``reconstructions.png`` (inputs above reconstructions) and ``reconstructions.npy``."""
+    from vae_tools import plots
+
+    png, npy = targets(out, RECONSTRUCTIONS, overwrite)
+    recon = generator.reconstructions(x)
+    save_array(npy, recon)
+    plots.save_reconstructions(png, np.asarray(x), recon, ncols=min(ncols, len(recon)))
+    return [png, npy]
+
+
+def write_interpolation(
+    generator: Generator,
+    out: str | Path,
+    x_a: np.ndarray,
+    x_b: np.ndarray,
+    steps: int,
+    overwrite: bool,
+) -> list[Path]:
+    """``interpolation.png`` (one row per pair), ``interpolation.npy`` (P, steps, C, H, W) and
+    ``interpolation_z.npy`` (P, steps, L) for pairs x_a, x_b (P, C, H, W)."""
+    from vae_tools import plots
+
+    png, npy, znpy = targets(out, INTERPOLATION, overwrite)
+    z = generator.interpolation_latents(x_a, x_b, steps)
+    images = generator.decode_grid(z)
+    save_array(npy, images)
+    save_array(znpy, z)
+    flat = images.reshape((-1,) + images.shape[2:])
+    plots.save_samples(png, flat, ncols=steps, title="latent interpolation (posterior means)")
+    return [png, npy, znpy]
+
+
+def write_latents(
+    generator: Generator,
+    out: str | Path,
+    x: np.ndarray,
+    labels: np.ndarray | None,
+    overwrite: bool,
+    batch_size: int = DEFAULT_BATCH,
+) -> list[Path]:
+    """``latent_means.npy`` (N, L) and, when the images have labels, ``labels.npy`` (N,)."""
+    names = LATENTS if labels is not None else LATENTS[:1]
+    paths = targets(out, names, overwrite)
+    means = generator.encode_dataset(x, batch_size)
+    save_array(paths[0], means)
+    if labels is not None:
+        save_array(paths[1], np.asarray(labels))
+    return paths
+
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "PRIOR_STREAM",
+    "Generator",
+    "dataset_for",
+    "inputs",
+    "interpolation_latents",
+    "load_generator",
+    "load_images",
+    "prior_noise",
+    "save_array",
+    "targets",
+    "write_interpolation",
+    "write_latents",
+    "write_reconstructions",
+    "write_samples",
+]
