@@ -318,6 +318,8 @@ def test_jax_two_processes_equal_one_device(tmp_path):
         for path in parity_dp.PATHS:
             assert worst(got[path], one[path]) <= F64, (i, path)
         flags = json.loads((tmp_path / f"rank{i}.npz.json").read_text())
+        assert "different model, training or dtype settings" in flags.pop("settings_error")
+        assert "given different weights" in flags.pop("weights_error")
         assert flags == {"mixed_ok": False, "all_ok": True, "agree": True, "disagree": False}
 
 
@@ -458,6 +460,18 @@ def _jax_process(out: Path, address: str, rank: int) -> None:
             "agree": distributed.all_ranks_agree("same"),
             "disagree": distributed.all_ranks_agree(f"rank {rank}"),
         }
+        import vae_jax.train
+
+        Trainer = vae_jax.train.Trainer
+        try:
+            Trainer(TINY, TrainConfig(lr=1e-3 * (rank + 1)), "float64", device="cpu", devices=2)
+        except ConfigError as exc:
+            flags["settings_error"] = str(exc)
+        t = Trainer(TINY, dtype="float64", device="cpu", devices=2)
+        try:
+            t.load_state_dict(init_canonical(TINY, rank))
+        except ConfigError as exc:
+            flags["weights_error"] = str(exc)
         Path(f"{out}.json").write_text(json.dumps(flags))
     finally:
         distributed.shutdown()

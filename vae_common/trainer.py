@@ -217,6 +217,12 @@ class TrainerBase(abc.ABC):
         # Refused before any cast to the model dtype (which would drop an imaginary part).
         return checks.image_array(name, x, self.config.input_shape, likelihood)
 
+    def _settings_text(self) -> str:
+        # What every process of a data-parallel run must share (distributed.all_ranks_agree).
+        return "|".join(
+            (self.config.to_json(), self.train_config.to_json(), self.dtype, str(self.compile))
+        )
+
     def _check_split(self, batch: int) -> None:
         # Equal slices make the mean of the per-device means the global mean; an uneven last
         # batch never occurs in training (vae_common.data.batch_indices drops it in the 1-device

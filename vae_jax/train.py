@@ -26,11 +26,19 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from vae_common.config import VAEConfig
+from vae_common.distributed import state_digest
+from vae_common.errors import ConfigError
 from vae_common.trainer import TrainerBase
 from vae_common.training import EXP_AVG, EXP_AVG_SQ, TrainConfig, beta_at, split_optimizer_state
 from vae_jax.convert import from_canonical, to_canonical
 from vae_jax.device import check_dtype, select_device, synchronize
-from vae_jax.distributed import DATA_AXIS, data_mesh, local_rows
+from vae_jax.distributed import (
+    DATA_AXIS,
+    all_ranks_agree,
+    data_mesh,
+    local_rows,
+    process_count,
+)
 from vae_jax.losses import elbo_terms, negative_iwae_bound, objective
 from vae_jax.model import VAE, build_model, decode_mean, encode
 
@@ -218,6 +226,13 @@ class Trainer(TrainerBase):
                 d for d in self.mesh.devices.flat if d.process_index == jax.process_index()
             )
         check_dtype(self.device, dtype)
+        self._processes = process_count()
+        if self.mesh is not None and self._processes > 1:
+            if not all_ranks_agree(self._settings_text()):
+                raise ConfigError(
+                    f"process {jax.process_index()}: the processes were started with different "
+                    "model, training or dtype settings"
+                )
         if self.mesh is None:
             self._step_fn = make_train_step(self.model, self.train_config)
             self._run = make_run_steps(self.model, self.train_config)
@@ -305,6 +320,11 @@ class Trainer(TrainerBase):
         return jax.tree.map(lambda a: self._global(a, self._replicated), host)
 
     def _load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        if self.mesh is not None and self._processes > 1:
+            if not all_ranks_agree(state_digest(state)):
+                raise ConfigError(
+                    f"process {jax.process_index()}: the processes were given different weights"
+                )
         params = from_canonical(self.model, state)
         self.state = self._place_state(init_train_state(self.model, params, self.train_config))
 

@@ -194,17 +194,12 @@ class Trainer(TrainerBase):
                 "needs the global batch mean of each KL dimension); train with free_bits=0, or "
                 "with the JAX backend, whose sharded step is exact"
             )
-        if not all_ranks_agree(self._settings()):
+        if not all_ranks_agree(self._settings_text()):
             raise ConfigError(
                 f"rank {dist.get_rank()}: the ranks were started with different "
                 "model, training or dtype settings"
             )
         return world, dist.get_rank()
-
-    def _settings(self) -> str:
-        return "|".join(
-            (self.config.to_json(), self.train_config.to_json(), self.dtype, str(self.compile))
-        )
 
     def _rows(self, batch: int) -> slice:
         """This rank's rows ``r*B/N : (r+1)*B/N`` of a global batch of B."""
