@@ -210,16 +210,17 @@ def _dtype_of(model: VAE) -> torch.dtype:
 def _as_tensor(model: VAE, a: ArrayLike, name: str) -> torch.Tensor:
     """``a`` on the model's device in its dtype, once its dtype passed ``checks.check_dtype``
     (checked as given, before any conversion, so the message names what the caller passed)."""
-    device = _device_of(model)
+    first = next(model.parameters())  # once: the generator costs microseconds per call
+    device, dtype = first.device, first.dtype
     if isinstance(a, torch.Tensor):
         if a.dtype not in _INPUT_DTYPES:
             checks.check_dtype(name, checks.dtype_name(a.dtype))
         if a.device != device:
             raise ShapeError(f"{name} is on {a.device} but the model is on {device}")
-        return a.to(_dtype_of(model))
+        return a.to(dtype)
     array = np.asarray(a)
     checks.check_dtype(name, checks.dtype_name(array.dtype))
-    return torch.as_tensor(array, device=device).to(_dtype_of(model))
+    return torch.as_tensor(array, device=device).to(dtype)
 
 
 def check_input(model: VAE, x: ArrayLike, name: str = "x") -> torch.Tensor:
