@@ -31,6 +31,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_reference_training.py",
     ],
     "vae_common/reference.py": [
+        "tests/test_shared_contracts.py",
         "tests/test_reference_training.py",
         "tests/test_losses.py",
         "tests/test_reference_eval_data.py",

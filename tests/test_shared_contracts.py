@@ -18,8 +18,14 @@ import torch
 
 from vae_common import reference
 from vae_common.config import VAEConfig
-from vae_common.data import batch_indices, check_batches, read_idx, standard_normal
-from vae_common.errors import ConfigError, ShapeError
+from vae_common.data import (
+    batch_indices,
+    check_batches,
+    read_idx,
+    standard_normal,
+    validate_images,
+)
+from vae_common.errors import ConfigError, DataError, ShapeError
 from vae_common.evaluation import evaluate_batches
 from vae_common.spec import init_canonical
 from vae_common.training import TrainConfig, optimizer_state_names, split_optimizer_state
@@ -148,3 +154,18 @@ def test_idx_dimensions_are_read_as_whole_big_endian_words(tmp_path):
     path = tmp_path / "images-idx3-ubyte"
     path.write_bytes(np.array([2051, 0x01020304, 0, 5], ">u4").tobytes())
     assert read_idx(path).shape == (0x01020304, 0, 5)
+
+
+@pytest.mark.parametrize("low, high", [(-0.25, 1.0), (0.0, 1.25)])
+def test_bernoulli_images_slightly_outside_the_unit_interval_are_refused(low, high):
+    x = np.full((2, 1, 2, 2), 0.5)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = low, high
+    with pytest.raises(DataError, match=r"values in \[.*\]; the Bernoulli likelihood"):
+        validate_images(x, "bernoulli")
+    validate_images(x, "gaussian")  # any finite value is a Gaussian mean's target
+
+
+def test_reference_gaussian_log_likelihood_default_is_unit_std():
+    x, mean = np.zeros((1, 1, 2, 2)), np.ones((1, 1, 2, 2))
+    want = -0.5 * 4 - 4 * 0.5 * np.log(2 * np.pi)
+    assert reference.gaussian_log_likelihood(x, mean)[0] == pytest.approx(want, rel=1e-14)
