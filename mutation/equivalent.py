@@ -1,12 +1,46 @@
 """Surviving generic mutants that cannot change behaviour, each with the reason.
 
 ``mutation/generic.py`` matches a survivor against these entries by file and by the stripped text
-of the mutated line before (``old``) and after (``new``), and counts a match as equivalent (left
-out of the score). Lines are matched by content, not number, so the list survives edits
-elsewhere in the file; an entry whose line changed simply stops matching and the mutant shows
-up as a survivor again, to be judged anew.
+of the mutated line before (``old``) and after (``new``, as cosmic-ray writes it), and counts a
+match as equivalent (left out of the score). Lines are matched by content, not number, so the
+list survives edits elsewhere in the file; an entry whose line changed stops matching and the
+mutant shows up as a survivor again, to be judged anew.
 """
 
 from __future__ import annotations
 
-EQUIVALENT: list[dict[str, str]] = []
+_EPOCH_SEED = (
+    "np.random.SeedSequence([seed, epoch]).generate_state({}, np.uint64)[0] >> np.uint64(1)"
+)
+
+EQUIVALENT: list[dict[str, str]] = [
+    *(
+        {
+            "file": "vae_common/training.py",
+            "old": _EPOCH_SEED.format("2"),
+            "new": _EPOCH_SEED.format(f" {n}"),
+            "reason": "SeedSequence.generate_state(n) yields its words in order, so word 0 is "
+            "the same for every n >= 1 (checked for several seeds); only word 0 is used",
+        }
+        for n in (1, 3)
+    ),
+    {
+        "file": "vae_common/reference.py",
+        "old": "return -0.5 * np.sum(1.0 + logvar - mean**2 - np.exp(logvar), axis=-1)",
+        "new": "return -0.5 * np.sum(1.0 + logvar - mean**2 - np.exp(logvar), axis=+1)",
+        "reason": "mean and logvar are (B, L) by contract: axis 1 is the last axis",
+    },
+    {
+        "file": "vae_common/reference.py",
+        "old": "return a.reshape(a.shape[0], -1)",
+        "new": "return a.reshape(a.shape[0], - 2)",
+        "reason": "numpy (2.4) infers a dimension given as any negative number, as for -1",
+    },
+    {
+        "file": "vae_common/reference.py",
+        "old": "free_bits: float = 0.0,",
+        "new": "free_bits: float = -1.0,",
+        "reason": "mlp_objective_and_grads with a floor of -1 floors nothing (every KL_j >= 0): "
+        "the same value and gradient as the plain KL, up to the order of the sums",
+    },
+]
