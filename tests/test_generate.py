@@ -13,7 +13,7 @@ from vae_common.checkpoint import load_checkpoint, save_checkpoint
 from vae_common.compare import TOLERANCES, rel_diff
 from vae_common.config import VAEConfig
 from vae_common.data import Dataset, load_digits, standard_normal
-from vae_common.errors import ShapeError, UsageError
+from vae_common.errors import ConfigError, ShapeError
 from vae_common.spec import init_canonical
 from vae_common.training import TrainConfig
 from vae_tools import cli, generate, run
@@ -119,15 +119,15 @@ def test_interpolation_is_linear_between_the_posterior_means(generators, digits)
 
 def test_bad_arguments_are_refused(generators, digits):
     gen = generators["jax"]
-    with pytest.raises(UsageError, match="steps must be an integer >= 2"):
+    with pytest.raises(ConfigError, match="steps must be an integer >= 2"):
         gen.interpolate(digits.test[0], digits.test[1], 1)
     with pytest.raises(ShapeError, match="x_a holds 2 images but x_b 1"):
         gen.interpolate(digits.test[:2], digits.test[:1], 3)
-    with pytest.raises(UsageError, match="n must be an integer >= 1"):
+    with pytest.raises(ConfigError, match="n must be an integer >= 1"):
         gen.prior_samples(0)
     with pytest.raises(ShapeError, match=r"x has shape \(3, 1, 4, 4\)"):
         gen.reconstructions(np.zeros((3, 1, 4, 4)))
-    with pytest.raises(UsageError, match="batch_size"):
+    with pytest.raises(ConfigError, match="batch_size"):
         gen.encode_dataset(digits.test, batch_size=0)
 
 

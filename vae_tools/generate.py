@@ -27,7 +27,7 @@ import numpy as np
 from vae_common.checkpoint import atomic_write_bytes, load_checkpoint
 from vae_common.config import VAEConfig
 from vae_common.data import Dataset, load_dataset, standard_normal
-from vae_common.errors import DataError, ShapeError, UsageError
+from vae_common.errors import ConfigError, DataError, ShapeError, UsageError
 from vae_common.trainer import TrainerBase
 from vae_common.training import TrainConfig
 
@@ -70,7 +70,7 @@ def interpolation_latents(mean_a: np.ndarray, mean_b: np.ndarray, steps: int) ->
 
 def _check_count(name: str, value: int, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 @dataclass
