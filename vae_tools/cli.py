@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     """``vae generate samples|reconstruct|interpolate|encode``: files from a checkpoint."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsShown
     p = sub.add_parser(
         "generate",
         help="prior samples, reconstructions, interpolations or latent means from a checkpoint",
@@ -331,6 +331,16 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--n", type=positive_int, default=None, help="the first N images (default all)")
     g.add_argument("--batch-size", type=positive_int, default=500, help="images per call")
     p.set_defaults(func=commands.cmd_generate)
+
+
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Every default in ``--help``, except the empty ones (None, False, a required flag's),
+    whose help text says what happens instead."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def interpolation_steps(text: str) -> int:
