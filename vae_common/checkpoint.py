@@ -31,7 +31,8 @@ import safetensors.numpy
 
 from vae_common.config import VAEConfig
 from vae_common.constants import DTYPES
-from vae_common.errors import CheckpointError, ConfigError
+from vae_common.data import DataSource
+from vae_common.errors import CheckpointError, ConfigError, DataError
 from vae_common.spec import param_spec
 from vae_common.training import EXP_AVG, EXP_AVG_SQ, optimizer_state_names
 
@@ -39,6 +40,11 @@ FORMAT = "vae-twin/1"
 
 # The metadata key holding the SHA-256 of a file's contents (see ``content_digest``).
 DIGEST_KEY = "content_sha256"
+
+# The metadata key of the data a run trained on: a ``vae_common.data.DataSource`` as JSON (spec,
+# layout, resize, color, held-out split, binarization). Optional: checkpoints written before it
+# existed, or by hand, have none (``recorded_source`` returns None).
+DATA_KEY = "data"
 
 # safetensors dtype codes numpy can hold. Files may hold others (BF16, F8_*): those are refused
 # by name instead of failing inside a conversion.
@@ -392,3 +398,28 @@ def load_checkpoint(
         )
     check_state(tensors, config, what=str(path))
     return {s.name: tensors[s.name] for s in param_spec(config)}, config, metadata
+
+
+def data_metadata(source: DataSource) -> dict[str, str]:
+    """``{DATA_KEY: source as JSON}``: the entry ``save_checkpoint``'s ``metadata`` takes to
+    record the data a checkpoint was trained on."""
+    return {DATA_KEY: source.to_json()}
+
+
+def recorded_source(
+    metadata: Mapping[str, str], path: str | os.PathLike = "checkpoint"
+) -> DataSource | None:
+    """The ``DataSource`` a checkpoint's ``metadata`` records (``load_checkpoint``'s third
+    value), or None when it records none; ``vae_common.data.load_dataset(source)`` loads those
+    images again (binarize them as ``source.binarize`` says).
+
+    Raises:
+      CheckpointError naming ``path`` when the entry is not a valid data source.
+    """
+    text = metadata.get(DATA_KEY)
+    if text is None:
+        return None
+    try:
+        return DataSource.from_json(text)
+    except DataError as exc:
+        raise CheckpointError(f"{path}: its recorded data source is invalid: {exc}") from None

@@ -16,6 +16,7 @@ from vae_common.constants import (
     DEFAULT_CONV_CHANNELS,
     DEFAULT_LATENT_DIM,
 )
+from vae_common.data import COLORS, LAYOUTS
 from vae_common.errors import TrainingError, VAEError
 from vae_common.evaluation import IWAE_CHUNK
 from vae_tools import commands
@@ -106,6 +107,50 @@ def positive_int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def resize_hw(text: str) -> tuple[int, int]:
+    """``H,W``: two positive integers, the size every image is resized to."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected H,W (two positive integers), got {text!r}")
+    return values[0], values[1]
+
+
+DATASET_HELP = (
+    "digits | mnist:DIR | fashion-mnist:DIR | kmnist:DIR | idx:DIR | npz:FILE | images:DIR"
+)
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """``--layout``, ``--resize``, ``--color``: how ``--dataset`` is read
+    (``vae_common.data.load_dataset``); an option the dataset's format does not take is bad
+    input (exit status 2)."""
+    g = p.add_argument_group("data (how --dataset is read)")
+    g.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="npz:FILE only: the images' axes; auto takes a 4-D array only when exactly one of "
+        "axes 1 and 3 holds 1, 3 or 4 channels (default: auto)",
+    )
+    g.add_argument(
+        "--resize",
+        type=resize_hw,
+        default=None,
+        metavar="H,W",
+        help="images:DIR only: resize every image to H x W (bilinear; default: the images must "
+        "share one size)",
+    )
+    g.add_argument(
+        "--color",
+        choices=COLORS,
+        default=None,
+        help="images:DIR only: convert every image to RGB or grey (default: all must be one)",
+    )
+
+
 def add_model_args(p: argparse.ArgumentParser, input_shape: bool = True) -> None:
     g = p.add_argument_group("model (ignored when a checkpoint gives the config)")
     g.add_argument("--arch", choices=("mlp", "conv"), default="mlp")
@@ -155,11 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a VAE with one backend")
     p.add_argument("--backend", choices=("jax", "torch"), required=True)
-    p.add_argument(
-        "--dataset",
-        default="digits",
-        help="digits | mnist:DIR | fashion-mnist:DIR | kmnist:DIR | npz:FILE",
-    )
+    p.add_argument("--dataset", default="digits", help=DATASET_HELP)
+    add_data_args(p)
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=positive_float, default=1e-3)
@@ -229,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="train on this dataset's images (default: synthetic MNIST-shaped data)",
     )
+    add_data_args(p)
     p.add_argument("--repeats", type=positive_int, default=5, help="timed epochs per contender")
     p.add_argument(
         "--untimed-steps",

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from vae_common.config import VAEConfig
 from vae_common.constants import BENCH_UNTIMED_STEPS, DEFAULT_HIDDEN
+from vae_common.data import DataSource
 from vae_common.errors import UsageError
 from vae_common.spec import check_size
 
@@ -36,6 +37,12 @@ def config_from_args(args: argparse.Namespace, input_shape: tuple[int, ...]) -> 
     )
     check_size(config, args.dtype, args.batch_size, getattr(args, "k", 1))
     return config
+
+
+def data_source(args: argparse.Namespace) -> DataSource:
+    """The ``DataSource`` that ``--dataset``, ``--layout``, ``--resize`` and ``--color``
+    describe (checked: ``DataError`` for a bad value)."""
+    return DataSource(args.dataset, args.layout, args.resize, args.color)
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
@@ -111,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # The run directory's refusals (a file, unwritable, locked, someone else's files) come
     # before the data is loaded; run.train makes them again under its lock.
     run.check_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
-    ds = load_dataset(args.dataset)
+    ds = load_dataset(data_source(args))
     init_state = None
     if args.init:
         init_state, config, _ = load_checkpoint(args.init)
@@ -218,7 +225,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.dataset:
         from vae_common.data import load_dataset
 
-        ds = load_dataset(args.dataset)
+        ds = load_dataset(data_source(args))
         data = ds.train[: args.samples]
         config = bench.default_config(args.arch, ds.image_shape)
     # The synthetic data (--samples images) and the largest batch must fit in memory.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -64,20 +65,33 @@ def save_samples(
 
 def save_loss_curves(
     path: Path,
-    train: Mapping[str, Sequence[float] | np.ndarray],
+    train: Mapping[str, Sequence[float] | np.ndarray | tuple[Sequence[int], Sequence[float]]],
     test: Mapping[str, tuple[Sequence[int], Sequence[float]]] | None = None,
+    held_out_name: str = "test",
 ) -> None:
-    """Training loss per step and test -ELBO per epoch, one line per label (e.g. per backend).
+    """Training loss per step and held-out -ELBO per epoch, one line per label (e.g. per backend,
+    or per segment of epochs one backend trained).
 
     Args:
-      train: ``{label: per-step losses}``.
-      test: ``{label: (steps at epoch ends, test -ELBO)}``.
+      train: ``{label: per-step losses}`` (drawn at steps 1, 2, ...) or ``{label: (global steps,
+        per-step losses)}``.
+      test: ``{label: (steps at epoch ends, -ELBO)}``.
+      held_out_name: the split of ``test`` for the legend (``"test"``, ``"val"``).
     """
     fig, ax = plt.subplots(figsize=(7, 4))
+    colors: dict[str, Any] = {}
     for label, losses in train.items():
-        ax.plot(np.arange(1, len(losses) + 1), losses, lw=1, alpha=0.8, label=f"{label} train")
+        if isinstance(losses, tuple):
+            x, y = np.asarray(losses[0]), np.asarray(losses[1])
+        else:
+            y = np.asarray(losses)
+            x = np.arange(1, len(y) + 1)
+        (line,) = ax.plot(x, y, lw=1, alpha=0.8, label=f"{label} train")
+        colors[label] = line.get_color()
     for label, (steps, values) in (test or {}).items():
-        ax.plot(steps, values, "o--", ms=3, label=f"{label} test")
+        ax.plot(
+            steps, values, "o--", ms=3, color=colors.get(label), label=f"{label} {held_out_name}"
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("-ELBO (nats per example)")
     ax.set_yscale("log")
@@ -86,11 +100,14 @@ def save_loss_curves(
     _save(fig, path)
 
 
-def save_latent_space(path: Path, z: np.ndarray, labels: np.ndarray) -> None:
-    """Posterior means of a 2-D latent space, coloured by label."""
+def save_latent_space(path: Path, z: np.ndarray, labels: np.ndarray | None) -> None:
+    """Posterior means of a 2-D latent space, coloured by label (one colour without labels)."""
     fig, ax = plt.subplots(figsize=(5, 5))
-    points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=4)
-    fig.colorbar(points, ax=ax)
+    if labels is None:
+        ax.scatter(z[:, 0], z[:, 1], s=4)
+    else:
+        points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=4)
+        fig.colorbar(points, ax=ax)
     ax.set_xlabel("z1")
     ax.set_ylabel("z2")
     ax.set_title("latent space (posterior means)")
