@@ -282,3 +282,23 @@ def test_cli_images_file(capsys, tmp_path, checkpoint, generators, digits):
     assert not (tmp_path / "out" / "labels.npy").exists()
     expected = generators["jax"].encode_dataset(digits.test[:6])
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "latent_means.npy"), expected)
+
+
+def test_the_recorded_data_source_is_loaded_again(tmp_path, checkpoint, capsys):
+    from vae_common.checkpoint import data_metadata
+    from vae_common.data import DataSource
+
+    state, config, _ = load_checkpoint(checkpoint)
+    recorded = tmp_path / "recorded.safetensors"
+    save_checkpoint(recorded, state, config, data_metadata(DataSource("digits", binarize="static")))
+    gen = generate.load_generator(recorded, "torch", dtype="float64")
+    assert gen.dataset == "digits" and gen.source.binarize == "static"
+    ds = gen.load_data()
+    assert ds.test.shape == (297, 1, 8, 8)
+    # Grey levels, not binarized: generation reconstructs the images as they are.
+    assert 0 < np.mean((ds.test > 0) & (ds.test < 1))
+    # Arrays given from Python cannot be loaded again: --dataset is needed.
+    arrays = tmp_path / "arrays.safetensors"
+    save_checkpoint(arrays, state, config, data_metadata(DataSource("arrays")))
+    status, _, err = generate_cli(capsys, "encode", arrays, "torch", tmp_path / "out")
+    assert status == 2 and "trained on arrays given from Python" in err and "--dataset" in err

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_common.checkpoint import atomic_write_bytes, load_checkpoint
+from vae_common.checkpoint import atomic_write_bytes, load_checkpoint, recorded_source
 from vae_common.config import VAEConfig
-from vae_common.data import Dataset, load_dataset, standard_normal
+from vae_common.data import ARRAYS, Dataset, DataSource, load_dataset, standard_normal
 from vae_common.errors import ConfigError, DataError, ShapeError, UsageError
 from vae_common.trainer import TrainerBase
 from vae_common.training import TrainConfig
@@ -101,9 +101,54 @@ class Generator:
         return self.trainer.dtype
 
     @property
+    def source(self) -> DataSource | None:
+        """How the checkpoint's training data was loaded, when it records that: its ``data``
+        entry (``vae_common.checkpoint.recorded_source``: spec, layout, resize, held-out split),
+        else its ``dataset`` spec (older checkpoints); None for a checkpoint that records none.
+        """
+        source = recorded_source(self.metadata, self.checkpoint)
+        spec = self.metadata.get("dataset")
+        if source is None and spec:
+            source = DataSource(spec)
+        return source
+
+    @property
     def dataset(self) -> str | None:
         """The dataset spec the checkpoint records (``vae train`` writes it), else None."""
-        return self.metadata.get("dataset") or None
+        source = self.source
+        return None if source is None else source.spec
+
+    def load_data(self, spec: str | None = None) -> Dataset:
+        """The dataset ``spec`` names, else the one the checkpoint was trained on (loaded again
+        from ``source``, grey levels: a binarized run's images are not binarized here); its
+        images must have the model's shape.
+
+        Raises:
+          UsageError: no ``spec``, and the checkpoint records no dataset, or one given as arrays
+            from Python (which cannot be loaded again). DataError: it cannot be loaded or its
+            images are not of the model's shape.
+        """
+        if spec is not None:
+            ds = load_dataset(spec)
+        else:
+            source = self.source
+            if source is None:
+                raise UsageError(
+                    f"{self.checkpoint} does not record the dataset it was trained on; give "
+                    "--dataset (or --images FILE.npy)"
+                )
+            if source.spec == ARRAYS:
+                raise UsageError(
+                    f"{self.checkpoint} was trained on arrays given from Python, which cannot be "
+                    "loaded again; give --dataset (or --images FILE.npy)"
+                )
+            ds = load_dataset(source)
+        if ds.image_shape != self.config.input_shape:
+            raise DataError(
+                f"dataset {ds.name} has images of shape {ds.image_shape} but checkpoint "
+                f"{self.checkpoint} expects {self.config.input_shape}"
+            )
+        return ds
 
     def prior_samples(self, n: int, seed: int = 0) -> np.ndarray:
         """E[x|z] for n draws z ~ N(0, I) (``prior_noise(n, seed, L)``), (n, C, H, W)."""
@@ -206,42 +251,19 @@ def load_generator(
     return Generator(trainer, Path(checkpoint), metadata)
 
 
-def dataset_for(generator: Generator, spec: str | None) -> Dataset:
-    """The dataset ``spec`` names, else the one the checkpoint records; its images must have the
-    model's shape.
-
-    Raises:
-      UsageError: no ``spec`` and the checkpoint records none. DataError: it cannot be loaded or
-      its images are not of the model's shape.
-    """
-    spec = spec or generator.dataset
-    if spec is None:
-        raise UsageError(
-            f"{generator.checkpoint} does not record the dataset it was trained on; give "
-            "--dataset (or --images FILE.npy)"
-        )
-    ds = load_dataset(spec)
-    if ds.image_shape != generator.config.input_shape:
-        raise DataError(
-            f"dataset {ds.name} has images of shape {ds.image_shape} but checkpoint "
-            f"{generator.checkpoint} expects {generator.config.input_shape}"
-        )
-    return ds
-
-
 def inputs(
     generator: Generator, dataset: str | None, split: str = "test", images: str | Path | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(images (N, C, H, W), labels (N,) or None)`` to generate from: the ``.npy`` file
     ``images``, else the ``split`` (``"test"`` or ``"train"``) of ``dataset`` (None: the dataset
-    the checkpoint records, see ``dataset_for``)."""
+    the checkpoint records, see ``Generator.load_data``)."""
     if images is not None:
         if dataset is not None:
             raise UsageError("give --images or --dataset, not both")
         return load_images(images), None
     if split not in ("test", "train"):
         raise UsageError(f"split must be 'test' or 'train', got {split!r}")
-    ds = dataset_for(generator, dataset)
+    ds = generator.load_data(dataset)
     labels = getattr(ds, f"{split}_labels", None)
     return getattr(ds, split), None if labels is None else np.asarray(labels)
 
@@ -356,7 +378,6 @@ __all__ = [
     "DEFAULT_BATCH",
     "PRIOR_STREAM",
     "Generator",
-    "dataset_for",
     "inputs",
     "interpolation_latents",
     "load_generator",
