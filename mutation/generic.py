@@ -146,11 +146,18 @@ def run_target(
         base = _run(command, cwd=copy, env=env, capture_output=True, text=True)
         baseline_s = time.perf_counter() - start
         if base.returncode != 0:
-            raise RuntimeError(
-                f"{path}: its tests fail without any mutation; fix that first:\n"
-                + base.stdout[-3000:]
-                + base.stderr[-3000:]
-            )
+            tail = (base.stdout + base.stderr).strip().splitlines()[-3:]
+            log(f"{path}: NOT SCORED, its tests fail without any mutation: {' | '.join(tail)}")
+            return {
+                "file": path,
+                "sha256": digest,
+                "sample": sample,
+                "tests": tests,
+                "seconds": 0.0,
+                "counts": dict.fromkeys(OUTCOMES, 0),
+                "mutants": [],
+                "baseline_failed": " | ".join(tail),
+            }
         timeout = TIMEOUT_FACTOR * baseline_s + TIMEOUT_CONSTANT_S
         config = copy / "mutation-session.toml"
         config.write_text(_config(path, command, timeout))
@@ -183,6 +190,14 @@ def run_target(
         ).stdout
     finally:
         shutil.rmtree(copy, ignore_errors=True)
+    result = summarise(path, dump, carried)
+    result.update(sha256=digest, sample=sample, tests=tests, seconds=seconds)
+    log(f"{path}: {result['counts']} in {seconds / 60:.1f} min")
+    return result
+
+
+def summarise(path: str, dump: str, carried: list[dict]) -> dict:
+    """Outcomes of a session (``cosmic-ray dump`` output) plus those carried over."""
     mutants = list(carried)
     for line in dump.splitlines():
         item, result = json.loads(line)
@@ -208,16 +223,7 @@ def run_target(
         )
     mutants.sort(key=lambda m: (m["line"], m["operator"], m["occurrence"]))
     counts = {k: sum(m["outcome"] == k for m in mutants) for k in OUTCOMES}
-    log(f"{path}: {counts} in {seconds / 60:.1f} min")
-    return {
-        "file": path,
-        "sha256": digest,
-        "sample": sample,
-        "tests": tests,
-        "seconds": seconds,
-        "counts": counts,
-        "mutants": mutants,
-    }
+    return {"file": path, "counts": counts, "mutants": mutants}
 
 
 def score(counts: dict[str, int]) -> float:
@@ -235,7 +241,8 @@ def report(results: list[dict], seconds: float, sample: int) -> str:
         "",
         f"Score {score(total):.1%} over {which}: {total['killed']} killed, {total['survived']} "
         f"survived, {total['equivalent']} equivalent (mutation/equivalent.py), "
-        f"{total['error']} errors; {seconds / 60:.0f} min.",
+        f"{total['error']} errors; {sum(r['seconds'] for r in results) / 60:.0f} min of "
+        f"mutant runs ({seconds / 60:.0f} min in this invocation).",
         "",
         "| file | mutants | killed | survived | equivalent | errors | score | minutes |",
         "|---|---|---|---|---|---|---|---|",
@@ -246,6 +253,11 @@ def report(results: list[dict], seconds: float, sample: int) -> str:
             f"| {r['file']} | {sum(c.values())} | {c['killed']} | {c['survived']} "
             f"| {c['equivalent']} | {c['error']} | {score(c):.1%} | {r['seconds'] / 60:.1f} |"
         )
+    for r in results:
+        if r.get("baseline_failed"):
+            lines.append(
+                f"\nNot scored: {r['file']} (its tests fail unmutated: {r['baseline_failed']})"
+            )
     lines += ["", "## Surviving mutants", ""]
     for r in results:
         for m in r["mutants"]:
@@ -292,10 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
+    results_dir = out / "results"
+    results_dir.mkdir(exist_ok=True)
+
     def one(f: str) -> dict:
-        return run_target(
+        result = run_target(
             f, selections[f], cosmic_ray, out, args.sample, previous.get(f), log, args.rev
         )
+        result["rev"] = args.rev
+        (results_dir / (f.replace("/", "_") + ".json")).write_text(json.dumps(result, indent=1))
+        return result
 
     # SIGTERM (kill, or a closing terminal under nohup) unwinds like Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -312,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         raise
     pool.shutdown()
     seconds = time.perf_counter() - start
+    # Every file scored into OUT so far (an earlier run with --only included), in target order.
+    stored = {}
+    for path in sorted(results_dir.glob("*.json")):
+        r = json.loads(path.read_text())
+        stored[r["file"]] = r
+    results = [stored[f] for f in TARGETS if f in stored]
     (out / "generic.json").write_text(json.dumps(results, indent=1))
     text = report(results, seconds, args.sample)
     (out / "generic.md").write_text(text)
