@@ -58,10 +58,13 @@ test-min:
 # Mutation score (not part of `make test` or CI; hours on 2 cores, so run it at low priority:
 # `nohup nice -n 19 make mutation &`). cosmic-ray, pinned, lives in a venv of its own; it mutates
 # private copies of the tree only (README, "Mutation score"). Results: runs/mutation/*.md.
-# MUTATION_ARGS goes to both scripts, e.g. `--without tests/test_x.py` to score without a file.
+# MUTATION_ARGS goes to both scripts (`--rev HEAD` scores the last commit instead of the working
+# tree, `--without tests/test_x.py` scores without a test file); GENERIC_ARGS to cosmic-ray's
+# (`--sample 6` tests every 6th mutant, `--jobs 2` two files at once).
 MUTATION_VENV ?= runs/mutation/venv
 COSMIC_RAY_SPEC ?= cosmic-ray==8.7.0
 MUTATION_ARGS ?=
+GENERIC_ARGS ?=
 
 .PHONY: mutation
 mutation: setup
@@ -70,7 +73,8 @@ mutation: setup
 	  $(MUTATION_VENV)/bin/python -m pip install "$(COSMIC_RAY_SPEC)" && \
 	  touch $(MUTATION_VENV)/.installed-$(COSMIC_RAY_SPEC); }
 	$(BIN)/python mutation/symmetric.py $(MUTATION_ARGS); status=$$?; \
-	  $(BIN)/python mutation/generic.py --cosmic-ray $(MUTATION_VENV)/bin $(MUTATION_ARGS) && \
+	  $(BIN)/python mutation/generic.py --cosmic-ray $(MUTATION_VENV)/bin $(MUTATION_ARGS) \
+	    $(GENERIC_ARGS) && \
 	  exit $$status
 
 clean:
