@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -e ".[jax,torch,dev]"
+	$(BIN)/python -m pip install -e ".[jax,torch,tensorboard,dev]"
 	touch $(STAMP)
 
 test: setup

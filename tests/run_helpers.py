@@ -42,6 +42,7 @@ def train_run(
     resume: bool = False,
     overwrite: bool = False,
     plots: bool = False,
+    **options,
 ) -> list[dict]:
     return run.train(
         out,
@@ -56,6 +57,7 @@ def train_run(
         dataset=dataset,
         progress=False,
         plots=plots,
+        **options,
     )
 
 

@@ -11,7 +11,7 @@ from vae_common import spec
 from vae_common.config import VAEConfig
 from vae_common.errors import ConfigError
 from vae_common.evaluation import IWAE_CHUNK, evaluate_batches
-from vae_tools import cli
+from vae_tools import cli, options
 
 SMALL = ["--input-shape", "1,4,3", "--hidden", "5", "--latent-dim", "2"]
 
@@ -35,6 +35,9 @@ BAD_FLAGS = [
     (["train", "--backend", "jax", "--out", "unused"], "--free-bits", "nan", "a finite number"),
     (["train", "--backend", "jax", "--out", "unused"], "--seed", str(2**64), "a seed in [0,"),
     (["train", "--backend", "jax", "--out", "unused"], "--latent-dim", "-3", "a positive integer"),
+    (["train", "--backend", "jax", "--out", "unused"], "--val-split", "-1", "an integer >= 0"),
+    (["train", "--backend", "jax", "--out", "unused"], "--patience", "-2", "an integer >= 0"),
+    (["train", "--backend", "jax", "--out", "unused"], "--log-every", "0", "a positive integer"),
     (["eval", "--backend", "jax", "--checkpoint", "c"], "--iwae-k", "-5", "0 (no IWAE) or an"),
     (["eval", "--backend", "jax", "--checkpoint", "c"], "--iwae-k", "1", "one sample is the ELBO"),
     (
@@ -109,8 +112,9 @@ def test_good_edge_values_parse():
     assert args.iwae_k == 2
     args = parser.parse_args(["parity", "--seed", str(2**63 - 1), "--beta", "0", "--steps", "0"])
     assert (args.seed, args.beta, args.steps) == (2**63 - 1, 0.0, 0)
+    # Not given: None, so a flag is told from a default; the effective default is 0.
     args = parser.parse_args(["eval", "--backend", "jax", "--checkpoint", "c"])
-    assert args.iwae_k == 0
+    assert args.iwae_k is None and options.EVAL_DEFAULTS["iwae_k"] == 0
 
 
 def assert_one_line_error(status, err, command, *fragments):

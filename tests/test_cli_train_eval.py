@@ -17,7 +17,19 @@ from vae_common.spec import init_canonical, param_spec
 from vae_common.training import TrainConfig
 from vae_tools import cli, run
 
-EVAL_KEYS = {"neg_elbo", "reconstruction", "kl", "neg_iwae", "iwae_k", "n", "backend", "dtype"}
+EVAL_KEYS = {
+    "neg_elbo",
+    "reconstruction",
+    "kl",
+    "neg_iwae",
+    "iwae_k",
+    "n",
+    "backend",
+    "dtype",
+    "dataset",
+    "binarize",
+    "seed",
+}
 DIGITS_CONFIG = VAEConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=2)
 
 
@@ -134,7 +146,9 @@ def test_eval_text_output(trained_runs, capsys):
         "5",
     )
     assert status == 0, err
-    assert "-ELBO" in out and "IWAE" in out and "(k=5)" in out
+    assert "-ELBO" in out and "IWAE" in out and "(K=5 importance samples)" in out
+    # The checkpoint's dataset, binarization and seed, as the run evaluated it.
+    assert "297 test images of digits (binarization none, seed 0" in out
 
 
 @pytest.fixture(scope="module")
@@ -224,13 +238,13 @@ ERRORS = {
             "--resume",
         ],
         "train",
-        '"latent_dim": [2, 3]',
+        "--latent-dim 3 (the run has 2)",
     ),
     "resume with a different learning rate": (
         TRAIN
         + ["--dataset", "digits", *DIGITS_MODEL, "--lr", "0.01", "--out", "{finished}", "--resume"],
         "train",
-        '"lr": [0.001, 0.01]',
+        "--lr 0.01 (the run has 0.001)",
     ),
     "existing run without --resume": (
         TRAIN + ["--dataset", "digits", *DIGITS_MODEL, "--out", "{finished}"],
@@ -269,7 +283,8 @@ def test_divergence_exits_1_naming_epoch_and_step(tmp_path, capsys):
     )
     assert status == cli.EXIT_FAILED
     assert len(err.strip().splitlines()) == 1
-    assert "at epoch 1, step 2 of 11" in err and "No checkpoint was written" in err
+    # 1500 training images in batches of 128: 11 full batches and one of 92.
+    assert "at epoch 1, step 2 of 12" in err and "No checkpoint was written" in err
 
 
 def test_parity_steps_json_report(capsys):

@@ -41,7 +41,7 @@ from vae_common.checkpoint import load_checkpoint, load_tensors, save_tensors
 from vae_common.data import Dataset
 from vae_common.errors import ResumeError, TrainingError
 from vae_common.training import TrainConfig, optimizer_state_names
-from vae_tools import cli, run_state
+from vae_tools import cli, run, run_state
 
 RUN_FILES = {
     "run.json",
@@ -51,7 +51,8 @@ RUN_FILES = {
     "metrics.jsonl",
 }
 PLOTS = {"reconstructions.png", "samples.png", "loss_curves.png", "latent_space.png"}
-METRIC_KEYS = {"epoch", "train_loss", "test_neg_elbo", "test_reconstruction", "test_kl", "seconds"}
+METRIC_KEYS = {"epoch", "step", "train_loss", "seconds"}
+HELD_OUT_KEYS = {"test_neg_elbo", "test_reconstruction", "test_kl"}
 # What atomic_write_bytes leaves behind if killed mid-write: a hidden, clearly temporary name.
 TEMP_FILE = re.compile(
     r"^\.(run\.json|train_state\.safetensors|checkpoint\.safetensors|metrics\.jsonl)\..*\.tmp$"
@@ -85,9 +86,20 @@ def test_run_writes_checkpoint_metrics_and_plots(tmp_path, small_digits):
     for m in lines:
         assert METRIC_KEYS <= set(m)
         assert all(np.isfinite(m[k]) for k in METRIC_KEYS)
-        assert m["test_neg_elbo"] == pytest.approx(m["test_reconstruction"] + m["test_kl"])
+        # No validation split and no --test-every-epoch: the test set is not looked at per epoch.
+        assert not [k for k in m if k.startswith(("test_", "val_"))], m
         assert len(m["train_losses"]) == STEPS_PER_EPOCH
+        assert m["backend"] == "torch"
     assert lines[1]["train_loss"] < lines[0]["train_loss"]
+    # The test set, once, at the end: in run.json, for the last checkpoint (no best without a
+    # validation split).
+    results = run.test_results(out)
+    assert set(results) == {"epoch", "binarize", "seed", "stopped_early", "last"}
+    last = results["last"]
+    assert (last["epoch"], last["n"], results["binarize"]) == (2, 64, "none")
+    assert last["neg_elbo"] == pytest.approx(last["reconstruction"] + last["kl"])
+    again = run.evaluate_checkpoint(out / "checkpoint.safetensors", "torch", data=small_digits)
+    assert again["neg_elbo"] == pytest.approx(last["neg_elbo"], rel=1e-6)
 
     import matplotlib.image
 
@@ -294,7 +306,7 @@ def test_a_run_written_before_the_renames_resumes(tmp_path, small_digits):
     # "test_elbo" in metrics.jsonl, and wrote no run.json; such a run resumes, its records are
     # read under the new names (adam_eps, test_neg_elbo), and it gains a manifest.
     out = tmp_path / "old"
-    train_run(out, small_digits, 1)
+    train_run(out, small_digits, 1, test_every_epoch=True)
     (out / "run.json").unlink()
     state_path = out / "train_state.safetensors"
     tensors, meta = load_tensors(state_path)
@@ -305,8 +317,8 @@ def test_a_run_written_before_the_renames_resumes(tmp_path, small_digits):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     old = [{("test_elbo" if k == "test_neg_elbo" else k): v for k, v in r.items()} for r in records]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
-    metrics = train_run(out, small_digits, 2, resume=True)
+    metrics = train_run(out, small_digits, 2, resume=True, test_every_epoch=True)
     assert [m["epoch"] for m in metrics] == [1, 2]
-    assert all(METRIC_KEYS <= set(m) and "test_elbo" not in m for m in metrics)
+    assert all(METRIC_KEYS | HELD_OUT_KEYS <= set(m) and "test_elbo" not in m for m in metrics)
     assert metrics[0]["test_neg_elbo"] == records[0]["test_neg_elbo"]
     assert_manifest_holds(out, 2)

@@ -37,7 +37,7 @@ from vae_common.data import Dataset
 from vae_common.errors import CheckpointError, ResumeError, RunDirError, TrainingError, UsageError
 from vae_common.spec import init_canonical
 from vae_common.training import TrainConfig
-from vae_tools import cli, run_dir, run_state
+from vae_tools import cli, run, run_dir, run_state
 
 EPOCH_FILES = ("metrics.jsonl", "train_state.safetensors", "checkpoint.safetensors")
 CLI_TRAIN = [
@@ -401,14 +401,16 @@ def test_the_lock_is_released_on_every_exit_path(tmp_path, small_digits, monkeyp
 def test_a_nan_test_metric_exits_1_and_saves_nothing(tmp_path, capsys):
     # lr 10, one step per epoch: the step's own loss is finite, the test -ELBO after it is not.
     out = tmp_path / "run"
-    argv = [*CLI_TRAIN[:7], "--quiet", "--lr", "10", "--batch-size", "1500", "--out", str(out)]
-    status, stdout, err = vae(capsys, *argv)
-    assert status == cli.EXIT_FAILED and stdout == ""
-    line = assert_one_error_line(err, "at epoch 1", "No checkpoint was written")
-    assert "test_neg_elbo became nan" in line or "non-finite" in line, line
-    assert not {"checkpoint.safetensors", "train_state.safetensors", "metrics.jsonl"} & {
-        p.name for p in out.iterdir()
-    }
+    for split, flags in (("test", ["--test-every-epoch"]), ("val", ["--val-split", "100"])):
+        out = tmp_path / split
+        argv = [*CLI_TRAIN[:7], "--quiet", "--lr", "10", "--batch-size", "1400", "--out", str(out)]
+        status, stdout, err = vae(capsys, *argv, "--drop-last", *flags)
+        assert status == cli.EXIT_FAILED and stdout == ""
+        line = assert_one_error_line(err, "at epoch 1", "No checkpoint was written")
+        assert f"{split}_neg_elbo became nan" in line or "non-finite" in line, line
+        assert not {"checkpoint.safetensors", "train_state.safetensors", "metrics.jsonl"} & {
+            p.name for p in out.iterdir()
+        }
 
 
 @pytest.mark.parametrize(
@@ -453,12 +455,11 @@ def test_eval_of_a_checkpoint_that_overflows_exits_1_and_prints_no_number(tmp_pa
     path = tmp_path / "huge.safetensors"
     save_checkpoint(path, state, config)
     for backend in ("torch", "jax"):
-        status, out, err = vae(capsys, "eval", "--checkpoint", str(path), "--backend", backend)
+        argv = ["eval", "--checkpoint", str(path), "--backend", backend, "--dataset", "digits"]
+        status, out, err = vae(capsys, *argv)
         assert status == cli.EXIT_FAILED and out == ""
         assert_one_error_line(err, "gave neg_elbo = nan", "not a result to report")
-        status, out, err = vae(
-            capsys, "eval", "--checkpoint", str(path), "--backend", backend, "--json"
-        )
+        status, out, err = vae(capsys, *argv, "--json")
         assert status == cli.EXIT_FAILED and out == ""
 
 
@@ -479,6 +480,15 @@ def fail_writes_of(monkeypatch, target: str, code: int) -> list[str]:
 
     for module in (vae_common.checkpoint, run_state, run_dir):
         monkeypatch.setattr(module, "atomic_write_bytes", writer)
+    if target == "metrics.jsonl":
+        # Appended, not replaced: a full disk leaves a partial line after the committed ones.
+        def failing_append(path, record):
+            attempts.append(target)
+            with open(path, "ab") as f:
+                f.write(run_state.metrics_bytes([record])[:20])
+            raise OSError(code, os.strerror(code), str(path))
+
+        monkeypatch.setattr(run, "append_metrics", failing_append)
     if target.endswith(".png"):
         import matplotlib.figure
 
@@ -546,7 +556,7 @@ DAMAGE = {
         "lacks ['step']",
     ),
     "NaN": (
-        lambda lines: [lines[0].replace('"test_kl": ', '"test_kl": NaN, "x": ')] + lines[1:],
+        lambda lines: [lines[0].replace('"train_loss": ', '"train_loss": NaN, "x": ')] + lines[1:],
         1,
         "NaN is not a JSON number",
     ),

@@ -758,16 +758,37 @@ def batch_indices(
 ) -> np.ndarray:
     """Indices of the training batches of one epoch, shape (n // batch_size, batch_size).
 
-    A permutation drawn from ``(seed, epoch)`` (or the identity when ``shuffle`` is False); the
-    last incomplete batch is dropped so every step has the same shape. Both backends use this.
+    A permutation drawn from ``(seed, epoch)`` (or the identity when ``shuffle`` is False), cut
+    into full batches, so every step of an epoch has the same shape (one compiled step, one
+    ``lax.scan``). The ``n % batch_size`` examples left over are ``last_batch_indices``. Both
+    backends use this.
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be positive, got {batch_size}")
     if n < batch_size:
         raise DataError(f"batch_size {batch_size} is larger than the dataset ({n} examples)")
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
     steps = n // batch_size
-    return order[: steps * batch_size].reshape(steps, batch_size)
+    return _epoch_order(n, seed, epoch, shuffle)[: steps * batch_size].reshape(steps, batch_size)
+
+
+def last_batch_indices(
+    n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True
+) -> np.ndarray:
+    """The indices ``batch_indices`` leaves out: the last ``n % batch_size`` of the epoch's
+    permutation, shape (n % batch_size,), empty when the batches cover the data.
+
+    ``vae train`` runs them as one more, smaller step after the epoch's full batches (unless
+    ``--drop-last``), so every example is used once per epoch.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch_size must be positive, got {batch_size}")
+    if n < batch_size:
+        raise DataError(f"batch_size {batch_size} is larger than the dataset ({n} examples)")
+    return _epoch_order(n, seed, epoch, shuffle)[(n // batch_size) * batch_size :]
+
+
+def _epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
 
 
 def standard_normal(

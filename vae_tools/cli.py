@@ -14,12 +14,13 @@ from collections.abc import Callable
 from vae_common.constants import (
     BENCH_UNTIMED_STEPS,
     DEFAULT_CONV_CHANNELS,
+    DEFAULT_HIDDEN,
     DEFAULT_LATENT_DIM,
 )
 from vae_common.data import COLORS, LAYOUTS
 from vae_common.errors import TrainingError, VAEError
 from vae_common.evaluation import IWAE_CHUNK
-from vae_tools import commands
+from vae_tools import commands, options
 from vae_tools._backends import missing_backend_error
 
 EXIT_FAILED = 1
@@ -166,8 +167,208 @@ def add_model_args(p: argparse.ArgumentParser, input_shape: bool = True) -> None
         g.add_argument("--input-shape", type=int_list, default=(1, 28, 28), help="C,H,W")
 
 
+def package_version() -> str:
+    """The installed version of vae-twin (``importlib.metadata``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vae-twin")
+    except PackageNotFoundError:
+        return "unknown (not installed as a package)"
+
+
+def _option(
+    g: argparse._ActionsContainer,
+    flag: str,
+    default: object,
+    help: str = "",
+    shown: str | None = None,
+    **kwargs: object,
+) -> None:
+    """An option of ``vae train``/``vae eval``: its argparse default is None, so a flag the user
+    gave is told from one left out (``vae_tools.options``); its help shows the real default
+    (``shown`` instead when given)."""
+    text = shown if shown is not None else f"default: {options.show_default(default)}"
+    g.add_argument(flag, default=None, help=f"{help} ({text})" if help else f"({text})", **kwargs)  # type: ignore[arg-type]
+
+
+def _flag(g: argparse._ActionsContainer, flag: str, help: str) -> None:
+    """A store_true option whose argparse default is None (given: True)."""
+    g.add_argument(flag, action="store_true", default=None, help=help)
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    """``vae train``: every option defaults to None here and takes its value from the command
+    line, ``--config``, the run being resumed or ``options.TRAIN_DEFAULTS``, in that order."""
+    d = options.TRAIN_DEFAULTS
+    p = sub.add_parser(
+        "train",
+        help="train a VAE with one backend",
+        description="Train a VAE in --out. Flags override --config FILE (TOML or JSON, keys "
+        "the long option names), which overrides what a --resume'd run recorded, which "
+        "overrides the defaults shown. A --resume'd run refuses a model or training flag that "
+        "differs from its own.",
+    )
+    p.add_argument("--config", metavar="FILE", help="options from a TOML or JSON file")
+    p.add_argument("--backend", choices=("jax", "torch"), help="required (resume: the run's)")
+    _option(p, "--dataset", d["dataset"], DATASET_HELP)
+    add_data_args(p)
+    _option(p, "--epochs", d["epochs"], "total epochs (resume: counted from 1)", type=positive_int)
+    _option(p, "--batch-size", d["batch_size"], type=positive_int)
+    _option(p, "--lr", d["lr"], "Adam learning rate", type=positive_float)
+    _option(p, "--beta", d["beta"], "KL weight", type=nonnegative_float)
+    _option(p, "--warmup-steps", d["warmup_steps"], "KL warm-up length", type=nonnegative_int)
+    _option(p, "--free-bits", d["free_bits"], "nats per latent dimension", type=nonnegative_float)
+    _option(
+        p,
+        "--binarize",
+        d["binarize"],
+        "static: once before training; dynamic: every batch afresh (held-out images: one "
+        "seeded draw)",
+        choices=("none", "static", "dynamic"),
+    )
+    _option(p, "--seed", d["seed"], type=seed_int)
+    _option(p, "--dtype", d["dtype"], choices=("float32", "float64"))
+    _option(
+        p,
+        "--device",
+        None,
+        "torch: cpu|cuda|xpu|mps; jax: cpu|gpu",
+        shown="default: the backend's choice",
+    )
+    _flag(
+        p, "--compile", "torch: compile each training step (forward, backward, Adam) into one graph"
+    )
+    p.add_argument("--init", help="start from this checkpoint's weights and config")
+    p.add_argument("--out", help="run directory (required)")
+    _flag(p, "--resume", "continue the run in --out with its recorded settings")
+    _flag(p, "--overwrite", "start a new run in --out although it holds a run or other files")
+    _flag(p, "--quiet", "no progress on stderr")
+    g = p.add_argument_group("evaluation protocol")
+    _option(
+        g,
+        "--val-split",
+        d["val_split"],
+        "hold out N training examples (seeded) as the validation set: per-epoch val metrics, "
+        "best.safetensors, early stopping",
+        metavar="N",
+        type=nonnegative_int,
+    )
+    _flag(
+        g,
+        "--drop-last",
+        "drop the examples left after the epoch's full batches (default: one more, smaller step)",
+    )
+    _option(
+        g,
+        "--patience",
+        d["patience"],
+        "stop after K epochs without a lower validation -ELBO (0: never; needs --val-split)",
+        metavar="K",
+        type=nonnegative_int,
+    )
+    _flag(
+        g,
+        "--test-every-epoch",
+        "evaluate the test set after every epoch too (default: only at the end)",
+    )
+    g = p.add_argument_group("logging")
+    _option(
+        g,
+        "--tensorboard",
+        d["tensorboard"],
+        "write TensorBoard event files to DIR (default DIR: OUT/tb); needs the tensorboard extra",
+        shown="default: off",
+        nargs="?",
+        const="",
+        metavar="DIR",
+    )
+    _option(
+        g,
+        "--log-every",
+        d["log_every"],
+        "TensorBoard: the training loss of every N-th step",
+        metavar="N",
+        type=positive_int,
+    )
+    g = p.add_argument_group("model (ignored when --init or the resumed run gives the config)")
+    _option(g, "--arch", d["arch"], choices=("mlp", "conv"))
+    _option(
+        g,
+        "--hidden",
+        None,
+        "hidden widths, e.g. 400 or 512,256",
+        shown="default: "
+        + ", ".join(f"{options.show_default(v)} for {k}" for k, v in DEFAULT_HIDDEN.items()),
+        type=int_list,
+    )
+    _option(g, "--latent-dim", d["latent_dim"], type=positive_int)
+    _option(g, "--likelihood", d["likelihood"], choices=("bernoulli", "gaussian"))
+    _option(g, "--conv-channels", d["conv_channels"], "conv arch only", type=int_list)
+    p.set_defaults(func=commands.cmd_train, parser=p)
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    """``vae eval``: the dataset, binarization, seed, dtype and backend default to what the
+    checkpoint records."""
+    d = options.EVAL_DEFAULTS
+    p = sub.add_parser(
+        "eval",
+        help="test-set -ELBO and IWAE estimate of a checkpoint",
+        description="Evaluate a checkpoint on the test set as the run that wrote it did: the "
+        "dataset, binarization (the same seeded draw), seed and dtype it records, unless a "
+        "flag (or --config FILE) says otherwise.",
+    )
+    p.add_argument("--config", metavar="FILE", help="options from a TOML or JSON file")
+    p.add_argument("--checkpoint", help="a checkpoint file, or a run directory (its checkpoint)")
+    p.add_argument(
+        "--backend", choices=("jax", "torch"), help="(default: the backend that trained it)"
+    )
+    _option(p, "--dataset", None, DATASET_HELP, shown="default: the checkpoint's")
+    add_data_args(p)
+    _option(
+        p,
+        "--binarize",
+        None,
+        "binarize the test images: dynamic draws them once, seeded by the checkpoint's seed",
+        shown="default: the checkpoint's, else none",
+        choices=("none", "static", "dynamic"),
+    )
+    _option(
+        p,
+        "--iwae-k",
+        d["iwae_k"],
+        f"importance samples K of the IWAE bound: 0 (no IWAE) or 2 to {IWAE_CHUNK}",
+        type=iwae_samples,
+    )
+    _option(
+        p,
+        "--seed",
+        None,
+        "seed of the shared evaluation noise",
+        shown="default: the checkpoint's, else 0",
+        type=seed_int,
+    )
+    _option(
+        p,
+        "--dtype",
+        None,
+        shown="default: the checkpoint's weights'",
+        choices=("float32", "float64"),
+    )
+    _option(p, "--device", None, shown="default: the backend's choice")
+    _option(p, "--batch-size", d["batch_size"], type=positive_int)
+    _flag(p, "--json", "print one JSON object")
+    p.set_defaults(func=commands.cmd_eval, parser=p)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vae", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="vae",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("parity", help="prove both backends compute the same loss and gradients")
@@ -198,57 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=commands.cmd_parity)
 
-    p = sub.add_parser("train", help="train a VAE with one backend")
-    p.add_argument("--backend", choices=("jax", "torch"), required=True)
-    p.add_argument("--dataset", default="digits", help=DATASET_HELP)
-    add_data_args(p)
-    p.add_argument("--epochs", type=positive_int, default=10)
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--beta", type=nonnegative_float, default=1.0, help="KL weight")
-    p.add_argument(
-        "--warmup-steps", type=nonnegative_int, default=0, help="KL warm-up length in steps"
-    )
-    p.add_argument(
-        "--free-bits", type=nonnegative_float, default=0.0, help="nats per latent dimension"
-    )
-    p.add_argument("--binarize", choices=("none", "static", "dynamic"), default="none")
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--device", default=None, help="torch: cpu|cuda|xpu|mps; jax: cpu|gpu")
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch: compile each training step (forward, backward, Adam) into one graph",
-    )
-    p.add_argument("--init", help="start from this checkpoint's weights and config")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start a new run in --out although it holds a run or other files",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_model_args(p, input_shape=False)
-    p.set_defaults(func=commands.cmd_train)
-
-    p = sub.add_parser("eval", help="test-set -ELBO and IWAE estimate of a checkpoint")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--backend", choices=("jax", "torch"), required=True)
-    p.add_argument("--dataset", default="digits")
-    p.add_argument(
-        "--iwae-k",
-        type=iwae_samples,
-        default=0,
-        help=f"importance samples of the IWAE bound: 0 (no IWAE) or 2 to {IWAE_CHUNK}",
-    )
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the shared evaluation noise")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=positive_int, default=500)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=commands.cmd_eval)
+    add_train_parser(sub)
+    add_eval_parser(sub)
 
     p = sub.add_parser("bench", help="compare training speed across frameworks")
     p.add_argument(

@@ -5,14 +5,19 @@ The commit protocol (``vae_tools.run`` follows it; ``--resume`` relies on it):
 - ``run.json``, the manifest, is the commit point. It names the epoch (and the SHA-256) of every
   file it vouches for, and it is written last, atomically, after the files of an epoch:
   ``metrics.jsonl``, then ``train_state.safetensors``, then ``checkpoint.safetensors``, then
-  ``run.json``. A fresh run writes a manifest at epoch 0 before its first epoch, so a directory
-  holding a manifest is always a run of ours.
-- Every file is replaced atomically (``vae_common.checkpoint.atomic_write_bytes``, plots through
-  a temporary file and one rename), so a kill leaves each file whole, old or new. Between two
+  ``best.safetensors`` (only in an epoch that improved the validation -ELBO), then ``run.json``.
+  A fresh run writes a manifest at epoch 0 before its first epoch, so a directory holding a
+  manifest is always a run of ours. The manifest also holds the run's effective settings
+  (``settings``) and, once the run has ended, its test-set results (``test``).
+- ``metrics.jsonl`` grows by one appended line per epoch (flushed and fsynced); every other file
+  is replaced atomically (``vae_common.checkpoint.atomic_write_bytes``, plots through a
+  temporary file and one rename), so a kill leaves each of those whole, old or new, and the
+  metrics with at most one line (possibly partial) past the committed ones. Between two
   manifests the epoch files can only *lead* the manifest by one epoch, in write order: metrics
-  ahead of the train state ahead of the checkpoint. The train state is the truth: a resume starts
-  from its epoch (the manifest's, or one more when the kill came after the train state was
-  written), truncates the metrics to that epoch, rewrites the checkpoint from the train state's
+  ahead of the train state ahead of the checkpoint ahead of the best checkpoint. The train state
+  is the truth: a resume starts from its epoch (the manifest's, or one more when the kill came
+  after the train state was written), truncates the metrics to that epoch, rewrites the
+  checkpoint (and the best checkpoint, when that epoch was the best) from the train state's
   weights unless it is the committed one, and commits a new manifest before training on.
 - ``.vae-train.lock`` is ``flock``-ed for the run's lifetime and holds the holder's pid; the OS
   releases the lock when the process dies, however it dies. The file itself stays.
@@ -50,15 +55,22 @@ MANIFEST_FORMAT = "vae-twin-run/1"
 LOCK = ".vae-train.lock"
 STATE = "train_state.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
+# The canonical checkpoint of the epoch with the lowest validation -ELBO (runs with a
+# validation split only), written after the checkpoint in an epoch that improved it.
+BEST = "best.safetensors"
 METRICS = "metrics.jsonl"
 PLOTS = ("reconstructions.png", "samples.png", "loss_curves.png", "latent_space.png")
-# The files of one epoch, in the order they are written.
+# The files of every epoch, in the order they are written (then BEST, when the epoch improved).
 EPOCH_FILES = (METRICS, STATE, CHECKPOINT)
-RUN_FILES = (MANIFEST, *EPOCH_FILES, *PLOTS)
+RUN_FILES = (MANIFEST, *EPOCH_FILES, BEST, *PLOTS)
+# The default TensorBoard directory of a run (``vae train --tensorboard``): the event files in it
+# are logs, outside the commit protocol (a resume purges the steps it trains again).
+TENSORBOARD_DIR = "tb"
 # What an interrupted writer leaves: atomic_write_bytes' ".NAME.RANDOM.tmp", the plots'
 # "NAME.tmp.png", the writability probe's ".vae-probe.RANDOM".
 TEMP_FILE = re.compile(
-    r"^(\.(run\.json|train_state\.safetensors|checkpoint\.safetensors|metrics\.jsonl)\..+\.tmp"
+    r"^(\.(run\.json|train_state\.safetensors|checkpoint\.safetensors|best\.safetensors"
+    r"|metrics\.jsonl)\..+\.tmp"
     r"|(reconstructions|samples|loss_curves|latent_space)\.png\.tmp\.png"
     r"|\.vae-probe\..+)$"
 )
@@ -84,16 +96,27 @@ class Manifest:
       epoch: the last committed epoch (0 before the first one ends).
       step: Adam steps taken by the end of ``epoch``.
       files: ``{file name: {"epoch": int, "sha256": str}}`` for every file vouched for.
+      settings: the run's effective settings (``vae_tools.run``: the model, training and run
+        settings, the loop's options, and the command-line flags when ``vae train`` started
+        it), or None.
+      test: the test-set results of the run's end (``vae_tools.run``), or None until then and
+        after an epoch is committed anew.
     """
 
     epoch: int = 0
     step: int = 0
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    settings: dict[str, Any] | None = None
+    test: dict[str, Any] | None = None
 
     def to_json(self) -> str:
-        body = {"format": MANIFEST_FORMAT, "epoch": self.epoch, "step": self.step}
+        body: dict[str, Any] = {"format": MANIFEST_FORMAT, "epoch": self.epoch, "step": self.step}
         body["files"] = {k: self.files[k] for k in sorted(self.files)}
-        return json.dumps(body, indent=1, allow_nan=False) + "\n"
+        if self.settings is not None:
+            body["settings"] = self.settings
+        if self.test is not None:
+            body["test"] = self.test
+        return json.dumps(body, indent=1, allow_nan=False, sort_keys=False) + "\n"
 
     @classmethod
     def parse(cls, text: str, path: Path) -> Manifest:
@@ -105,6 +128,7 @@ class Manifest:
         if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT:
             raise CheckpointError(f"{path} is not a run manifest ({MANIFEST_FORMAT})")
         epoch, step, files = body.get("epoch"), body.get("step"), body.get("files")
+        settings, test = body.get("settings"), body.get("test")
         if (
             _is_count(epoch)
             and _is_count(step)
@@ -115,11 +139,14 @@ class Manifest:
                 and isinstance(v.get("sha256"), str)
                 for v in files.values()
             )
+            and (settings is None or isinstance(settings, dict))
+            and (test is None or isinstance(test, dict))
         ):
-            return cls(epoch, step, dict(files))
+            return cls(epoch, step, dict(files), settings, test)
         raise CheckpointError(
-            f"{path} is a damaged run manifest: it needs integer 'epoch' and 'step' and a "
-            "'files' map of {'epoch', 'sha256'}"
+            f"{path} is a damaged run manifest: it needs integer 'epoch' and 'step', a "
+            "'files' map of {'epoch', 'sha256'}, and objects (or nothing) as 'settings' and "
+            "'test'"
         )
 
     def vouches_for(self, directory: Path, name: str) -> bool:
@@ -200,7 +227,7 @@ def inspect(out: Path) -> Contents:
             if has_state:
                 raise
     is_run = manifest is not None or has_state
-    ours = set(RUN_FILES) if is_run else set()
+    ours = {*RUN_FILES, TENSORBOARD_DIR} if is_run else set()
     foreign = [n for n in names if n != LOCK and not TEMP_FILE.match(n) and n not in ours]
     return Contents(manifest, has_state, foreign)
 
@@ -317,17 +344,19 @@ class RunDir:
             raise RunDirError(f"cannot read back {self.path(name)}: {_os_reason(exc)}") from None
         self.manifest.files[name] = {"epoch": epoch, "sha256": digest}
 
-    def commit(self, epoch: int, step: int) -> None:
-        """Write the manifest: ``epoch`` and every recorded file are now the run's state."""
-        text = Manifest(epoch, step, self.manifest.files).to_json().encode()
+    def commit(self, epoch: int, step: int, test: dict[str, Any] | None = None) -> None:
+        """Write the manifest: ``epoch`` and every recorded file are now the run's state, with
+        the settings of ``self.manifest`` and the test results ``test`` (None: none yet)."""
+        manifest = Manifest(epoch, step, self.manifest.files, self.manifest.settings, test)
+        text = manifest.to_json().encode()
         self.write(MANIFEST, lambda p: atomic_write_bytes(p, text))
-        self.manifest.epoch, self.manifest.step = epoch, step
+        self.manifest.epoch, self.manifest.step, self.manifest.test = epoch, step, test
 
     def remove_run_files(self) -> None:
         """Delete the files a run writes (``--overwrite``). The train state goes first: a kill
         part-way then leaves a manifest without its train state, which ``--resume`` refuses,
         never an old train state that it would continue."""
-        for name in (STATE, MANIFEST, CHECKPOINT, METRICS, *PLOTS):
+        for name in (STATE, MANIFEST, CHECKPOINT, BEST, METRICS, *PLOTS):
             try:
                 self.path(name).unlink(missing_ok=True)
             except OSError as exc:

@@ -3,12 +3,14 @@
 - ``train_state.safetensors``: weights (``param.<name>``), Adam's moments (canonical names) and
   progress (epoch, step), with the model, training and run settings in its metadata; a resume
   is refused, naming the differing fields, unless they match.
-- ``metrics.jsonl``: one JSON record per finished epoch.
+- ``metrics.jsonl``: one JSON record per finished epoch, appended as the epoch ends
+  (``append_metrics``); ``--resume`` truncates it to the committed epochs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,13 +37,38 @@ PARAM = "param."
 
 @dataclass(frozen=True)
 class RunSettings:
-    """What a resumed run must share with the original (besides the model and Adam settings)."""
+    """What a resumed run must share with the original (besides the model and Adam settings).
+
+    Attributes:
+      dataset: the dataset spec (``vae_common.data.load_dataset``).
+      batch_size: examples per Adam step.
+      seed: the seed of the initial weights, the batches, the noise, the binarization draws and
+        the validation split (each from its own stream: ``vae_tools.run``).
+      dtype: ``"float32"`` or ``"float64"``.
+      static_binarize: binarize the images once, before training (``--binarize static``).
+      val_split: examples held out of the training set as the validation set (0: none).
+      drop_last: drop the ``n % batch_size`` examples left over after the full batches of an
+        epoch instead of running them as one more, smaller step.
+    """
 
     dataset: str
     batch_size: int = 128
     seed: int = 0
     dtype: str = "float32"
     static_binarize: bool = False
+    val_split: int = 0
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.val_split, bool) or not isinstance(self.val_split, int):
+            raise ConfigError(f"val_split must be an integer, got {self.val_split!r}")
+        if self.val_split < 0:
+            raise ConfigError(f"val_split must be >= 0, got {self.val_split}")
+
+
+# Settings a train state written before they existed was made with: version 0.1 held out no
+# validation set and dropped the last incomplete batch of every epoch.
+LEGACY_SETTINGS = {"val_split": 0, "drop_last": True}
 
 
 def settings_meta(config: VAEConfig, train: TrainConfig, settings: RunSettings) -> dict[str, str]:
@@ -144,6 +171,7 @@ def load_train_state(
     stored_settings = _stored_json(meta, "settings", path)
     if not isinstance(stored_settings, dict):
         raise CheckpointError(f"{path}: its stored run settings are not a JSON object")
+    stored_settings = {**LEGACY_SETTINGS, **stored_settings}
     epoch = _stored_count(meta, "epoch", path)
     step = _stored_count(meta, "step", path)
 
@@ -166,17 +194,19 @@ def load_train_state(
 
 # metrics.jsonl keys renamed in version 0.2 (they hold the *negative* ELBO): old -> new.
 RENAMED_METRICS = {"test_elbo": "test_neg_elbo"}
-# Keys every metrics record holds; the ones that are numbers must be finite.
-METRIC_KEYS = (
-    "epoch",
-    "step",
+# Keys every metrics record holds.
+METRIC_KEYS = ("epoch", "step", "train_loss", "train_losses")
+# Numbers a record may hold (the held-out metrics only when they were evaluated that epoch);
+# each one present must be finite.
+NUMBER_KEYS = (
     "train_loss",
-    "train_losses",
+    "val_neg_elbo",
+    "val_reconstruction",
+    "val_kl",
     "test_neg_elbo",
     "test_reconstruction",
     "test_kl",
 )
-NUMBER_KEYS = ("train_loss", "test_neg_elbo", "test_reconstruction", "test_kl")
 _CANNOT_RESUME = "the run cannot resume from it (restore the file, or start over with --overwrite)"
 
 
@@ -203,7 +233,7 @@ def _check_record(record: Any, epoch: int, where: str) -> dict[str, Any]:
         )
     if type(record["step"]) is not int or record["step"] < 0:
         raise CheckpointError(f"{where}: step {record['step']!r} is not a count; {_CANNOT_RESUME}")
-    bad = [k for k in NUMBER_KEYS if not _finite_number(record[k])]
+    bad = [k for k in NUMBER_KEYS if k in record and not _finite_number(record[k])]
     losses = record["train_losses"]
     if not isinstance(losses, list) or not all(_finite_number(v) for v in losses):
         bad.append("train_losses")
@@ -264,3 +294,39 @@ def metrics_bytes(metrics: list[dict[str, Any]]) -> bytes:
 def write_metrics(path: Path, metrics: list[dict[str, Any]]) -> None:
     """Rewrite ``metrics.jsonl`` atomically with ``metrics`` (``metrics_bytes``)."""
     atomic_write_bytes(path, metrics_bytes(metrics))
+
+
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    """Append one record (one line of ``metrics_bytes``) to ``metrics.jsonl``, flushed to disk.
+
+    An append is not atomic: a kill part-way leaves a partial last line. That line belongs to an
+    epoch the manifest never committed, and ``--resume`` truncates the file to the committed
+    records (``truncate_metrics``) before it appends again.
+    """
+    data = metrics_bytes([record])
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_metrics(path: Path, metrics: list[dict[str, Any]]) -> bool:
+    """Make ``metrics.jsonl`` hold exactly ``metrics``: unchanged when it does, cut after them
+    when they are its first lines (what an epoch that was not committed leaves), else rewritten
+    atomically (records read under renamed keys, a damaged line after them). Returns whether
+    the file changed."""
+    text = metrics_bytes(metrics)
+    try:
+        current = path.read_bytes()
+    except FileNotFoundError:
+        current = None
+    if current == text:
+        return False
+    if current is not None and current.startswith(text):
+        with open(path, "r+b") as f:
+            f.truncate(len(text))
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    write_metrics(path, metrics)
+    return True
