@@ -389,3 +389,149 @@ def test_data_source_json_round_trip_and_reload(tmp_path):
     ):
         with pytest.raises(DataError, match=message):
             DataSource.from_json(bad)
+
+
+def test_recorded_source_in_checkpoint_metadata(tmp_path):
+    from vae_common.checkpoint import (
+        DATA_KEY,
+        CheckpointError,
+        data_metadata,
+        load_checkpoint,
+        recorded_source,
+        save_checkpoint,
+    )
+    from vae_common.config import VAEConfig
+    from vae_common.spec import init_canonical
+
+    config = VAEConfig(input_shape=(1, 4, 4), hidden=(4,), latent_dim=2)
+    source = DataSource("npz:/data/x.npz", "nhwc", test_fraction=0.2, binarize="dynamic")
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, init_canonical(config), config, data_metadata(source))
+    meta = load_checkpoint(path)[2]
+    assert recorded_source(meta, path) == source
+    assert recorded_source({"dataset": "digits"}) is None  # written before the key existed
+    with pytest.raises(CheckpointError, match=r"c\.safetensors: its recorded data source"):
+        recorded_source({DATA_KEY: '{"spec": "digits", "layout": 3}'}, path)
+
+
+# The command line, end to end (one epoch of a tiny model each).
+
+
+def vae_train(capsys, tmp_path, dataset, *flags):
+    """``vae train --backend torch`` for one epoch; returns (status, stderr, run directory)."""
+    out = tmp_path / "run"
+    argv = ["train", "--backend", "torch", "--dataset", dataset, "--epochs", "1"]
+    argv += ["--batch-size", "8", "--hidden", "8", "--latent-dim", "2", "--out", str(out)]
+    from vae_tools import cli
+
+    capsys.readouterr()
+    status = cli.main([*argv, "--quiet", *flags])
+    return status, capsys.readouterr().err, out
+
+
+def recorded(out):
+    from vae_common.checkpoint import load_checkpoint, recorded_source
+
+    state, config, meta = load_checkpoint(out / "checkpoint.safetensors")
+    return config, recorded_source(meta)
+
+
+def test_cli_channels_last_npz_trains_and_plots(tmp_path, capsys):
+    # The issue's case: (N, 32, 32, 3) was read as 32 channels of 32x3 images and died in the
+    # plots after a whole epoch. Smaller images, the same layout.
+    x, t = pixels(24, 8, 8, 3), pixels(8, 8, 8, 3, seed=1)
+    path = save_npz(tmp_path / "rgb.npz", x_train=x, y_train=np.arange(24) % 3, x_test=t,
+                    y_test=np.arange(8) % 3)  # fmt: skip
+    status, err, out = vae_train(capsys, tmp_path, f"npz:{path}")
+    assert status == 0, err
+    config, source = recorded(out)
+    assert config.input_shape == (3, 8, 8)
+    assert source == DataSource(f"npz:{path}", "nhwc")
+    for name in ("reconstructions.png", "samples.png", "loss_curves.png", "latent_space.png"):
+        assert (out / name).is_file(), name
+
+
+@pytest.mark.parametrize("shape", [(16, 3, 8, 3), (16, 4, 4, 4)])
+def test_cli_ambiguous_layout_is_bad_input_before_training(tmp_path, capsys, shape):
+    path = save_npz(tmp_path / "amb.npz", x_train=pixels(*shape), x_test=pixels(*shape))
+    status, err, out = vae_train(capsys, tmp_path, f"npz:{path}")
+    assert status == 2
+    assert f"have shape {shape}, an ambiguous layout" in err and "--layout" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (out / "checkpoint.safetensors").exists()
+    status, err, out = vae_train(capsys, tmp_path, f"npz:{path}", "--layout", "nchw")
+    assert status == 0, err
+    assert recorded(out)[0].input_shape == (shape[1], shape[2], shape[3])
+
+
+def test_cli_npz_without_labels(tmp_path, capsys):
+    path = save_npz(tmp_path / "grey.npz", x=pixels(40, 6, 6))
+    status, err, out = vae_train(capsys, tmp_path, f"npz:{path}")
+    assert status == 0, err
+    assert (out / "latent_space.png").is_file()  # one colour: no labels
+    assert recorded(out)[1] == DataSource(f"npz:{path}", "nhw", test_fraction=0.1)
+
+
+def test_cli_image_folder_with_resize_and_color_is_recorded_and_reloads(tmp_path, capsys):
+    root = tmp_path / "pics"
+    for i in range(20):
+        shape = (6, 5) if i % 2 else (7, 7, 3)  # two sizes, grey and colour
+        write_png(root / ("a" if i % 3 else "b") / f"{i}.png", pixels(*shape, seed=i))
+    status, err, _ = vae_train(capsys, tmp_path, f"images:{root}")
+    assert status == 2 and "mixes grey and colour" in err and "--color" in err
+    status, err, _ = vae_train(capsys, tmp_path, f"images:{root}", "--color", "rgb")
+    assert status == 2 and "different sizes" in err and "--resize H,W" in err
+    flags = ("--resize", "4,4", "--color", "rgb", "--binarize", "static")
+    status, err, out = vae_train(capsys, tmp_path, f"images:{root}", *flags)
+    assert status == 0, err
+    config, source = recorded(out)
+    assert config.input_shape == (3, 4, 4)
+    assert source == DataSource(f"images:{root}", "auto", (4, 4), "rgb", 0.1, 0, "static")
+    manifest = json.loads((out / "run.json").read_text())
+    assert DataSource.from_dict(manifest["settings"]["data"]) == source
+    again = load_dataset(source)
+    direct = load_dataset(f"images:{root}", resize=(4, 4), color="rgb")
+    np.testing.assert_array_equal(again.train, direct.train)
+    np.testing.assert_array_equal(again.test_labels, direct.test_labels)
+    assert again.classes == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--resize", "4,4"), "does not take resize"),
+        (("--color", "gray"), "does not take color"),
+        (("--layout", "nhwc"), "does not take layout 'nhwc'"),
+    ],
+)
+def test_cli_options_digits_does_not_take(tmp_path, capsys, flags, message):
+    status, err, _ = vae_train(capsys, tmp_path, "digits", *flags)
+    assert status == 2 and message in err
+
+
+def test_cli_resize_must_be_two_positive_integers(tmp_path, capsys):
+    from vae_tools import cli
+
+    for bad in ("4", "4,0", "a,b", "4,4,4"):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["train", "--backend", "torch", "--out", str(tmp_path), "--resize", bad])
+        assert info.value.code == 2
+        assert "expected H,W" in capsys.readouterr().err
+
+
+def test_run_train_with_arrays(tmp_path):
+    from vae_common.checkpoint import load_checkpoint, recorded_source
+    from vae_common.config import VAEConfig
+    from vae_common.training import TrainConfig
+    from vae_tools import run
+
+    ds = Dataset.from_arrays(pixels(40, 6, 6, 1), name="mine")
+    config = VAEConfig(input_shape=(1, 6, 6), hidden=(8,), latent_dim=2)
+    settings = run.RunSettings("mine", batch_size=8)
+    metrics = run.train(tmp_path / "r", "torch", config, TrainConfig(), settings, 1, dataset=ds,
+                        progress=False, device="cpu")  # fmt: skip
+    assert metrics and metrics[-1]["epoch"] == 1
+    source = recorded_source(load_checkpoint(tmp_path / "r" / "checkpoint.safetensors")[2])
+    assert source == DataSource("arrays", "nhwc", test_fraction=0.1)
+    with pytest.raises(DataError, match="pass the arrays again"):
+        load_dataset(source)
