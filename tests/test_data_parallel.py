@@ -51,9 +51,13 @@ def _env(**extra: str) -> dict[str, str]:
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     )
-    # One thread per process; JAX's persistent compilation cache, as conftest.py sets it.
+    # One thread per process (inductor compiles in the process too, without a pool of compile
+    # workers); JAX's persistent compilation cache, as conftest.py sets it; Python tracebacks
+    # if a worker dies of a signal.
     env.update(
         OMP_NUM_THREADS="1",
+        TORCHINDUCTOR_COMPILE_THREADS="1",
+        PYTHONFAULTHANDLER="1",
         JAX_PLATFORMS="cpu",
         JAX_COMPILATION_CACHE_DIR=str(ROOT / ".pytest_cache" / "jax-compilation-cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
