@@ -40,6 +40,8 @@ TARGETS: dict[str, list[str]] = {
         *REFERENCE_TESTS,
         "tests/test_train_jax_torch.py",
         "tests/test_api_mirror.py",
+        # Slow (subprocesses, minutes): last, so only survivors of everything above pay for it.
+        "tests/test_data_parallel.py",
     ],
     "vae_jax/losses.py": [
         "tests/test_losses.py",

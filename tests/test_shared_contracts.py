@@ -28,6 +28,7 @@ from vae_common.data import (
 from vae_common.errors import ConfigError, DataError, ShapeError
 from vae_common.evaluation import evaluate_batches
 from vae_common.spec import init_canonical
+from vae_common.trainer import TrainerBase
 from vae_common.training import TrainConfig, optimizer_state_names, split_optimizer_state
 
 CONFIG = VAEConfig(input_shape=(1, 2, 2), hidden=(3,), latent_dim=2)
@@ -169,3 +170,35 @@ def test_reference_gaussian_log_likelihood_default_is_unit_std():
     x, mean = np.zeros((1, 1, 2, 2)), np.ones((1, 1, 2, 2))
     want = -0.5 * 4 - 4 * 0.5 * np.log(2 * np.pi)
     assert reference.gaussian_log_likelihood(x, mean)[0] == pytest.approx(want, rel=1e-14)
+
+
+def test_trainer_evaluates_in_batches_of_500_by_default(state):
+    """``Trainer.evaluate(x)`` is ``evaluate_batches`` with batches of 500 and seed 0: on 501
+    images the second batch's noise is stream 2, so another default gives other numbers."""
+    from vae_torch.train import Trainer
+
+    x = np.random.default_rng(2).uniform(0, 1, (501, 1, 2, 2))
+    trainer = Trainer(CONFIG, dtype="float64", device="cpu")
+    trainer.load_state_dict(state)
+    want = evaluate_batches(_terms(state), _iwae(state), x, 2, "float64", 0, 500, 0)
+    got = trainer.evaluate(x)
+    assert got["neg_elbo"] == pytest.approx(want["neg_elbo"], rel=1e-12)
+    assert got["iwae_k"] == 0 and got["neg_iwae"] is None
+
+
+def test_every_backend_hook_is_abstract():
+    """Each hook that both backends implement is abstract in the contract, so a backend that
+    forgot one could not be built (rather than failing at the first call)."""
+    import vae_jax.train
+    import vae_torch.train
+
+    own = [vars(vae_jax.train.Trainer), vars(vae_torch.train.Trainer)]
+    hooks = {
+        name
+        for name in vars(TrainerBase)
+        if name.startswith("_")
+        and not name.startswith(("__", "_abc"))
+        and all(name in d for d in own)
+    }
+    assert len(hooks) > 10
+    assert hooks <= set(TrainerBase.__abstractmethods__), hooks - TrainerBase.__abstractmethods__
