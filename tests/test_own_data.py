@@ -462,6 +462,18 @@ def test_cli_ambiguous_layout_is_bad_input_before_training(tmp_path, capsys, sha
     status, err, out = vae_train(capsys, tmp_path, f"npz:{path}", "--layout", "nchw")
     assert status == 0, err
     assert recorded(out)[0].input_shape == (shape[1], shape[2], shape[3])
+    # vae generate reads the recorded layout; a --dataset given again needs its --layout again.
+    from vae_tools import cli
+
+    gen = ["generate", "reconstruct", "--checkpoint", str(out / "checkpoint.safetensors")]
+    gen += ["--backend", "torch", "--n", "4", "--overwrite"]
+    assert cli.main([*gen, "--out", str(tmp_path / "g1")]) == 0
+    assert np.load(tmp_path / "g1" / "reconstructions.npy").shape == (4, *shape[1:])
+    capsys.readouterr()
+    assert cli.main([*gen, "--out", str(tmp_path / "g2"), "--dataset", f"npz:{path}"]) == 2
+    assert "an ambiguous layout" in capsys.readouterr().err
+    again = [*gen, "--out", str(tmp_path / "g2"), "--dataset", f"npz:{path}", "--layout", "nchw"]
+    assert cli.main(again) == 0
 
 
 def test_cli_npz_without_labels(tmp_path, capsys):

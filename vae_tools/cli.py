@@ -134,7 +134,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         choices=LAYOUTS,
         default="auto",
         help="npz:FILE only: the images' axes; auto takes a 4-D array only when exactly one of "
-        "axes 1 and 3 holds 1, 3 or 4 channels (default: auto)",
+        "axes 1 and 3 holds 1, 3 or 4 channels (default: %(default)s)",
     )
     g.add_argument(
         "--resize",
@@ -475,9 +475,9 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     data.add_argument(
         "--dataset",
         default=None,
-        help="digits | mnist:DIR | fashion-mnist:DIR | kmnist:DIR | npz:FILE (default: the "
-        "dataset the checkpoint records)",
+        help=f"{DATASET_HELP} (default: the dataset the checkpoint records)",
     )
+    add_data_args(data)
     data.add_argument("--split", choices=("test", "train"), default="test", help="dataset split")
     data.add_argument(
         "--images", default=None, help="a .npy file of images (N, C, H, W) instead of a dataset"

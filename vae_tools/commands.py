@@ -327,7 +327,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.what == "samples":
         paths = generate.write_samples(gen, args.out, args.n, args.seed, args.overwrite)
     else:
-        x, labels = generate.inputs(gen, args.dataset, args.split, args.images)
+        dataset = None if args.dataset is None else data_source(args)
+        x, labels = generate.inputs(gen, dataset, args.split, args.images)
         if args.what == "reconstruct":
             paths = generate.write_reconstructions(gen, args.out, x[: args.n], args.overwrite)
         elif args.what == "interpolate":

@@ -118,8 +118,9 @@ class Generator:
         source = self.source
         return None if source is None else source.spec
 
-    def load_data(self, spec: str | None = None) -> Dataset:
-        """The dataset ``spec`` names, else the one the checkpoint was trained on (loaded again
+    def load_data(self, spec: str | DataSource | None = None) -> Dataset:
+        """The dataset ``spec`` names (a spec string or a ``DataSource``: with a layout,
+        resize or color), else the one the checkpoint was trained on (loaded again
         from ``source``, grey levels: a binarized run's images are not binarized here); its
         images must have the model's shape.
 
@@ -252,7 +253,10 @@ def load_generator(
 
 
 def inputs(
-    generator: Generator, dataset: str | None, split: str = "test", images: str | Path | None = None
+    generator: Generator,
+    dataset: str | DataSource | None,
+    split: str = "test",
+    images: str | Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(images (N, C, H, W), labels (N,) or None)`` to generate from: the ``.npy`` file
     ``images``, else the ``split`` (``"test"`` or ``"train"``) of ``dataset`` (None: the dataset
