@@ -47,7 +47,7 @@ RTOL, ATOL = 1e-9, 1e-12
 SETTINGS = {
     "constant-lr": TrainConfig(lr=0.01),
     # Adam's settings all away from their defaults (an epsilon that matters next to sqrt(v)),
-    # a KL weight other than 1 and a warm-up that ends in the middle of the second epoch.
+    # a KL weight other than 1 and a 5-step warm-up running across run_steps and the first epoch.
     "warmup": TrainConfig(lr=0.02, b1=0.8, b2=0.95, adam_eps=1e-3, beta=0.7, warmup_steps=5),
     # A floor between the dimensions' KLs (some floored, some not; checked below), dynamic
     # binarization in the epochs.
