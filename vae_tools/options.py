@@ -191,6 +191,8 @@ def load_config(
     actions = {a.dest: a for a in parser._actions if a.option_strings}
     values: dict[str, Any] = {}
     for key, value in body.items():
+        if value is None:
+            continue  # JSON null: not set (as the option left out)
         dest = str(key).replace("-", "_")
         action = actions.get(dest)
         if action is None or dest not in defaults or dest == "config":

@@ -22,7 +22,9 @@ previous run left in the same directory.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -114,7 +116,12 @@ class RunLog:
             require_tensorboard()
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(str(tensorboard), purge_step=purge_step)
+            # A file of its own per writer: tensorboardX names files by the second and the
+            # host, so a resume within the same second would otherwise reuse the name.
+            suffix = f".{os.getpid()}.{time.time_ns()}"
+            self.writer = SummaryWriter(
+                str(tensorboard), purge_step=purge_step, filename_suffix=suffix
+            )
 
     def epoch(self, record: dict[str, Any]) -> None:
         """Report a committed epoch: its progress, then its scalars (flushed to disk)."""
