@@ -10,7 +10,9 @@ moments compared tensor by tensor, the same metrics but for wall time.
 
 The runs are children forked by ``fork_server.py`` (imports paid once), so the killed, resumed
 and uninterrupted runs share one numerical set-up (one torch thread, JAX without x64). Torch is
-killed at every point and at pairs of points (a resume killed again); JAX at a few points.
+killed at every point and at pairs of points (a resume killed again); JAX at a few points. A
+run with a validation split (``--val-split``: ``best.safetensors`` after the checkpoint in
+every epoch that improves the validation -ELBO) is killed at every point too.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from idx_files import write_idx_dir
 from run_helpers import assert_manifest_holds, assert_same_run, file_epoch, sha256
@@ -32,6 +35,8 @@ pytestmark = pytest.mark.slow
 
 EPOCHS = 2
 EPOCH_FILES = ("metrics.jsonl", "train_state.safetensors", "checkpoint.safetensors")
+BEST = "best.safetensors"
+VAL_SPLIT = ["--val-split", "32"]
 PLOTS = ("reconstructions.png", "samples.png", "loss_curves.png", "latent_space.png")
 # The lock; the epoch-0 manifest; per epoch its three files and its manifest; the plots and the
 # manifest that records them.
@@ -95,12 +100,17 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def references(server, data, tmp_path_factory) -> dict[str, Path]:
-    """``{backend: directory}`` of an uninterrupted run."""
+    """``{backend: directory}`` of an uninterrupted run (``"torch-val"``: with a validation
+    split)."""
     root = tmp_path_factory.mktemp("reference")
     runs = {}
-    for backend in ("torch", "jax"):
-        runs[backend] = root / backend
-        status, log = server.run(train_argv(backend, data, runs[backend]))
+    for name, backend, extra in (
+        ("torch", "torch", []),
+        ("jax", "jax", []),
+        ("torch-val", "torch", VAL_SPLIT),
+    ):
+        runs[name] = root / name
+        status, log = server.run(train_argv(backend, data, runs[name], *extra))
         assert status == 0, log
     return runs
 
@@ -139,7 +149,7 @@ def strict_json_lines(path: Path) -> list[dict]:
 def assert_consistent(out: Path) -> None:
     """The state a kill may leave: see the module docstring."""
     names = {p.name for p in out.iterdir()}
-    allowed = {"run.json", ".vae-train.lock", *EPOCH_FILES, *PLOTS}
+    allowed = {"run.json", ".vae-train.lock", *EPOCH_FILES, BEST, *PLOTS}
     assert names <= allowed, f"unexpected files (a write left half-done?): {names - allowed}"
     if "run.json" not in names:
         assert names == {".vae-train.lock"}, names
@@ -158,6 +168,17 @@ def assert_consistent(out: Path) -> None:
             assert file_epoch(out / name) == committed + 1, f"{name} neither committed nor next"
             leading.append(name)
     assert leading == list(EPOCH_FILES[: len(leading)]), f"files lead out of write order: {leading}"
+    # The best checkpoint: the one the manifest vouches for (of an epoch up to the committed
+    # one), or the next epoch's, written after all three epoch files.
+    entry = body["files"].get(BEST)
+    if (out / BEST).exists():
+        if entry is not None and entry["sha256"] == sha256(out / BEST):
+            assert entry["epoch"] == file_epoch(out / BEST) <= committed
+        else:
+            assert file_epoch(out / BEST) == committed + 1, "best.safetensors neither committed"
+            assert leading == list(EPOCH_FILES), f"best.safetensors led {leading}"
+    else:
+        assert entry is None, "run.json vouches for best.safetensors, which is missing"
     for name in PLOTS:
         entry = body["files"].get(name)
         if entry is not None:
@@ -191,6 +212,11 @@ def kill_and_resume(
     assert_manifest_holds(out, EPOCHS)
     assert set(PLOTS) <= {p.name for p in out.iterdir()}
     assert_same_run(out, reference)
+    if (reference / BEST).exists():
+        got, _, got_meta = load_checkpoint(out / BEST)
+        want, _, want_meta = load_checkpoint(reference / BEST)
+        assert got_meta == want_meta
+        assert all(np.array_equal(got[n], want[n]) for n in want), "best weights differ"
 
 
 def test_torch_killed_at_every_write_resumes_bit_identical(server, data, references, tmp_path):
@@ -226,3 +252,27 @@ def test_jax_killed_at_some_writes_resumes_bit_identical(server, data, reference
     for point in JAX_POINTS:
         out = tmp_path / f"kill-{point}"
         kill_and_resume(server, train_argv("jax", data, out), out, references["jax"], [point])
+
+
+def test_a_run_with_a_validation_split_killed_at_every_write_resumes_bit_identical(
+    server, data, references, tmp_path
+):
+    reference = references["torch-val"]
+    metrics = strict_json_lines(reference / "metrics.jsonl")
+    # One more write in every epoch whose validation -ELBO is the lowest so far.
+    improved = sum(
+        1
+        for i, m in enumerate(metrics)
+        if all(m["val_neg_elbo"] < p["val_neg_elbo"] for p in metrics[:i])
+    )
+    points = KILL_POINTS + improved
+    argv = train_argv("torch", data, tmp_path / "unused", *VAL_SPLIT)
+    for point in range(1, points + 1):
+        out = tmp_path / f"kill-{point}"
+        argv[argv.index("--out") + 1] = str(out)
+        kill_and_resume(server, list(argv), out, reference, [point])
+    out = tmp_path / "past-the-end"
+    argv[argv.index("--out") + 1] = str(out)
+    status, log = server.run(argv, kill_at=points + 1)
+    assert status == 0, log
+    assert_same_run(out, reference)
