@@ -46,6 +46,7 @@ TARGETS: dict[str, list[str]] = {
     "vae_jax/losses.py": [
         "tests/test_losses.py",
         *REFERENCE_TESTS,
+        "tests/test_input_checks.py",
     ],
     "vae_jax/train.py": [
         "tests/test_reference_training.py",
@@ -55,6 +56,7 @@ TARGETS: dict[str, list[str]] = {
     "vae_torch/losses.py": [
         "tests/test_losses.py",
         *REFERENCE_TESTS,
+        "tests/test_input_checks.py",
     ],
     "vae_torch/train.py": [
         "tests/test_reference_training.py",

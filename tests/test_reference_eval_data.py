@@ -129,16 +129,16 @@ def test_free_bits_below_every_dimension_is_the_plain_loss(state, images):
 
 @pytest.mark.parametrize("backend", list(TRAINERS))
 def test_evaluation_uses_the_documented_noise_and_exactly_k_samples(backend, state, images):
-    """``evaluate(x, seed, batch_size=4, iwae_k=5)`` on 10 images (batches 4, 4, 2): the ELBO of
-    batch j with ``standard_normal(seed, 2j, (b, L))``, the IWAE bound with
-    ``standard_normal(seed, 2j + 1, (5, b, L))``, against numpy and the backend's own bound."""
+    """``evaluate(x, seed, batch_size=5, iwae_k=5)`` on 10 images (two batches): the ELBO of
+    batch j with ``standard_normal(seed, 2j, (5, L))``, the IWAE bound with
+    ``standard_normal(seed, 2j + 1, (5, 5, L))``, against numpy and the backend's own bound."""
     trainer = make_trainer(backend)
     trainer.load_state_dict(state)
-    got = trainer.evaluate(images, seed=3, batch_size=4, iwae_k=5)
+    got = trainer.evaluate(images, seed=3, batch_size=5, iwae_k=5)
     recon, kl, bound, own = [], [], [], []
     backend_bound = _backend_iwae(backend, state)
-    for j, start in enumerate(range(0, 10, 4)):
-        xb = images[start : start + 4]
+    for j, start in enumerate(range(0, 10, 5)):
+        xb = images[start : start + 5]
         r, k = elbo_terms(state, xb, standard_normal(3, 2 * j, (len(xb), 3)))
         recon.append(r)
         kl.append(k)
@@ -154,9 +154,9 @@ def test_evaluation_uses_the_documented_noise_and_exactly_k_samples(backend, sta
     assert got["neg_iwae"] == pytest.approx(np.mean(bound), rel=1e-12)
     # The bound is tighter than the ELBO here, and another K gives another number.
     assert got["neg_iwae"] < got["neg_elbo"]
-    fewer = trainer.evaluate(images, seed=3, batch_size=4, iwae_k=4)
+    fewer = trainer.evaluate(images, seed=3, batch_size=5, iwae_k=4)
     assert abs(fewer["neg_iwae"] - got["neg_iwae"]) > 1e-6
-    assert trainer.evaluate(images, seed=3, batch_size=4)["neg_iwae"] is None
+    assert trainer.evaluate(images, seed=3, batch_size=5)["neg_iwae"] is None
 
 
 def _backend_iwae(backend: str, state: dict):
@@ -312,3 +312,43 @@ def test_golden_jax_epoch_stream():
         np.asarray(jax.random.normal(k_eps, (2,), jnp.float64)),
         [0.25344214380381547, 1.1574908693176391],
     )
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_gaussian_iwae_bound_matches_numpy(backend, state, images):
+    """The Gaussian likelihood with std 0.7 in the importance weights (the backends centre the
+    per-pixel terms before summing them; numpy sums the densities as written)."""
+    config = CONFIG.replace(likelihood="gaussian", gaussian_std=0.7)
+    eps = standard_normal(5, 0, (6, 10, 3))
+    want = reference.mlp_negative_iwae_bound(state, config, images, eps)
+    if backend == "jax":
+        model = vae_jax.build_model(config, "float64")
+        got = vae_jax.negative_iwae_bound(model, vae_jax.from_canonical(model, state), images, eps)
+    else:
+        model = vae_torch.build_model(config, "float64")
+        vae_torch.from_canonical(model, state)
+        with torch.no_grad():
+            got = vae_torch.negative_iwae_bound(
+                model, None, torch.as_tensor(images), torch.as_tensor(eps)
+            )
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12)
+
+
+def test_objective_and_loss_weigh_the_kl_by_one_by_default(state, images):
+    eps = standard_normal(9, 2, (10, 3))
+    recon, kl = elbo_terms(state, images, eps)
+    want = float(np.mean(recon + kl))
+    jmodel = vae_jax.build_model(CONFIG, "float64")
+    jparams = vae_jax.from_canonical(jmodel, state)
+    tmodel = vae_torch.build_model(CONFIG, "float64")
+    vae_torch.from_canonical(tmodel, state)
+    x_t, eps_t = torch.as_tensor(images), torch.as_tensor(eps)
+    with torch.no_grad():
+        got = [
+            vae_jax.objective(jmodel, jparams, images, eps),
+            vae_jax.loss(jmodel, jparams, images, eps),
+            vae_torch.objective(tmodel, None, x_t, eps_t),
+            vae_torch.loss(tmodel, None, x_t, eps_t),
+        ]
+    for value in got:
+        assert float(value) == pytest.approx(want, rel=1e-12)
