@@ -438,6 +438,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=nonnegative_int,
         help=argparse.SUPPRESS,
     )
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also time Trainer(devices=N) (N >= 2; global batch = --batch-size, split over N): "
+        "rows jax/epoch-dpN, torch/eager-dpN, torch/compile-dpN for the chosen modes, with "
+        "efficiency = samples/s / (N x the 1-device row); JAX without N devices runs on N "
+        "forced CPU devices in a subprocess, torch as N ranks under torch.distributed.run "
+        "(default: 1-device rows only)",
+    )
     p.add_argument("--json", help="write the records and host info here")
     p.add_argument("--plot", help="write a bar chart here")
     p.set_defaults(func=commands.cmd_bench)

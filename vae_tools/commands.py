@@ -264,6 +264,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         untimed_steps = args.deprecated_warmup_steps
     if untimed_steps is None:
         untimed_steps = BENCH_UNTIMED_STEPS
+    if args.devices is not None:
+        # Refused before the dataset is read or anything is timed.
+        chosen = bench.choose(backends, modes, args.device)
+        bench.check_devices(args.devices, chosen, args.device, args.batch_size)
     data, config = None, None
     if args.dataset:
         from vae_common.data import load_dataset
@@ -291,6 +295,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         data=data,
         config=config,
         log=lambda m: print(m, file=sys.stderr, flush=True),
+        devices=args.devices,
     )
     print(bench.format_table(result))
     if args.json:

@@ -12,10 +12,21 @@ Method, the same for every contender (``contenders.py``):
   eager PyTorch loop (DataLoader with shuffling, sigmoid + BCE summed, default Adam,
   ``loss.item()`` every step, flush-to-zero off);
 - the host's versions and settings, its measured matmul peak and the GEMM-only ceiling of the
-  step (``host.py``) go with the records (``report.py``: table, JSON, chart).
+  step (``host.py``) go with the records (``report.py``: table, JSON, chart);
+- with ``devices=N`` (``vae bench --devices N``), data-parallel rows ``<mode>-dpN`` of
+  ``Trainer(devices=N)`` and their efficiency against N times the 1-device row
+  (``data_parallel.py``; run in other processes where this one lacks the N devices, so not
+  interleaved with the other rows).
 """
 
-from vae_tools.bench.contenders import CONTENDERS, MODES, make_contender, reference_step
+from vae_tools.bench.contenders import (
+    CONTENDERS,
+    DP_MODES,
+    MODES,
+    make_contender,
+    reference_step,
+)
+from vae_tools.bench.data_parallel import check_devices
 from vae_tools.bench.host import gemm_ceiling, gemm_shapes, host_info, matmul_peak_gflops
 from vae_tools.bench.report import format_table, save_plot, write_json
 from vae_tools.bench.run import choose, run_bench
@@ -24,8 +35,10 @@ from vae_tools.bench.workload import Workload, default_config, flops_per_sample,
 
 __all__ = [
     "CONTENDERS",
+    "DP_MODES",
     "MODES",
     "Workload",
+    "check_devices",
     "choose",
     "default_config",
     "flops_per_sample",

@@ -7,6 +7,11 @@ own ``Trainer`` or its public step functions, on the batches and noise ``Trainer
 uses for the same ``(seed, epoch)``. The reference contender is independent on purpose: the
 canonical PyTorch loop the others are measured against.
 
+With ``Workload.devices`` set, the ``Trainer`` contenders (``jax_epoch``, ``torch_eager``,
+``torch_compile``) build ``Trainer(devices=N)``: the data-parallel rows of
+``vae_tools.bench.data_parallel``, which must run where the N devices (JAX) or the process group
+of N ranks (torch) exist.
+
 JAX and torch are imported only when one of their contenders is built.
 """
 
@@ -29,7 +34,13 @@ def _jax_trainer(w: Workload) -> tuple[Any, Any]:
     from vae_jax.train import Trainer
 
     # JAX has no Intel GPU backend: on an XPU machine its rows run on the CPU (said in the output).
-    trainer = Trainer(w.config, w.train, w.dtype, device="cpu" if w.device == "xpu" else w.device)
+    trainer = Trainer(
+        w.config,
+        w.train,
+        w.dtype,
+        device="cpu" if w.device == "xpu" else w.device,
+        devices=w.devices,
+    )
     trainer.load_state_dict(w.initial_weights())
     return trainer, trainer.put_data(w.data)
 
@@ -72,7 +83,9 @@ def jax_step(w: Workload) -> EpochFn:
 def _torch_trainer(w: Workload, compile: bool = False) -> tuple[Any, Any]:
     from vae_torch.train import Trainer
 
-    trainer = Trainer(w.config, w.train, w.dtype, device=w.device, compile=compile)
+    trainer = Trainer(
+        w.config, w.train, w.dtype, device=w.device, compile=compile, devices=w.devices
+    )
     trainer.load_state_dict(w.initial_weights())
     return trainer, trainer.put_data(w.data)
 
@@ -228,10 +241,18 @@ MODES: dict[str, tuple[str, ...]] = {
     backend: tuple(m for b, m in CONTENDERS if b == backend)
     for backend in ("jax", "torch", "reference")
 }
+# The modes that train through ``Trainer.train_epoch`` and so have a data-parallel form
+# (``Trainer(devices=N)``); the others step through functions of one device.
+DP_MODES: dict[str, tuple[str, ...]] = {"jax": ("epoch",), "torch": ("eager", "compile")}
 
 
 def make_contender(backend: str, mode: str, w: Workload) -> EpochFn:
-    """Build the ``backend``/``mode`` contender (see ``MODES``) for ``w``."""
+    """Build the ``backend``/``mode`` contender (see ``MODES``) for ``w``; with ``w.devices``
+    set, only the modes of ``DP_MODES``."""
     if (backend, mode) not in CONTENDERS:
         raise ConfigError(f"unknown contender {backend}/{mode}; choose from {MODES}")
+    if w.devices is not None and mode not in DP_MODES.get(backend, ()):
+        raise ConfigError(
+            f"{backend}/{mode} has no data-parallel form; data-parallel modes: {DP_MODES}"
+        )
     return CONTENDERS[backend, mode](w)

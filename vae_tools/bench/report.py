@@ -24,7 +24,8 @@ def _reference_rate(result: dict[str, Any], batch: str) -> float | None:
 
 def format_table(result: dict[str, Any]) -> str:
     """One row per record (``x ref`` is ``-`` without a reference row), then the GEMM-only
-    ceiling per batch size and a line on the host."""
+    ceiling per batch size, a line per data-parallel record (``dp_lines``) and a line on the
+    host."""
     rows = [COLUMNS]
     for r in result["records"]:
         ratio = r.get("ratio_to_reference")
@@ -58,6 +59,7 @@ def format_table(result: dict[str, Any]) -> str:
                 + (f" = {ceiling / ref:.2f} x ref" if ref else "")
                 + " (the step's matrix products alone, nothing else)"
             )
+    lines.extend(dp_lines(result["records"]))
     peak = h.get("peak_gflops")
     lines.append(
         f"{h.get('processor')} x{h.get('cpu_count')}, device {h['device']}, torch "
@@ -66,6 +68,30 @@ def format_table(result: dict[str, Any]) -> str:
         + (f"; measured matmul peak {peak:.0f} GFLOP/s" if peak else "")
     )
     return "\n".join(lines)
+
+
+def dp_lines(records: list[dict[str, Any]]) -> list[str]:
+    """For each data-parallel record (one with ``devices``): its efficiency and what it is
+    measured against, how it ran, and on the CPU how many cores its devices shared."""
+    lines = []
+    for r in records:
+        if "devices" not in r:
+            continue
+        n = r["devices"]
+        shared = r.get("host_cores")
+        lines.append(
+            f"{r['backend']}/{r['mode']}, batch {r['batch_size']} ({r['per_device_batch']} per "
+            f"device): efficiency {r['efficiency']:.2f} = {r['samples_per_s']:,.0f} / ({n} x "
+            f"{r['single_device_samples_per_s']:,.0f} of {r['backend']}/"
+            f"{r['single_device_mode']}); {r['launch']}"
+            + ("" if r["interleaved"] else "; not interleaved with the 1-device rows")
+            + (
+                f"; the {n} devices share {shared} CPU core(s): not a speed-up measurement"
+                if shared
+                else ""
+            )
+        )
+    return lines
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> None:

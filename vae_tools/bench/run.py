@@ -1,7 +1,9 @@
-"""``run_bench``: every chosen contender on every batch size, timed together, as records."""
+"""``run_bench``: every chosen contender on every batch size, timed together, as records; with
+``devices`` also the data-parallel rows (``vae_tools.bench.data_parallel``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -9,8 +11,10 @@ import numpy as np
 
 from vae_common.config import VAEConfig
 from vae_common.constants import BENCH_UNTIMED_STEPS
+from vae_common.distributed import usable_cores
 from vae_common.errors import ConfigError
 from vae_common.training import TrainConfig
+from vae_tools.bench import data_parallel as dp
 from vae_tools.bench.contenders import MODES, make_contender
 from vae_tools.bench.host import gemm_ceiling, host_info, matmul_peak_gflops
 from vae_tools.bench.timing import measure_interleaved
@@ -75,6 +79,35 @@ def _record(
     }
 
 
+def _add_dp_fields(
+    rec: dict[str, Any],
+    mode: str,
+    n: int,
+    single: tuple[dict[str, Any], float | None],
+    last_loss: float | None,
+    interleaved: bool,
+    how: Mapping[str, Any],
+) -> dict[str, Any]:
+    """``rec`` (an N-device row's ``_record``) with the data-parallel fields, against the
+    1-device row ``single`` (its record and its last epoch's mean loss) of the same mode."""
+    base, base_loss = single
+    rec.update(
+        devices=n,
+        per_device_batch=rec["batch_size"] // n,
+        single_device_mode=mode,
+        single_device_samples_per_s=base["samples_per_s"],
+        efficiency=rec["samples_per_s"] / (n * base["samples_per_s"]),
+        interleaved=interleaved,
+        launch=how["launch"],
+        processes=how["processes"],
+        threads_per_process=how["threads_per_process"],
+        host_cores=usable_cores() if rec["device"] == "cpu" else None,
+        last_epoch_mean_loss=last_loss,
+        single_device_last_epoch_mean_loss=base_loss,
+    )
+    return rec
+
+
 def run_bench(
     backends: Sequence[str] = ("jax", "torch", "reference"),
     arch: str = "mlp",
@@ -89,6 +122,7 @@ def run_bench(
     config: VAEConfig | None = None,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    devices: int | None = None,
 ) -> dict[str, Any]:
     """Time every chosen contender (``choose``) for every batch size.
 
@@ -98,19 +132,30 @@ def run_bench(
     Args:
       data: (N, C, H, W) images; default ``make_data(config, samples, seed)``.
       config: the model; default ``default_config(arch)``.
+      devices: N >= 2 adds, for every chosen mode of ``contenders.DP_MODES``, a row
+        ``<mode>-dpN`` timing ``Trainer(devices=N).train_epoch`` on the same workload (global
+        batch = the batch size, split over N), with the same untimed steps and repeats; checked
+        (``data_parallel.check_devices``) before any work.
 
     Returns:
       ``{"records": [one dict per contender and batch size], "host": {...}}``; every record's
       ``ratio_to_reference`` is its samples/s over the reference row's of the same batch size
-      (None without one).
+      (None without one). A data-parallel record also has ``devices``, ``per_device_batch``,
+      ``single_device_mode``, ``single_device_samples_per_s``, ``efficiency`` (its samples/s
+      over N x the 1-device row's), ``interleaved`` (with the 1-device rows), ``launch``,
+      ``processes``, ``threads_per_process`` (None: JAX's own pool), ``host_cores`` (the cores
+      all N devices or ranks shared, on the CPU) and ``last_epoch_mean_loss`` (of both rows:
+      ``single_device_last_epoch_mean_loss``, the same training up to rounding).
     """
     if repeats < 1 or untimed_steps < 0:
         raise ConfigError(
             f"need repeats >= 1 and untimed_steps >= 0, got {repeats}, {untimed_steps}"
         )
+    chosen = choose(backends, modes, device)
+    pairs = [] if devices is None else dp.check_devices(devices, chosen, device, batch_sizes)
+    n = 0 if devices is None else int(devices)
     config = config or default_config(arch)
     data = make_data(config, samples, seed) if data is None else data
-    chosen = choose(backends, modes, device)
     uses_torch = any(b in ("torch", "reference") for b, _ in chosen)
     if dtype == "float64" and any(b == "jax" for b, _ in chosen):
         from vae_jax.device import enable_float64
@@ -124,26 +169,51 @@ def run_bench(
         torch.backends.cudnn.allow_tf32 = False
     flops = flops_per_sample(config)
     train = TrainConfig(lr=1e-3)
+    # The JAX data-parallel rows that can run here, interleaved with the 1-device rows (JAX
+    # already has the N devices: GPUs, or CPU devices forced before it started).
+    here = [(b, m) for b, m in pairs if b == "jax" and dp.jax_in_process(n, device)]
+    in_process = {"launch": "in this process", "processes": 1, "threads_per_process": None}
     records = []
     for batch_size in batch_sizes:
         w = Workload(config, data, batch_size, dtype, device, seed, train)
         untimed_epochs = max(1, -(-untimed_steps // w.steps))
         log(
-            f"  batch {batch_size}: {len(chosen)} contenders, {untimed_epochs} untimed epoch(s) "
-            f"each, then {repeats} interleaved timed rounds"
+            f"  batch {batch_size}: {len(chosen + here)} contenders, {untimed_epochs} untimed "
+            f"epoch(s) each, then {repeats} interleaved timed rounds"
         )
-        epochs = [make_contender(b, m, w) for b, m in chosen]
+        wdp = dataclasses.replace(w, devices=n) if n else w
+        epochs = [dp.LastLosses(make_contender(b, m, w)) for b, m in chosen]
+        epochs += [dp.LastLosses(make_contender(b, m, wdp)) for b, m in here]
         timings = measure_interleaved(epochs, untimed_epochs, repeats)
+        losses = [e.mean for e in epochs]
         del epochs  # free this batch size's trainers and device data before the next
         rows = [
             _record(b, m, w, t, untimed_epochs, repeats, flops)
-            for (b, m), t in zip(chosen, timings, strict=True)
+            for (b, m), t in zip(chosen, timings, strict=False)
         ]
+        single = {pair: (r, loss) for pair, r, loss in zip(chosen, rows, losses, strict=False)}
+        for k, (b, m) in enumerate(here, start=len(chosen)):
+            rec = _record(b, dp.dp_mode(m, n), wdp, timings[k], untimed_epochs, repeats, flops)
+            rows.append(_add_dp_fields(rec, m, n, single[b, m], losses[k], True, in_process))
+        for backend in ("jax", "torch"):
+            away = tuple(m for b, m in pairs if b == backend and (b, m) not in here)
+            if not away:
+                continue
+            log(
+                f"  batch {batch_size}: {backend} {', '.join(away)} on {n} devices in "
+                "other processes (not interleaved with the rows above)"
+            )
+            out = dp.run_elsewhere(dp.Job(backend, away, wdp, untimed_epochs, repeats))
+            for m in away:
+                t, loss = out["timings"][m], out["last_epoch_mean_loss"][m]
+                rec = _record(backend, dp.dp_mode(m, n), wdp, t, untimed_epochs, repeats, flops)
+                rows.append(_add_dp_fields(rec, m, n, single[backend, m], loss, False, out))
         ref = next((r["samples_per_s"] for r in rows if r["backend"] == "reference"), None)
         for r in rows:
             r["ratio_to_reference"] = r["samples_per_s"] / ref if ref else None
         records.extend(rows)
     host = host_info(device)
+    host["usable_cores"] = usable_cores()
     host["flops_per_sample"] = flops
     host["peak_gflops"] = matmul_peak_gflops(device, dtype) if uses_torch else None
     host["gemm_ceiling_samples_per_s"] = (

@@ -69,6 +69,9 @@ class Workload:
       device: ``"cpu"``, ``"cuda"`` or ``"xpu"`` (JAX has no XPU backend and runs on the CPU).
       seed: seeds the initial weights, the batch order and the noise.
       train: Adam and objective settings.
+      devices: None for one device; N for the data-parallel rows, whose trainers are
+        ``Trainer(devices=N)`` (each global batch of ``batch_size`` split into N slices), so B
+        must be a multiple of N.
     """
 
     config: VAEConfig
@@ -78,11 +81,21 @@ class Workload:
     device: str = "cpu"
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
+    devices: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= len(self.data):
             raise ConfigError(
                 f"batch size {self.batch_size} must be between 1 and the {len(self.data)} samples"
+            )
+        if self.devices is not None and (
+            isinstance(self.devices, bool) or not isinstance(self.devices, int) or self.devices < 1
+        ):
+            raise ConfigError(f"devices must be None or a positive integer, got {self.devices!r}")
+        if self.devices is not None and self.batch_size % self.devices:
+            raise ConfigError(
+                f"batch size {self.batch_size} does not split over {self.devices} devices; use a "
+                f"multiple of {self.devices}"
             )
 
     @property
