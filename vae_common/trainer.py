@@ -24,6 +24,7 @@ from vae_common.constants import DTYPES
 from vae_common.data import check_batches
 from vae_common.errors import ConfigError, ShapeError
 from vae_common.evaluation import evaluate_batches
+from vae_common.precision import check_precision
 from vae_common.training import TrainConfig
 
 
@@ -47,6 +48,11 @@ class TrainerBase(abc.ABC):
         those of the 1-device run on the whole batch, and the loss is the mean over the global
         batch, so an N-device step is the 1-device step up to rounding. Evaluation, generation
         and reconstruction run unsharded, one whole batch on one device, any batch size.
+      precision: how the training steps compute (``vae_common.precision``): ``"float32"``,
+        ``"tf32"`` (TF32 products on NVIDIA GPUs; float32 elsewhere) or ``"bf16"`` (torch
+        autocast; JAX bfloat16 layers); the weights, Adam's state and the loss stay float32,
+        and evaluation and generation compute as in a float32 run. Only ``"float32"`` with
+        ``dtype="float64"`` (``ConfigError`` otherwise).
 
     The weights are set by ``load_state_dict`` before anything else is called.
     """
@@ -62,6 +68,7 @@ class TrainerBase(abc.ABC):
         compile: bool = False,
         flush_denormal: bool = True,
         devices: int | None = None,
+        precision: str = "float32",
     ) -> None:
         if not isinstance(config, VAEConfig):
             raise ConfigError(f"config must be a VAEConfig, got {type(config).__name__}")
@@ -72,6 +79,7 @@ class TrainerBase(abc.ABC):
         self.config = config
         self.train_config = train or TrainConfig()
         self.dtype = dtype
+        self.precision = check_precision(precision, dtype)
         self.compile = bool(compile)
         self.flush_denormal = bool(flush_denormal)
         if devices is not None and (
@@ -220,7 +228,13 @@ class TrainerBase(abc.ABC):
     def _settings_text(self) -> str:
         # What every process of a data-parallel run must share (distributed.all_ranks_agree).
         return "|".join(
-            (self.config.to_json(), self.train_config.to_json(), self.dtype, str(self.compile))
+            (
+                self.config.to_json(),
+                self.train_config.to_json(),
+                self.dtype,
+                str(self.compile),
+                self.precision,
+            )
         )
 
     def _check_split(self, batch: int) -> None:

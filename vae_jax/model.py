@@ -24,9 +24,14 @@ from vae_common.checkpoint import check_param_mapping, spec_shapes
 from vae_common.config import CONV_KERNEL, VAEConfig
 from vae_common.constants import DTYPES
 from vae_common.errors import CheckpointError, ConfigError, DeviceError
+from vae_common.precision import check_precision
 from vae_common.spec import spec_by_name
 from vae_jax._conv import conv_stride2, conv_transpose_stride2
 from vae_jax._typing import Array, ArrayLike, DTypeLike, Params
+
+# model.py names that only this backend has (the mirror test reads it): torch's reduced
+# precision is a context (autocast), not a module setting.
+JAX_ONLY = ("with_precision",)
 
 
 def _uniform(bound: float) -> Callable[..., Array]:
@@ -52,11 +57,14 @@ def _module_name(name: str) -> str:
     return name.split(".", 1)[1].replace(".", "_")
 
 
-def _dense(config: VAEConfig, name: str, features: int, dtype: DTypeLike) -> nn.Dense:
+def _dense(
+    config: VAEConfig, name: str, features: int, dtype: DTypeLike, compute: DTypeLike
+) -> nn.Dense:
+    # Parameters in ``dtype``; inputs and kernel cast to ``compute`` for the product.
     bound = _bound(config, name)
     return nn.Dense(
         features,
-        dtype=dtype,
+        dtype=compute,
         param_dtype=dtype,
         kernel_init=_uniform(bound),
         bias_init=_uniform(bound),
@@ -69,7 +77,9 @@ class _Conv(nn.Module):
 
     ``transposed=False``: torch ``Conv2d``, (B, H, W, C_in) -> (B, H/2, W/2, C_out).
     ``transposed=True``: torch ``ConvTranspose2d``, (B, H, W, C_in) -> (B, 2H, 2W, C_out).
-    Parameters: ``kernel`` (4, 4, C_in, C_out) and ``bias`` (C_out,).
+    Parameters: ``kernel`` (4, 4, C_in, C_out) and ``bias`` (C_out,), stored in ``dtype``; the
+    convolution and the bias add run in ``compute_dtype`` (None: ``dtype``), as ``nn.Dense``
+    does with its ``dtype`` and ``param_dtype``.
     """
 
     config: VAEConfig
@@ -78,6 +88,7 @@ class _Conv(nn.Module):
     c_out: int
     transposed: bool
     dtype: Any = jnp.float32
+    compute_dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -86,44 +97,56 @@ class _Conv(nn.Module):
         kernel = self.param("kernel", _uniform(bound), (k, k, self.c_in, self.c_out), self.dtype)
         bias = self.param("bias", _uniform(bound), (self.c_out,), self.dtype)
         op = conv_transpose_stride2 if self.transposed else conv_stride2
-        return op(x.astype(self.dtype), kernel) + bias
+        compute = self.compute_dtype or self.dtype
+        return op(x.astype(compute), kernel.astype(compute)) + bias.astype(compute)
 
 
-def _conv(config: VAEConfig, name: str, c_in: int, c_out: int, dtype: DTypeLike) -> _Conv:
-    return _Conv(config, name, c_in, c_out, False, dtype, name=_module_name(name))
+def _conv(config: VAEConfig, name: str, c_in: int, c_out: int, dtype: Any, compute: Any) -> _Conv:
+    return _Conv(config, name, c_in, c_out, False, dtype, compute, name=_module_name(name))
 
 
-def _conv_transpose(config: VAEConfig, name: str, c_in: int, c_out: int, dtype: DTypeLike) -> _Conv:
-    return _Conv(config, name, c_in, c_out, True, dtype, name=_module_name(name))
+def _conv_transpose(
+    config: VAEConfig, name: str, c_in: int, c_out: int, dtype: Any, compute: Any
+) -> _Conv:
+    return _Conv(config, name, c_in, c_out, True, dtype, compute, name=_module_name(name))
+
+
+def _to(a: Array, dtype: Any) -> Array:
+    # Layer outputs of a lower compute dtype back to the parameter dtype: the reparameterization
+    # and the losses (and their reductions) run in that dtype. No op when they already match.
+    return a if a.dtype == dtype else a.astype(dtype)
 
 
 class Encoder(nn.Module):
     """x (B, C, H, W) -> (mean, logvar), each (B, latent_dim).
 
     ``arch="conv"``: ReLU(conv) layers (each halving H and W), flattened in C, H, W order, then
-    the dense layers of the MLP.
+    the dense layers of the MLP. The layers compute in ``compute_dtype`` (None: ``dtype``, the
+    parameters' dtype); mean and logvar come out in ``dtype``.
     """
 
     config: VAEConfig
     dtype: Any = jnp.float32
+    compute_dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> tuple[Array, Array]:
         cfg = self.config
+        dt, ct = self.dtype, self.compute_dtype or self.dtype
         h = x
         if cfg.arch == "conv":
             h = h.transpose(0, 2, 3, 1)  # (B, H, W, C)
             c_in = cfg.input_shape[0]
             for i, c_out in enumerate(cfg.conv_channels):
-                h = nn.relu(_conv(cfg, f"encoder.conv.{i}", c_in, c_out, self.dtype)(h))
+                h = nn.relu(_conv(cfg, f"encoder.conv.{i}", c_in, c_out, dt, ct)(h))
                 c_in = c_out
             h = h.transpose(0, 3, 1, 2)  # (B, C_last, h, w), flattened like torch.flatten
         h = h.reshape(h.shape[0], -1)
         for i, size in enumerate(cfg.hidden):
-            h = nn.relu(_dense(cfg, f"encoder.hidden.{i}", size, self.dtype)(h))
-        mean = _dense(cfg, "encoder.mean", cfg.latent_dim, self.dtype)(h)
-        logvar = _dense(cfg, "encoder.logvar", cfg.latent_dim, self.dtype)(h)
-        return mean, logvar
+            h = nn.relu(_dense(cfg, f"encoder.hidden.{i}", size, dt, ct)(h))
+        mean = _dense(cfg, "encoder.mean", cfg.latent_dim, dt, ct)(h)
+        logvar = _dense(cfg, "encoder.logvar", cfg.latent_dim, dt, ct)(h)
+        return _to(mean, dt), _to(logvar, dt)
 
 
 class Decoder(nn.Module):
@@ -131,31 +154,34 @@ class Decoder(nn.Module):
 
     ``arch="conv"``: the dense layers, ReLU(project) to (B, C_last, h, w), then transposed
     convolutions (each doubling H and W) with ReLU between them; the last has no activation.
+    The layers compute in ``compute_dtype`` (None: ``dtype``); the output comes out in ``dtype``.
     """
 
     config: VAEConfig
     dtype: Any = jnp.float32
+    compute_dtype: Any = None
 
     @nn.compact
     def __call__(self, z: Array) -> Array:
         cfg = self.config
+        dt, ct = self.dtype, self.compute_dtype or self.dtype
         h = z
         for i, size in enumerate(reversed(cfg.hidden)):
-            h = nn.relu(_dense(cfg, f"decoder.hidden.{i}", size, self.dtype)(h))
+            h = nn.relu(_dense(cfg, f"decoder.hidden.{i}", size, dt, ct)(h))
         if cfg.arch == "mlp":
-            out = _dense(cfg, "decoder.out", cfg.input_dim, self.dtype)(h)
-            return out.reshape((z.shape[0],) + cfg.input_shape)
+            out = _dense(cfg, "decoder.out", cfg.input_dim, dt, ct)(h)
+            return _to(out.reshape((z.shape[0],) + cfg.input_shape), dt)
         shape = cfg.conv_output_shape
         features = shape[0] * shape[1] * shape[2]
-        h = nn.relu(_dense(cfg, "decoder.project", features, self.dtype)(h))
+        h = nn.relu(_dense(cfg, "decoder.project", features, dt, ct)(h))
         h = h.reshape((z.shape[0],) + shape).transpose(0, 2, 3, 1)  # (B, h, w, C_last)
         channels = [*reversed(cfg.conv_channels), cfg.input_shape[0]]
         last = len(channels) - 2
         for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
-            h = _conv_transpose(cfg, f"decoder.deconv.{i}", c_in, c_out, self.dtype)(h)
+            h = _conv_transpose(cfg, f"decoder.deconv.{i}", c_in, c_out, dt, ct)(h)
             if i < last:
                 h = nn.relu(h)
-        return h.transpose(0, 3, 1, 2)  # (B, C, H, W)
+        return _to(h.transpose(0, 3, 1, 2), dt)  # (B, C, H, W)
 
 
 class VAE(nn.Module):
@@ -166,14 +192,18 @@ class VAE(nn.Module):
     ``model.apply({"params": params}, x, eps)`` returns ``(decoded, mean, logvar)`` for given
     noise (the parity form); ``model.apply({"params": params}, x, rngs={"noise": key})`` draws
     the noise from the ``"noise"`` RNG stream, Flax's way of giving a module randomness.
+
+    ``dtype`` is the parameters', the inputs' and the outputs' dtype; ``compute_dtype`` (None:
+    ``dtype``) the one the dense and convolutional layers compute in (``with_precision``).
     """
 
     config: VAEConfig
     dtype: Any = jnp.float32
+    compute_dtype: Any = None
 
     def setup(self) -> None:
-        self.encoder = Encoder(self.config, self.dtype)
-        self.decoder = Decoder(self.config, self.dtype)
+        self.encoder = Encoder(self.config, self.dtype, self.compute_dtype)
+        self.decoder = Decoder(self.config, self.dtype, self.compute_dtype)
 
     def encode(self, x: Array) -> tuple[Array, Array]:
         return self.encoder(x)
@@ -225,6 +255,20 @@ def resolve_dtype(dtype: DTypeLike) -> jnp.dtype:
 def build_model(config: VAEConfig, dtype: DTypeLike = "float32") -> VAE:
     """The Flax module for ``config``, computing and storing parameters in ``dtype``."""
     return VAE(config=config, dtype=resolve_dtype(dtype))
+
+
+def with_precision(model: VAE, precision: str) -> VAE:
+    """``model`` computing in a training precision (``vae_common.constants.PRECISIONS``).
+
+    ``"bf16"``: the dense and convolutional layers take bfloat16 inputs and kernels (Flax's
+    ``dtype=bfloat16`` with ``param_dtype`` the model's), while the parameters, the module's
+    outputs (mean, logvar, decoded) and so the losses and their reductions stay in the model's
+    dtype, float32. ``"float32"`` and ``"tf32"``: ``model`` itself; TF32 is a matmul precision,
+    not a dtype (``vae_jax.train`` traces the steps under ``jax.default_matmul_precision``).
+    ``ConfigError`` for another name, or for a reduced precision of a float64 model.
+    """
+    check_precision(precision, np.dtype(model.dtype).name)
+    return model.clone(compute_dtype=jnp.bfloat16) if precision == "bf16" else model
 
 
 def init_params(model: VAE, rng: Array) -> dict:

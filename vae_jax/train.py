@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 from vae_common.config import VAEConfig
 from vae_common.distributed import state_digest
 from vae_common.errors import ConfigError
+from vae_common.precision import JAX_MATMUL_PRECISION, check_precision
 from vae_common.trainer import TrainerBase
 from vae_common.training import EXP_AVG, EXP_AVG_SQ, TrainConfig, beta_at, split_optimizer_state
 from vae_jax.convert import from_canonical, to_canonical
@@ -40,7 +41,7 @@ from vae_jax.distributed import (
     process_count,
 )
 from vae_jax.losses import elbo_terms, negative_iwae_bound, objective
-from vae_jax.model import VAE, build_model, decode_mean, encode
+from vae_jax.model import VAE, build_model, decode_mean, encode, with_precision
 
 # train.py names that only this backend has (the mirror test reads it).
 JAX_ONLY = ("TrainState", "epoch_key", "init_train_state", "make_indexed_step", "make_train_epoch")
@@ -70,39 +71,64 @@ def init_train_state(model: VAE, params: Any, train: TrainConfig) -> TrainState:
 
 
 def _update(
-    model: VAE, train: TrainConfig, state: TrainState, x: jax.Array, eps: jax.Array
+    model: VAE,
+    train: TrainConfig,
+    state: TrainState,
+    x: jax.Array,
+    eps: jax.Array,
+    precision: str = "float32",
 ) -> tuple[TrainState, jax.Array]:
     optimizer = make_optimizer(model, train)
     beta = beta_at(train, state.step.astype(model.dtype), jnp.minimum)
-    value, grads = jax.value_and_grad(lambda p: objective(model, p, x, eps, beta, train.free_bits))(
-        state.params
-    )
+    # The precision acts while the step is traced: the layers of ``compute`` take its dtype
+    # (bf16) and every product its matmul precision; the gradients come back in the parameters'
+    # dtype, so Adam and its state are unchanged.
+    compute = with_precision(model, precision)
+    with jax.default_matmul_precision(JAX_MATMUL_PRECISION[precision]):
+        value, grads = jax.value_and_grad(
+            lambda p: objective(compute, p, x, eps, beta, train.free_bits)
+        )(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), value
 
 
-def make_train_step(model: VAE, train: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array]]:
+def make_train_step(
+    model: VAE, train: TrainConfig, precision: str = "float32"
+) -> Callable[..., tuple[TrainState, jax.Array]]:
     """A jitted ``step(state, x, eps) -> (state, loss)``: one Adam step on ``objective`` for the
-    batch x (B, C, H, W) with noise eps (B, L), the KL weight of step ``state.step`` (warm-up).
-    The state argument is donated."""
-    return jax.jit(_step_fn(model, train), donate_argnums=0)
+    batch x (B, C, H, W) with noise eps (B, L), the KL weight of step ``state.step`` (warm-up),
+    computed in ``precision`` (``vae_common.precision``: float32, tf32 or bf16; the parameters,
+    Adam's state and the float32 loss are the model's either way). The state is donated."""
+    return jax.jit(_step_fn(model, train, precision), donate_argnums=0)
 
 
-def _step_fn(model: VAE, train: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array]]:
-    return lambda state, x, eps: _update(model, train, state, x, eps)
+def _step_fn(
+    model: VAE, train: TrainConfig, precision: str = "float32"
+) -> Callable[..., tuple[TrainState, jax.Array]]:
+    check_precision(precision, np.dtype(model.dtype).name)
+    return lambda state, x, eps: _update(model, train, state, x, eps, precision)
 
 
-def make_run_steps(model: VAE, train: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array]]:
+def make_run_steps(
+    model: VAE, train: TrainConfig, precision: str = "float32"
+) -> Callable[..., tuple[TrainState, jax.Array]]:
     """A jitted ``run(state, xs, eps) -> (state, losses)``: Adam steps on given batches
     (S, B, ...) and noise (S, B, L) in one ``lax.scan``, the reproducible path ``Trainer.run_steps``
-    and the trajectory parity check use. The state argument is donated."""
+    and the trajectory parity check use; ``precision`` as in ``make_train_step``. The state
+    argument is donated."""
 
-    return jax.jit(_run_fn(model, train), donate_argnums=0)
+    return jax.jit(_run_fn(model, train, precision), donate_argnums=0)
 
 
-def _run_fn(model: VAE, train: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array]]:
+def _run_fn(
+    model: VAE, train: TrainConfig, precision: str = "float32"
+) -> Callable[..., tuple[TrainState, jax.Array]]:
+    check_precision(precision, np.dtype(model.dtype).name)
+
     def run(state: TrainState, xs: jax.Array, eps: jax.Array) -> tuple[TrainState, jax.Array]:
-        return jax.lax.scan(lambda s, inp: _update(model, train, s, *inp), state, (xs, eps))
+        return jax.lax.scan(
+            lambda s, inp: _update(model, train, s, *inp, precision), state, (xs, eps)
+        )
 
     return run
 
@@ -115,6 +141,7 @@ def _indexed_update(
     idx: jax.Array,
     key: Any,
     batch_sharding: NamedSharding | None = None,
+    precision: str = "float32",
 ) -> tuple[TrainState, jax.Array]:
     """One step on ``data[idx]``; noise (and dynamic binarization) drawn from ``key``.
 
@@ -131,7 +158,7 @@ def _indexed_update(
     if train.binarize == "dynamic":
         x = _constrain(jax.random.bernoulli(k_bin, x).astype(model.dtype), batch_sharding)
     eps = jax.random.normal(k_eps, (idx.shape[0], model.config.latent_dim), model.dtype)
-    return _update(model, train, state, x, _constrain(eps, batch_sharding))
+    return _update(model, train, state, x, _constrain(eps, batch_sharding), precision)
 
 
 def _constrain(a: jax.Array, sharding: NamedSharding | None) -> jax.Array:
@@ -139,31 +166,40 @@ def _constrain(a: jax.Array, sharding: NamedSharding | None) -> jax.Array:
 
 
 def make_indexed_step(
-    model: VAE, train: TrainConfig
+    model: VAE, train: TrainConfig, precision: str = "float32"
 ) -> Callable[..., tuple[TrainState, jax.Array]]:
     """A jitted ``step(state, data, idx, key, i) -> (state, loss)`` on the batch ``data[idx]``
-    with the noise of step ``i`` of the epoch keyed by ``key`` (exactly the epoch's step ``i``).
+    with the noise of step ``i`` of the epoch keyed by ``key`` (exactly the epoch's step ``i``),
+    computed in ``precision`` (as ``make_train_step``).
 
     The per-step alternative to ``make_train_epoch`` (one dispatch per step); state is donated.
     """
-    return jax.jit(_indexed_step_fn(model, train), donate_argnums=0)
+    return jax.jit(_indexed_step_fn(model, train, precision=precision), donate_argnums=0)
 
 
 def _indexed_step_fn(
-    model: VAE, train: TrainConfig, batch_sharding: NamedSharding | None = None
+    model: VAE,
+    train: TrainConfig,
+    batch_sharding: NamedSharding | None = None,
+    precision: str = "float32",
 ) -> Callable[..., tuple[TrainState, jax.Array]]:
+    check_precision(precision, np.dtype(model.dtype).name)
+
     def step(
         state: TrainState, data: jax.Array, idx: jax.Array, key: Any, i: Any
     ) -> tuple[TrainState, jax.Array]:
         return _indexed_update(
-            model, train, state, data, idx, jax.random.fold_in(key, i), batch_sharding
+            model, train, state, data, idx, jax.random.fold_in(key, i), batch_sharding, precision
         )
 
     return step
 
 
-def make_train_epoch(model: VAE, train: TrainConfig) -> Callable[..., tuple[TrainState, jax.Array]]:
-    """A jitted ``epoch(state, data, batches, key) -> (state, losses)``.
+def make_train_epoch(
+    model: VAE, train: TrainConfig, precision: str = "float32"
+) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """A jitted ``epoch(state, data, batches, key) -> (state, losses)``, every step computed in
+    ``precision`` (as ``make_train_step``).
 
     Args (of the returned function):
       state: a ``TrainState`` (donated).
@@ -174,19 +210,31 @@ def make_train_epoch(model: VAE, train: TrainConfig) -> Callable[..., tuple[Trai
     Returns:
       the new state and the (S,) per-step losses.
     """
-    return jax.jit(_epoch_fn(model, train), donate_argnums=0)
+    return jax.jit(_epoch_fn(model, train, precision=precision), donate_argnums=0)
 
 
 def _epoch_fn(
-    model: VAE, train: TrainConfig, batch_sharding: NamedSharding | None = None
+    model: VAE,
+    train: TrainConfig,
+    batch_sharding: NamedSharding | None = None,
+    precision: str = "float32",
 ) -> Callable[..., tuple[TrainState, jax.Array]]:
+    check_precision(precision, np.dtype(model.dtype).name)
+
     def epoch(
         state: TrainState, data: jax.Array, batches: jax.Array, key: Any
     ) -> tuple[TrainState, jax.Array]:
         def body(state: TrainState, inputs: Any) -> tuple[TrainState, jax.Array]:
             i, idx = inputs
             return _indexed_update(
-                model, train, state, data, idx, jax.random.fold_in(key, i), batch_sharding
+                model,
+                train,
+                state,
+                data,
+                idx,
+                jax.random.fold_in(key, i),
+                batch_sharding,
+                precision,
             )
 
         return jax.lax.scan(body, state, (jnp.arange(batches.shape[0]), batches))
@@ -214,8 +262,9 @@ class Trainer(TrainerBase):
         compile: bool = False,
         flush_denormal: bool = True,
         devices: int | None = None,
+        precision: str = "float32",
     ) -> None:
-        super().__init__(config, train, dtype, device, compile, flush_denormal, devices)
+        super().__init__(config, train, dtype, device, compile, flush_denormal, devices, precision)
         self.model = build_model(config, dtype)
         self.mesh = None if self.devices is None else data_mesh(self.devices, device)
         if self.mesh is None:
@@ -234,12 +283,15 @@ class Trainer(TrainerBase):
                     "model, training or dtype settings"
                 )
         if self.mesh is None:
-            self._step_fn = make_train_step(self.model, self.train_config)
-            self._run = make_run_steps(self.model, self.train_config)
-            self._epoch = make_train_epoch(self.model, self.train_config)
-            self._indexed_step = make_indexed_step(self.model, self.train_config)
+            model, train, precision = self.model, self.train_config, self.precision
+            self._step_fn = make_train_step(model, train, precision)
+            self._run = make_run_steps(model, train, precision)
+            self._epoch = make_train_epoch(model, train, precision)
+            self._indexed_step = make_indexed_step(model, train, precision)
         else:
             self._jit_data_parallel(self.mesh)
+        # Evaluation and generation use ``self.model`` as it is: float32 arithmetic whatever the
+        # training precision (``vae_common.precision``).
         self._terms = jax.jit(lambda p, x, e: elbo_terms(self.model, p, x, e))
         self._iwae = jax.jit(lambda p, x, e: negative_iwae_bound(self.model, p, x, e))
         self._decode_mean = jax.jit(lambda p, z: decode_mean(self.model, p, z))
@@ -250,32 +302,32 @@ class Trainer(TrainerBase):
         # The same pure functions as the 1-device path, jitted for the mesh: the train state
         # replicated, every batch (and its noise) split along its batch axis. The epoch key
         # travels as its raw uint32 data, which can be placed on several processes' devices.
-        model, train = self.model, self.train_config
+        model, train, precision = self.model, self.train_config, self.precision
         self._replicated = NamedSharding(mesh, P())
         self._rows = NamedSharding(mesh, P(DATA_AXIS))
         self._step_rows = NamedSharding(mesh, P(None, DATA_AXIS))
         rep, rows, step_rows = self._replicated, self._rows, self._step_rows
         out = (rep, rep)
         self._step_fn = jax.jit(
-            _step_fn(model, train),
+            _step_fn(model, train, precision),
             in_shardings=(rep, rows, rows),
             out_shardings=out,
             donate_argnums=0,
         )
         self._run = jax.jit(
-            _run_fn(model, train),
+            _run_fn(model, train, precision),
             in_shardings=(rep, step_rows, step_rows),
             out_shardings=out,
             donate_argnums=0,
         )
-        epoch = _epoch_fn(model, train, rows)
+        epoch = _epoch_fn(model, train, rows, precision)
         self._epoch = jax.jit(
             lambda st, data, batches, kd: epoch(st, data, batches, jax.random.wrap_key_data(kd)),
             in_shardings=(rep, rep, step_rows, rep),
             out_shardings=out,
             donate_argnums=0,
         )
-        step = _indexed_step_fn(model, train, rows)
+        step = _indexed_step_fn(model, train, rows, precision)
         self._indexed_step = jax.jit(
             lambda st, data, idx, kd, i: step(st, data, idx, jax.random.wrap_key_data(kd), i),
             in_shardings=(rep, rep, rows, rep, rep),

@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from vae_common.compare import TOLERANCES, max_abs_diff, rel_diff
+from vae_common.compare import BF16_JUDGED, TOLERANCES, max_abs_diff, rel_diff
 from vae_common.config import VAEConfig
 from vae_common.errors import UsageError
+from vae_common.precision import JAX_MATMUL_PRECISION, check_precision
 from vae_common.spec import init_canonical
 
 
@@ -63,15 +64,30 @@ def make_inputs(
 TERMS = ("reconstruction", "kl", "objective")
 
 
-def jax_side(inp: ParityInputs, dtype: str) -> dict:
-    """Loss, per-example terms and canonical gradients from the JAX backend (numpy out)."""
+# The precisions the parity check compares (TF32 has no declared tolerance: its products round
+# as the GPU's tensor cores do, which no CPU reproduces).
+PARITY_PRECISIONS = ("float32", "bf16")
+
+
+def _check_parity_precision(precision: str, dtype: str) -> None:
+    check_precision(precision, dtype)
+    if precision not in PARITY_PRECISIONS:
+        raise UsageError(f"parity compares precisions {PARITY_PRECISIONS}, got {precision!r}")
+
+
+def jax_side(inp: ParityInputs, dtype: str, precision: str = "float32") -> dict:
+    """Loss, per-example terms and canonical gradients from the JAX backend (numpy out);
+    ``precision="bf16"``: its bfloat16 layers (``vae_jax.model.with_precision``)."""
     import jax
 
     import vae_jax
+    from vae_jax.model import with_precision
 
+    _check_parity_precision(precision, dtype)
     if dtype == "float64":
         vae_jax.enable_float64()
-    model = vae_jax.build_model(inp.config, dtype)
+    canonical = vae_jax.build_model(inp.config, dtype)
+    model = with_precision(canonical, precision)
     params = vae_jax.from_canonical(model, inp.state)
     x = jax.numpy.asarray(inp.x, dtype)
     eps = jax.numpy.asarray(inp.eps, dtype)
@@ -86,7 +102,7 @@ def jax_side(inp: ParityInputs, dtype: str) -> dict:
             return jax.numpy.mean(per_example(p))
         return vae_jax.loss(model, p, x, eps, beta=inp.beta)
 
-    with jax.default_matmul_precision("highest"):
+    with jax.default_matmul_precision(JAX_MATMUL_PRECISION[precision]):
         value, grads = jax.jit(jax.value_and_grad(objective))(params)
         recon, kl = jax.jit(lambda p: vae_jax.elbo_terms(model, p, x, eps))(params)
         terms = jax.jit(per_example)(params)
@@ -96,16 +112,21 @@ def jax_side(inp: ParityInputs, dtype: str) -> dict:
         "reconstruction": np.asarray(recon),
         "kl": np.asarray(kl),
         "objective": np.asarray(terms),
-        "grads": vae_jax.to_canonical(model, grads),
+        "grads": vae_jax.to_canonical(canonical, grads),
     }
 
 
-def torch_side(inp: ParityInputs, dtype: str, device: str | None = "cpu") -> dict:
-    """The same from the torch backend, on ``device`` (TF32 disabled)."""
+def torch_side(
+    inp: ParityInputs, dtype: str, device: str | None = "cpu", precision: str = "float32"
+) -> dict:
+    """The same from the torch backend, on ``device`` (TF32 disabled); ``precision="bf16"``:
+    the forward pass under ``torch.autocast`` (``vae_torch.train.autocast``)."""
     import torch
 
     import vae_torch
+    from vae_torch.train import autocast
 
+    _check_parity_precision(precision, dtype)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     dev = vae_torch.select_device(device)
@@ -116,12 +137,13 @@ def torch_side(inp: ParityInputs, dtype: str, device: str | None = "cpu") -> dic
     x = torch.as_tensor(inp.x, dtype=tdtype, device=dev)
     eps = torch.as_tensor(inp.eps, dtype=tdtype, device=dev)
     model.zero_grad(set_to_none=True)
-    if inp.objective == "iwae":
-        value = torch.mean(vae_torch.negative_iwae_bound(model, None, x, eps))
-    else:
-        value = vae_torch.loss(model, None, x, eps, beta=inp.beta)
+    with autocast(dev.type, precision):
+        if inp.objective == "iwae":
+            value = torch.mean(vae_torch.negative_iwae_bound(model, None, x, eps))
+        else:
+            value = vae_torch.loss(model, None, x, eps, beta=inp.beta)
     value.backward()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(dev.type, precision):
         recon, kl = vae_torch.elbo_terms(model, None, x, eps)
         if inp.objective == "iwae":
             terms = vae_torch.negative_iwae_bound(model, None, x, eps)
@@ -185,9 +207,32 @@ def compare(jax_out: dict, torch_out: dict, dtype: str, tolerance: float | None 
     }
 
 
-def check_parity(inp: ParityInputs, dtype: str = "float64", device: str | None = "cpu") -> dict:
-    """Run both backends on ``inp`` in ``dtype`` and compare (see ``compare``)."""
-    report = compare(jax_side(inp, dtype), torch_side(inp, dtype, device), dtype)
+def check_parity(
+    inp: ParityInputs,
+    dtype: str = "float64",
+    device: str | None = "cpu",
+    precision: str = "float32",
+) -> dict:
+    """Run both backends on ``inp`` in ``dtype`` and compare (see ``compare``).
+
+    ``precision="bf16"`` (float32 only): both backends' bfloat16 layers, judged against
+    ``TOLERANCES["bf16"]`` on the loss and the per-example reconstruction and objective only
+    (``vae_common.compare.BF16_JUDGED`` says why); the KL and the gradients are reported.
+    """
+    report = compare(
+        jax_side(inp, dtype, precision),
+        torch_side(inp, dtype, device, precision),
+        dtype,
+        TOLERANCES["bf16"] if precision == "bf16" else None,
+    )
+    if precision == "bf16":
+        report["judged"] = ", ".join(BF16_JUDGED)
+        report["max_rel_diff"] = max(
+            report["loss"]["rel_diff"] if name == "loss" else report["terms"][name]["max_rel_diff"]
+            for name in BF16_JUDGED
+        )
+        report["passed"] = bool(report["max_rel_diff"] <= report["tolerance"])
+    report["precision"] = precision
     report["device"] = {"jax": _jax_device(), "torch": str(device or "auto")}
     report["objective"] = inp.objective
     return report
@@ -216,9 +261,13 @@ def format_table(report: dict) -> str:
     lines = [f"{r[0]:<{width}}  {r[1]:>12}  {r[2]:>12}" for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     verdict = "PASSED" if report["passed"] else "FAILED"
+    precision = report.get("precision", "float32")
+    label = report["dtype"] if precision == "float32" else f"{report['dtype']} ({precision})"
     lines.append(
-        f"{report['dtype']}: loss jax {loss['jax']:.10g}, torch {loss['torch']:.10g}; "
+        f"{label}: loss jax {loss['jax']:.10g}, torch {loss['torch']:.10g}; "
         f"max rel diff {report['max_rel_diff']:.3e} "
-        f"(tolerance {report['tolerance']:.0e}): {verdict}"
+        f"(tolerance {report['tolerance']:.0e}"
+        + (f", judged: {report['judged']}" if "judged" in report else "")
+        + f"): {verdict}"
     )
     return "\n".join(lines)

@@ -115,6 +115,9 @@ class VAE(nn.Module):
 
     ``forward(z, method="decode")`` and ``forward(x, method="encode")`` select the other entry
     points, so ``torch.func.functional_call`` can run each of them with external parameters.
+
+    Under ``torch.autocast`` (the bf16 training precision) the layers compute in bfloat16 and
+    every output (mean, logvar, decoded) comes back in the input's dtype.
     """
 
     def __init__(self, config: VAEConfig) -> None:
@@ -124,10 +127,11 @@ class VAE(nn.Module):
         self.decoder = Decoder(config)
 
     def encode(self, x: Array) -> tuple[Array, Array]:
-        return self.encoder(x)
+        mean, logvar = self.encoder(x)
+        return _to(mean, x.dtype), _to(logvar, x.dtype)
 
     def decode(self, z: Array) -> Array:
-        return self.decoder(z)
+        return _to(self.decoder(z), z.dtype)
 
     def forward(
         self, x: Array, eps: Array | None = None, *, method: str = "full"
@@ -144,9 +148,9 @@ class VAE(nn.Module):
           ``(decoded (B, C, H, W), mean (B, L), logvar (B, L))`` for ``"full"``.
         """
         if method == "encode":
-            return self.encoder(x)
+            return self.encode(x)
         if method == "decode":
-            return self.decoder(x)
+            return self.decode(x)
         if method != "full":
             raise ConfigError(f"method must be 'full', 'encode' or 'decode', got {method!r}")
         x = check_input(self, x)
@@ -154,10 +158,17 @@ class VAE(nn.Module):
             # (K, B, L) noise would broadcast through the decoder into the wrong image count.
             checks.check_noise_rank("VAE.forward", "eps", tuple(np.shape(eps)), 2)
             eps = check_eps(self, eps, x.shape[0])
-        mean, logvar = self.encoder(x)
+        mean, logvar = self.encode(x)
         if eps is None:
             eps = torch.randn_like(mean)
-        return self.decoder(mean + torch.exp(0.5 * logvar) * eps), mean, logvar
+        return self.decode(mean + torch.exp(0.5 * logvar) * eps), mean, logvar
+
+
+def _to(t: Array, dtype: torch.dtype) -> Array:
+    # Under ``torch.autocast`` (bf16 training) the layers return bfloat16: the module's outputs go
+    # back to the input's dtype, so the reparameterization and the losses (and their reductions)
+    # run in float32, as in JAX's bf16 policy (``vae_jax.model.with_precision``).
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def resolve_dtype(dtype: DTypeLike) -> torch.dtype:

@@ -24,7 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vae_common.config import VAEConfig
 from vae_common.distributed import state_digest
-from vae_common.errors import ConfigError
+from vae_common.errors import ConfigError, DeviceError
+from vae_common.precision import check_precision, tf32_applies
 from vae_common.trainer import TrainerBase
 from vae_common.training import (
     EXP_AVG,
@@ -41,8 +42,15 @@ from vae_torch.distributed import all_ranks_agree, local_device
 from vae_torch.losses import elbo_terms, negative_iwae_bound, objective
 from vae_torch.model import VAE, build_model, decode_mean, encode
 
-# train.py names that only this backend has (the mirror test reads it).
-TORCH_ONLY = ("cpu_compiler", "make_compiled_step", "require_compiler")
+# train.py names that only this backend has (the mirror test reads it): the compiled step and
+# the contexts that apply a training precision (JAX traces it into the step instead).
+TORCH_ONLY = (
+    "autocast",
+    "cpu_compiler",
+    "make_compiled_step",
+    "matmul_precision",
+    "require_compiler",
+)
 
 StepFn = Callable[[torch.optim.Optimizer, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -65,34 +73,87 @@ def _adam(model: VAE, train: TrainConfig, fused: bool | None) -> torch.optim.Ada
     return torch.optim.Adam(model.parameters(), **kwargs)
 
 
-def make_train_step(model: VAE, train: TrainConfig) -> StepFn:
+def autocast(device_type: str, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The forward pass's context for a training ``precision`` (``vae_common.precision``):
+    ``torch.autocast(device_type, dtype=torch.bfloat16)`` for ``"bf16"`` on the device type the
+    batch lives on (``"cpu"``, ``"cuda"``, ``"xpu"``), nothing for the others.
+
+    The autocast cache is off: each weight is cast once per step anyway, and CUDA-graph capture
+    needs it off (a cached cast made during capture would outlive its graph's memory pool).
+    """
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False)
+
+
+class _TF32:
+    """TF32 products (cuBLAS matmuls and cuDNN convolutions) on or off while inside; the
+    process-wide switches are restored on exit."""
+
+    def __init__(self, allow: bool) -> None:
+        self.allow = allow
+        self.saved: tuple[bool, bool] | None = None
+
+    def __enter__(self) -> None:
+        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = self.allow
+        torch.backends.cudnn.allow_tf32 = self.allow
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.saved is not None
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+
+
+def matmul_precision(device_type: str, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The context of a whole step (forward and backward) for ``precision``: on CUDA, TF32 on
+    for ``"tf32"`` and off for the others (torch's own default lets cuDNN convolutions use it),
+    so float32 means float32 products; nothing on other devices, which have no TF32 mode."""
+    if device_type != "cuda":
+        return contextlib.nullcontext()
+    return _TF32(tf32_applies(precision, device_type))
+
+
+def make_train_step(model: VAE, train: TrainConfig, precision: str = "float32") -> StepFn:
     """An eager ``step(optimizer, x, eps, index) -> loss`` on ``objective``: one Adam step of
     ``optimizer`` (from ``make_optimizer(model, train)``) on the batch x (B, C, H, W) with noise
     eps (B, L), the KL weight of 0-based step ``index`` (warm-up). The loss is a 0-d device
-    tensor (no host sync). ``vae_torch.make_compiled_step`` is the compiled equivalent."""
+    tensor (no host sync). ``vae_torch.make_compiled_step`` is the compiled equivalent.
+
+    ``precision`` (``vae_common.precision``): ``"bf16"`` runs the forward pass under
+    ``autocast`` on x's device type (the backward follows its casts), ``"tf32"`` allows TF32
+    products on CUDA; the parameters, gradients, Adam's state and the loss stay float32."""
+    check_precision(precision, _dtype_name(model))
 
     def step(
         optimizer: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor, index: int
     ) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        # x's values are not checked per step (it would sync the device): the trainer checks
-        # its data once.
-        value = objective(
-            model, None, x, eps, beta_at(train, index), train.free_bits, check_values=False
-        )
-        value.backward()
+        kind = x.device.type
+        with matmul_precision(kind, precision):
+            with autocast(kind, precision):
+                # x's values are not checked per step (it would sync the device): the trainer
+                # checks its data once.
+                value = objective(
+                    model, None, x, eps, beta_at(train, index), train.free_bits, check_values=False
+                )
+            value.backward()
         optimizer.step()
         return value.detach()
 
     return step
 
 
+def _dtype_name(model: VAE) -> str:
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 def make_run_steps(
-    model: VAE, train: TrainConfig
+    model: VAE, train: TrainConfig, precision: str = "float32"
 ) -> Callable[[torch.optim.Optimizer, torch.Tensor, torch.Tensor, int], torch.Tensor]:
     """``run(optimizer, xs, eps, first) -> losses``: Adam steps on given batches (S, B, ...)
-    and noise (S, B, L), numbered from ``first``; the (S,) losses stay on the device."""
-    step = make_train_step(model, train)
+    and noise (S, B, L), numbered from ``first``, computed in ``precision`` (as
+    ``make_train_step``); the (S,) losses stay on the device."""
+    step = make_train_step(model, train, precision)
 
     def run(
         optimizer: torch.optim.Optimizer, xs: torch.Tensor, eps: torch.Tensor, first: int
@@ -117,19 +178,28 @@ class _Objective(torch.nn.Module):
         return objective(self.vae, None, x, eps, beta, self.free_bits, check_values=False)
 
 
-def _ddp_step(ddp: DistributedDataParallel, train: TrainConfig) -> StepFn:
+def _ddp_step(ddp: DistributedDataParallel, train: TrainConfig, precision: str) -> StepFn:
     """``make_train_step`` through DDP: this rank's slice, gradients averaged over the ranks."""
 
     def step(
         optimizer: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor, index: int
     ) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        value = ddp(x, eps, beta_at(train, index))
-        value.backward()
+        kind = x.device.type
+        with matmul_precision(kind, precision):
+            with autocast(kind, precision):
+                value = ddp(x, eps, beta_at(train, index))
+            value.backward()
         optimizer.step()
         return value.detach()
 
     return step
+
+
+def _ddp_device_ids(device: torch.device) -> list[int | None] | None:
+    """``device_ids`` for ``DistributedDataParallel``: the process's own accelerator (CUDA or
+    XPU), None for the CPU (DDP takes no device ids there)."""
+    return [device.index] if device.type in ("cuda", "xpu") else None
 
 
 class Trainer(TrainerBase):
@@ -146,11 +216,17 @@ class Trainer(TrainerBase):
         compile: bool = False,
         flush_denormal: bool = True,
         devices: int | None = None,
+        precision: str = "float32",
     ) -> None:
-        super().__init__(config, train, dtype, device, compile, flush_denormal, devices)
+        super().__init__(config, train, dtype, device, compile, flush_denormal, devices, precision)
         self.world, self.rank = self._process_group()
         self.device = local_device(device) if self.world > 1 else select_device(device)
         check_dtype(self.device, dtype)
+        if self.precision == "bf16" and not torch.amp.is_autocast_available(self.device.type):
+            raise DeviceError(
+                f"precision 'bf16' needs torch.autocast on {self.device.type}, which this torch "
+                "build does not offer there; use precision 'float32'"
+            )
         # Adam's moments of rarely-updated weights decay into denormals, which slow x86 CPUs
         # (see PITFALLS); the switch is process-wide, so it is on only while this trainer trains.
         self.flush_denormal = self.flush_denormal and self.device.type == "cpu"
@@ -158,7 +234,7 @@ class Trainer(TrainerBase):
         self.optimizer = make_optimizer(self.model, self.train_config)
         if self.compile:
             require_compiler({self.device.type})
-        self._eager_step = make_train_step(self.model, self.train_config)
+        self._eager_step = make_train_step(self.model, self.train_config, self.precision)
         self._compiled_step: Callable[..., torch.Tensor] | None = None
         self._step_count = 0
         if self.world > 1:
@@ -167,10 +243,8 @@ class Trainer(TrainerBase):
             # bypasses DDP's hooks), so only the eager step goes through DDP.
             if not self.compile:
                 wrapped = _Objective(self.model, self.train_config.free_bits)
-                ids = [self.device.index] if self.device.type in ("cuda", "xpu") else None
-                self._eager_step = _ddp_step(
-                    DistributedDataParallel(wrapped, device_ids=ids), self.train_config
-                )
+                ddp = DistributedDataParallel(wrapped, device_ids=_ddp_device_ids(self.device))
+                self._eager_step = _ddp_step(ddp, self.train_config, self.precision)
 
     def _process_group(self) -> tuple[int, int]:
         """``(world size, rank)``: (1, 0) for one device; refuses a mismatch with ``devices``."""
@@ -228,7 +302,11 @@ class Trainer(TrainerBase):
                     self.train_config.free_bits,
                     data_parallel=self.world > 1,
                 )
-            value = self._compiled_step(x, eps, beta_at(self.train_config, self._step_count))
+            # The compiled graph is traced under the ambient autocast and TF32 state (a change
+            # of either recompiles it), so the precision applies inside it.
+            kind = self.device.type
+            with matmul_precision(kind, self.precision), autocast(kind, self.precision):
+                value = self._compiled_step(x, eps, beta_at(self.train_config, self._step_count))
         else:
             value = self._eager_step(self.optimizer, x, eps, self._step_count)
         self._step_count += 1
@@ -351,10 +429,12 @@ class Trainer(TrainerBase):
 
 __all__ = [
     "Trainer",
+    "autocast",
     "cpu_compiler",
     "make_compiled_step",
     "make_optimizer",
     "make_run_steps",
     "make_train_step",
+    "matmul_precision",
     "require_compiler",
 ]
