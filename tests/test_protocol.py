@@ -558,3 +558,29 @@ def test_training_images_are_never_the_binarized_test_images():
     data = run.run_data(SETTINGS, ds, "dynamic")
     assert not set(np.unique(data.train)) <= {0.0, 1.0}
     assert set(np.unique(data.test)) <= {0.0, 1.0}
+
+
+@pytest.mark.slow
+def test_tensorboard_logging_needs_no_torch(tmp_path):
+    # A JAX-only install: torch refused at import, `vae train --backend jax --tensorboard`.
+    pytest.importorskip("tensorboardX")
+    import subprocess
+    import sys
+
+    # An import finder that answers torch as not installed (a None in sys.modules would trip
+    # scipy's probe of sys.modules["torch"], which a real torch-less install never shows).
+    code = (
+        "import importlib.abc, sys\n"
+        "class NotInstalled(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] == 'torch':\n"
+        "            raise ModuleNotFoundError(name, name=name)\n"
+        "sys.meta_path.insert(0, NotInstalled())\n"
+        "from vae_tools import cli\n"
+        f"sys.exit(cli.main(['train', '--backend', 'jax', '--dataset', 'digits', '--hidden', '8',"
+        f" '--epochs', '1', '--quiet', '--tensorboard', '--out', {str(tmp_path / 'run')!r}]))\n"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "train/loss" in scalars(read_events(tmp_path / "run" / "tb"))
