@@ -548,8 +548,14 @@ def test_the_default_tensorboard_directory_is_in_the_run(tmp_path, capsys):
     status, _, err = vae(capsys, *argv, "--tensorboard", "--quiet", "--out", str(out))
     assert status == 0, err
     assert list((out / "tb").glob("events.out.tfevents.*"))
+    # Recorded as given (no DIR): a run started from these flags logs into its own OUT/tb.
     recorded = json.loads((out / "run.json").read_text())["settings"]["flags"]["tensorboard"]
-    assert recorded == str(out / "tb")
+    assert recorded == ""
+    other = tmp_path / "other"
+    argv = ["train", "--config", str(out / "run.json"), "--out", str(other), "--quiet"]
+    status, _, err = vae(capsys, *argv)
+    assert status == 0, err
+    assert list((other / "tb").glob("events.out.tfevents.*"))
 
 
 def test_training_images_are_never_the_binarized_test_images():

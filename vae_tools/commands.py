@@ -165,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overwrite=bool(eff.overwrite),
         patience=eff.patience,
         test_every_epoch=bool(eff.test_every_epoch),
-        tensorboard=eff.tensorboard,
+        tensorboard=options.tensorboard_dir(opts),
         log_every=eff.log_every,
         flags=options.recorded_flags_of(opts),
     )

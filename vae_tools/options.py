@@ -46,6 +46,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "binarize": "none",
     "seed": 0,
     "dtype": "float32",
+    "precision": "float32",
     "device": None,
     "compile": False,
     "init": None,
@@ -90,6 +91,7 @@ RESUME_FIXED = (
     "binarize",
     "seed",
     "dtype",
+    "precision",
     "val_split",
     "drop_last",
     "arch",
@@ -273,6 +275,7 @@ def recorded_train_flags(out: Path) -> tuple[dict[str, Any], bool]:
             "batch_size": run.get("batch_size"),
             "seed": run.get("seed"),
             "dtype": run.get("dtype"),
+            "precision": run.get("precision"),
             "val_split": run.get("val_split"),
             "drop_last": run.get("drop_last"),
         }
@@ -334,11 +337,19 @@ def train_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     effective = {**TRAIN_DEFAULTS, **recorded, **wanted}
     if effective["backend"] is None:
         raise UsageError("--backend is required (jax or torch; on the command line or in --config)")
-    if effective["tensorboard"] == "":
+    return effective
+
+
+def tensorboard_dir(effective: dict[str, Any]) -> str | None:
+    """Where ``--tensorboard`` writes: its DIR, ``OUT/tb`` when given without one (recorded so,
+    as an empty string, so that a run started from this one's flags logs into its own
+    directory), or None."""
+    value = effective.get("tensorboard")
+    if value == "":
         from vae_tools.run_dir import TENSORBOARD_DIR
 
-        effective["tensorboard"] = str(Path(out) / TENSORBOARD_DIR)
-    return effective
+        return str(Path(effective["out"]) / TENSORBOARD_DIR)
+    return None if value is None else str(value)
 
 
 def recorded_flags_of(effective: dict[str, Any]) -> dict[str, Any]:
