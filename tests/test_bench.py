@@ -7,7 +7,10 @@ the captured step and replays them on the same tensors.
 """
 
 import contextlib
+import dataclasses
 import json
+import math
+import os
 import subprocess
 import sys
 import types
@@ -18,6 +21,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+import vae_common.data
 from vae_common.config import VAEConfig
 from vae_common.constants import (
     BENCH_UNTIMED_STEPS,
@@ -26,10 +30,13 @@ from vae_common.constants import (
     DEFAULT_LATENT_DIM,
 )
 from vae_common.data import batch_indices
+from vae_common.distributed import usable_cores
 from vae_common.errors import ConfigError, DeviceError
 from vae_common.training import TrainConfig
 from vae_tools import bench
-from vae_tools.bench import contenders, host, report, timing
+from vae_tools.bench import contenders, dp_worker, host, report, timing
+from vae_tools.bench import data_parallel as dp
+from vae_tools.bench import run as bench_run
 from vae_tools.cli import main
 from vae_torch.train import cpu_compiler
 
@@ -585,3 +592,251 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     assert HOST_KEYS <= set(result["host"])
     assert VAEConfig.from_dict(result["host"]["config"]) == bench.default_config("mlp")
     assert plot.stat().st_size > 1000
+
+
+# -- data_parallel.py, dp_worker.py and --devices ------------------------------------------------
+
+# What a data-parallel record holds beyond a 1-device record's fields.
+DP_ONLY_KEYS = {
+    "devices",
+    "per_device_batch",
+    "single_device_mode",
+    "single_device_samples_per_s",
+    "efficiency",
+    "interleaved",
+    "launch",
+    "processes",
+    "threads_per_process",
+    "host_cores",
+    "last_epoch_mean_loss",
+    "single_device_last_epoch_mean_loss",
+}
+
+
+def test_workload_devices_must_split_the_batch():
+    w = tiny_workload()
+    assert dataclasses.replace(w, devices=4).devices == 4
+    with pytest.raises(ConfigError, match="batch size 16 does not split over 3 devices"):
+        dataclasses.replace(w, devices=3)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ConfigError, match="devices must be None or a positive integer"):
+            dataclasses.replace(w, devices=bad)
+
+
+@pytest.mark.parametrize(
+    "backend, mode", [("jax", "step"), ("torch", "cudagraph"), ("reference", "eager")]
+)
+def test_modes_without_a_data_parallel_form_are_refused(backend, mode):
+    w = dataclasses.replace(tiny_workload(), devices=2)
+    with pytest.raises(ConfigError, match=f"{backend}/{mode} has no data-parallel form"):
+        bench.make_contender(backend, mode, w)
+    assert bench.DP_MODES == {"jax": ("epoch",), "torch": ("eager", "compile")}
+    assert set(bench.DP_MODES["torch"]) <= set(bench.MODES["torch"])
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_worker_times_a_saved_job_and_keeps_its_last_losses(backend, tmp_path):
+    # devices=1 is Trainer's data-parallel code path on one device (JAX: a 1-device mesh; torch:
+    # no process group needed), so the worker's timing runs here; the N-device runs are below.
+    w = dataclasses.replace(tiny_workload(), devices=1)
+    dp.save_job(dp.Job(backend, (bench.DP_MODES[backend][0],), w, 2, 1), tmp_path)
+    job = dp.load_job(tmp_path)
+    assert (job.backend, job.untimed_epochs, job.repeats, job.workload.devices) == (
+        backend,
+        2,
+        1,
+        1,
+    )
+    assert (job.workload.config, job.workload.train, job.workload.seed) == (TINY, w.train, 3)
+    np.testing.assert_array_equal(job.workload.data, w.data)
+    out = dp_worker.time_job(job)
+    (mode,) = job.modes
+    assert set(out["timings"][mode]) == {
+        "times_s",
+        "median_s",
+        "first_epoch_s",
+        "compile_s",
+        "untimed_s",
+        "spread",
+    }
+    assert len(out["timings"][mode]["times_s"]) == 1
+    # Epochs 0 and 1 untimed, epoch 2 timed: its losses are the Trainer's third epoch.
+    expected = trainer_losses(backend, w, epochs=3)[-w.steps :].mean()
+    assert out["last_epoch_mean_loss"][mode] == pytest.approx(expected, rel=1e-12)
+
+
+def test_jax_worker_writes_its_result(tmp_path):
+    w = dataclasses.replace(tiny_workload(), devices=1)
+    dp.save_job(dp.Job("jax", ("epoch",), w, 1, 2), tmp_path)
+    assert dp_worker.main([str(tmp_path)]) == 0
+    result = json.loads((tmp_path / dp.RESULT_FILE).read_text())
+    assert set(result) == {"timings", "last_epoch_mean_loss", "jax_devices"}
+    assert len(result["timings"]["epoch"]["times_s"]) == 2 and len(result["jax_devices"]) == 1
+
+
+def test_launch_sets_the_device_count_and_the_threads(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_thunk_runtime=true")
+    how = dp.launch("jax", 3, "cpu")
+    assert how["env"]["XLA_FLAGS"] == (
+        "--xla_cpu_use_thunk_runtime=true --xla_force_host_platform_device_count=3"
+    )
+    assert how["env"]["JAX_PLATFORMS"] == "cpu" and how["processes"] == 1
+    assert how["threads_per_process"] is None
+    how = dp.launch("torch", 2, "cpu")
+    threads = max(1, usable_cores() // 2)
+    assert how["env"]["OMP_NUM_THREADS"] == str(threads) == str(how["threads_per_process"])
+    assert how["processes"] == 2 and "gloo" in how["launch"]
+    assert how["prefix"][1:3] == ["-m", "torch.distributed.run"]
+    assert how["prefix"][how["prefix"].index("--nproc-per-node") + 1] == "2"
+
+
+def test_format_table_states_efficiency_and_what_it_is_against():
+    dp_rec = dict(
+        _record("torch", "eager-dp2", 1500.0, 1.5),
+        devices=2,
+        per_device_batch=32,
+        single_device_mode="eager",
+        single_device_samples_per_s=1000.0,
+        efficiency=0.75,
+        interleaved=False,
+        launch="torch.distributed.run --nproc-per-node 2 (gloo), OMP_NUM_THREADS=1",
+        host_cores=2,
+    )
+    lines = bench.format_table(dict(RESULT, records=[*RESULT["records"], dp_rec])).splitlines()
+    assert lines[4].split()[:5] == ["torch", "eager-dp2", "64", "1,500", "1.50"]
+    (line,) = [x for x in lines if x.startswith("torch/eager-dp2")]
+    assert "batch 64 (32 per device): efficiency 0.75 = 1,500 / (2 x 1,000 of torch/eager)" in line
+    assert "OMP_NUM_THREADS=1; not interleaved with the 1-device rows" in line
+    assert "the 2 devices share 2 CPU core(s): not a speed-up measurement" in line
+    assert bench.format_table(RESULT).count("efficiency") == 0
+
+
+def _bad_devices():
+    cores = usable_cores()
+    return [
+        (["--devices", "1"], "at least 2"),
+        (["--devices", "0"], "at least 2"),
+        (["--devices", "-2"], "at least 2"),
+        (["--devices", "2", "--backends", "reference"], "none of them is chosen"),
+        (["--devices", "2", "--modes", "jax/step"], "none of them is chosen"),
+        (
+            ["--devices", "2", "--backends", "jax", "--batch-size", "64,63"],
+            "batch size(s) [63] do not split over 2",
+        ),
+        (
+            ["--devices", str(cores + 1), "--backends", "torch", "--batch-size", str(cores + 1)],
+            f"{cores + 1} torch ranks on the CPU need a core each, and this process may use "
+            f"{cores}",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("argv, message", _bad_devices())
+def test_bad_devices_exit_2_before_any_work(argv, message, bench_arguments, monkeypatch, capsys):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was read")
+
+    monkeypatch.setattr(vae_common.data, "load_dataset", no_data)
+    assert main(["bench", "--dataset", "digits", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vae bench: error: ") and message in err
+    assert not bench_arguments  # run_bench was never called
+
+
+def test_run_bench_checks_devices_before_any_work(monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(bench_run, "make_data", no_work)
+    monkeypatch.setattr(bench_run, "make_contender", no_work)
+    for devices, error in ((1, ConfigError), (2.0, ConfigError), (usable_cores() + 1, DeviceError)):
+        with pytest.raises(error):
+            bench.run_bench(("torch",), devices=devices, batch_sizes=(12,))
+
+
+def test_cli_hands_devices_to_run_bench(bench_arguments):
+    with pytest.raises(_Called):
+        main(["bench", "--devices", "2", "--backends", "jax"])
+    assert bench_arguments["devices"] == 2
+    with pytest.raises(_Called):
+        main(["bench"])
+    assert bench_arguments["devices"] is None
+
+
+def _check_dp_records(records, n, modes):
+    single = {(r["backend"], r["mode"]): r for r in records if "devices" not in r}
+    rows = [r for r in records if "devices" in r]
+    assert [(r["backend"], r["mode"]) for r in rows] == [(b, f"{m}-dp{n}") for b, m in modes]
+    for r in rows:
+        base = single[r["backend"], r["single_device_mode"]]
+        assert set(r) == set(base) | DP_ONLY_KEYS and not set(base) & DP_ONLY_KEYS
+        assert r["devices"] == n and r["per_device_batch"] == r["batch_size"] // n
+        assert r["single_device_samples_per_s"] == base["samples_per_s"]
+        assert math.isfinite(r["efficiency"]) and r["efficiency"] > 0
+        assert r["efficiency"] == pytest.approx(r["samples_per_s"] / (n * base["samples_per_s"]))
+        assert r["samples_per_s"] == pytest.approx(r["samples_per_epoch"] / r["median_epoch_s"])
+        assert (r["samples_per_epoch"], r["untimed_steps"]) == (
+            base["samples_per_epoch"],
+            base["untimed_steps"],
+        )
+        assert r["host_cores"] == usable_cores()
+        # The N-device row trained the 1-device row's problem (float64: up to rounding).
+        assert r["last_epoch_mean_loss"] == pytest.approx(
+            r["single_device_last_epoch_mean_loss"], rel=1e-10
+        )
+    return {r["backend"]: r for r in rows}
+
+
+@pytest.mark.slow
+def test_bench_devices_2_records_for_both_backends(tmp_path, monkeypatch, capsys):
+    # The host figures (matmul peak, GEMM ceiling) are tested above; skipped here for time.
+    monkeypatch.setattr(bench_run, "matmul_peak_gflops", lambda *a: None)
+    monkeypatch.setattr(bench_run, "gemm_ceiling", lambda *a: None)
+    out = tmp_path / "b.json"
+    code = main(
+        [
+            "bench",
+            *("--devices", "2", "--modes", "jax/epoch,torch/eager", "--dtype", "float64"),
+            *("--samples", "64", "--batch-size", "16", "--repeats", "2", "--untimed-steps", "1"),
+            *("--json", str(out)),
+        ]
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "jax/epoch-dp2, batch 16 (8 per device): efficiency" in captured.out
+    assert "not interleaved with the 1-device rows" in captured.out
+    assert "not interleaved with the rows above" in captured.err
+    records = json.loads(out.read_text())["records"]
+    rows = _check_dp_records(records, 2, [("jax", "epoch"), ("torch", "eager")])
+    assert not rows["jax"]["interleaved"] and not rows["torch"]["interleaved"]
+    assert rows["jax"]["launch"].endswith("--xla_force_host_platform_device_count=2")
+    assert (rows["jax"]["processes"], rows["jax"]["threads_per_process"]) == (1, None)
+    assert rows["torch"]["processes"] == 2
+    assert rows["torch"]["threads_per_process"] == max(1, usable_cores() // 2)
+    assert "torch.distributed.run --nproc-per-node 2 (gloo)" in rows["torch"]["launch"]
+
+
+_IN_PROCESS = """
+import json, sys
+from vae_common.config import VAEConfig
+from vae_tools import bench
+config = VAEConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=2)
+result = bench.run_bench(("jax",), config=config, samples=64, batch_sizes=(16,), repeats=2,
+                         untimed_steps=1, modes={"jax": ["epoch"]}, dtype="float64", devices=2,
+                         log=lambda m: None)
+print(json.dumps(result["records"]))
+"""
+
+
+@pytest.mark.slow
+def test_jax_rows_run_in_process_and_interleaved_where_jax_has_the_devices():
+    # As on a host with N GPUs: this JAX has 2 (CPU) devices from the start.
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _IN_PROCESS], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _check_dp_records(json.loads(done.stdout), 2, [("jax", "epoch")])
+    assert rows["jax"]["interleaved"] and rows["jax"]["launch"] == "in this process"

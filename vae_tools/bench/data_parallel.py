@@ -178,11 +178,11 @@ def save_job(job: Job, folder: Path) -> None:
 
 
 def load_job(folder: Path) -> Job:
-    """The ``Job`` that ``save_job`` wrote to ``folder`` (the images memory-mapped)."""
+    """The ``Job`` that ``save_job`` wrote to ``folder``."""
     meta = json.loads((folder / JOB_FILE).read_text())
     w = Workload(
         VAEConfig.from_json(meta["config"]),
-        np.load(folder / DATA_FILE, mmap_mode="r", allow_pickle=False),
+        np.load(folder / DATA_FILE, allow_pickle=False),
         int(meta["batch_size"]),
         str(meta["dtype"]),
         str(meta["device"]),
