@@ -29,6 +29,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_reference_eval_data.py",
         "tests/test_data.py",
         "tests/test_reference_training.py",
+        "tests/test_own_data.py",
     ],
     "vae_common/reference.py": [
         "tests/test_shared_contracts.py",

@@ -202,3 +202,17 @@ def test_every_backend_hook_is_abstract():
     }
     assert len(hooks) > 10
     assert hooks <= set(TrainerBase.__abstractmethods__), hooks - TrainerBase.__abstractmethods__
+
+
+def test_evaluation_of_one_image_and_the_smallest_iwae(state):
+    """One image is a dataset; K = 2 is the smallest importance sample, K = 1 (the ELBO again)
+    and an empty dataset are refused."""
+    x = np.full((1, 1, 2, 2), 0.5)
+    got = evaluate_batches(_terms(state), _iwae(state), x, 2, "float64", 0, 500, 2)
+    eps = standard_normal(0, 1, (2, 1, 2))
+    want = reference.mlp_negative_iwae_bound(state, CONFIG, x, eps)[0]
+    assert got["n"] == 1 and got["neg_iwae"] == pytest.approx(want, rel=1e-12)
+    with pytest.raises(ConfigError, match="iwae_k must be 0"):
+        evaluate_batches(_terms(state), _iwae(state), x, 2, "float64", 0, 500, 1)
+    with pytest.raises(DataError, match="empty dataset"):
+        evaluate_batches(_terms(state), _iwae(state), x[:0], 2, "float64")
