@@ -20,8 +20,10 @@ from vae_common.constants import (
 from vae_common.data import COLORS, LAYOUTS
 from vae_common.errors import TrainingError, VAEError
 from vae_common.evaluation import IWAE_CHUNK
+from vae_common.precision import PRECISIONS
 from vae_tools import commands, options
 from vae_tools._backends import missing_backend_error
+from vae_tools.parity import PARITY_PRECISIONS
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -119,6 +121,10 @@ def resize_hw(text: str) -> tuple[int, int]:
     return values[0], values[1]
 
 
+PRECISION_HELP = (
+    "training steps: float32, tf32 (TF32 products; NVIDIA GPUs only, float32 elsewhere) or bf16 "
+    "(bfloat16 layers over float32 weights, Adam state and loss); needs --dtype float32"
+)
 DATASET_HELP = (
     "digits | mnist:DIR | fashion-mnist:DIR | kmnist:DIR | idx:DIR | npz:FILE | images:DIR"
 )
@@ -229,6 +235,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     )
     _option(p, "--seed", d["seed"], type=seed_int)
     _option(p, "--dtype", d["dtype"], choices=("float32", "float64"))
+    _option(p, "--precision", d["precision"], PRECISION_HELP, choices=PRECISIONS)
     _option(
         p,
         "--device",
@@ -375,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--checkpoint", help="use this checkpoint's config and weights")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    p.add_argument(
+        "--precision",
+        choices=PARITY_PRECISIONS,
+        default="float32",
+        help="bf16: both backends' bfloat16 layers over float32 weights (--dtype float32), "
+        "judged on the loss and per-example terms (vae_common.compare)",
+    )
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--beta", type=nonnegative_float, default=1.0)
@@ -417,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=positive_int_list, default=(128,), help="one or a list: 64,128,256"
     )
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help=f"{PRECISION_HELP} (the reference row: float32)",
+    )
     p.add_argument("--samples", type=positive_int, default=60000, help="samples per epoch")
     p.add_argument(
         "--dataset",

@@ -139,6 +139,7 @@ def make_trainer(
     dtype: str,
     device: str | None = None,
     compile: bool = False,
+    precision: str = "float32",
 ) -> TrainerBase:
     """The backend's ``Trainer`` (imported only when asked for: ``BackendUnavailableError``
     naming the extra to install when its framework is missing)."""
@@ -148,7 +149,7 @@ def make_trainer(
     if backend == "jax" and dtype == "float64":
         module.enable_float64()
     trainer: type[TrainerBase] = module.Trainer
-    return trainer(config, train, dtype=dtype, device=device, compile=compile)
+    return trainer(config, train, dtype=dtype, device=device, compile=compile, precision=precision)
 
 
 def binarization(train: TrainConfig, settings: RunSettings) -> str:
@@ -341,7 +342,9 @@ def train(
             )
         mode_name = binarization(train_config, settings)
         data = run_data(settings, ds, mode_name)
-        trainer = make_trainer(backend, config, train_config, settings.dtype, device, compile)
+        trainer = make_trainer(
+            backend, config, train_config, settings.dtype, device, compile, settings.precision
+        )
         source = replace(ds.source or DataSource(settings.dataset), binarize=mode_name)
         job = _Job(run_dir, trainer, config, train_config, settings, source)
         record = {

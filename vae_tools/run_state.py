@@ -28,6 +28,7 @@ from vae_common.checkpoint import (
 )
 from vae_common.config import VAEConfig
 from vae_common.errors import ConfigError, ResumeError
+from vae_common.precision import check_precision
 from vae_common.trainer import TrainerBase
 from vae_common.training import TrainConfig
 
@@ -49,6 +50,7 @@ class RunSettings:
       val_split: examples held out of the training set as the validation set (0: none).
       drop_last: drop the ``n % batch_size`` examples left over after the full batches of an
         epoch instead of running them as one more, smaller step.
+      precision: the training steps' precision (``vae_common.precision``).
     """
 
     dataset: str
@@ -58,8 +60,10 @@ class RunSettings:
     static_binarize: bool = False
     val_split: int = 0
     drop_last: bool = False
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision, self.dtype)
         if isinstance(self.val_split, bool) or not isinstance(self.val_split, int):
             raise ConfigError(f"val_split must be an integer, got {self.val_split!r}")
         if self.val_split < 0:
@@ -67,8 +71,9 @@ class RunSettings:
 
 
 # Settings a train state written before they existed was made with: version 0.1 held out no
-# validation set and dropped the last incomplete batch of every epoch.
-LEGACY_SETTINGS = {"val_split": 0, "drop_last": True}
+# validation set and dropped the last incomplete batch of every epoch; states from before
+# --precision trained in float32.
+LEGACY_SETTINGS = {"val_split": 0, "drop_last": True, "precision": "float32"}
 
 
 def settings_meta(config: VAEConfig, train: TrainConfig, settings: RunSettings) -> dict[str, str]:

@@ -40,6 +40,7 @@ def _jax_trainer(w: Workload) -> tuple[Any, Any]:
         w.dtype,
         device="cpu" if w.device == "xpu" else w.device,
         devices=w.devices,
+        precision=w.precision,
     )
     trainer.load_state_dict(w.initial_weights())
     return trainer, trainer.put_data(w.data)
@@ -66,7 +67,7 @@ def jax_step(w: Workload) -> EpochFn:
     from vae_jax.train import epoch_key, make_indexed_step
 
     trainer, data = _jax_trainer(w)
-    step = make_indexed_step(trainer.model, trainer.train_config)
+    step = make_indexed_step(trainer.model, trainer.train_config, trainer.precision)
 
     def run_epoch(epoch: int) -> np.ndarray:
         key = jax.device_put(epoch_key(w.seed, epoch), trainer.device)
@@ -84,7 +85,13 @@ def _torch_trainer(w: Workload, compile: bool = False) -> tuple[Any, Any]:
     from vae_torch.train import Trainer
 
     trainer = Trainer(
-        w.config, w.train, w.dtype, device=w.device, compile=compile, devices=w.devices
+        w.config,
+        w.train,
+        w.dtype,
+        device=w.device,
+        compile=compile,
+        devices=w.devices,
+        precision=w.precision,
     )
     trainer.load_state_dict(w.initial_weights())
     return trainer, trainer.put_data(w.data)
@@ -141,7 +148,7 @@ def torch_cudagraph(w: Workload, graphs: Any = None) -> EpochFn:
     # step counts on the device and reads them there, so the update itself is unchanged).
     for group in optimizer.param_groups:
         group["capturable"] = True
-    step = make_train_step(model, w.train)
+    step = make_train_step(model, w.train, w.precision)
     idx = torch.arange(w.batch_size, device=trainer.device)
     eps = torch.zeros(w.batch_size, w.config.latent_dim, dtype=data.dtype, device=trainer.device)
     initial = [p.detach().clone() for p in model.parameters()]

@@ -172,6 +172,7 @@ def save_job(job: Job, folder: Path) -> None:
         "device": w.device,
         "seed": w.seed,
         "devices": w.devices,
+        "precision": w.precision,
     }
     np.save(folder / DATA_FILE, np.ascontiguousarray(w.data), allow_pickle=False)
     (folder / JOB_FILE).write_text(json.dumps(meta))
@@ -189,6 +190,7 @@ def load_job(folder: Path) -> Job:
         int(meta["seed"]),
         TrainConfig.from_json(meta["train"]),
         int(meta["devices"]),
+        str(meta["precision"]),
     )
     return Job(
         str(meta["backend"]),

@@ -60,6 +60,7 @@ def format_table(result: dict[str, Any]) -> str:
                 + " (the step's matrix products alone, nothing else)"
             )
     lines.extend(dp_lines(result["records"]))
+    lines.extend(precision_lines(result["records"]))
     peak = h.get("peak_gflops")
     lines.append(
         f"{h.get('processor')} x{h.get('cpu_count')}, device {h['device']}, torch "
@@ -68,6 +69,22 @@ def format_table(result: dict[str, Any]) -> str:
         + (f"; measured matmul peak {peak:.0f} GFLOP/s" if peak else "")
     )
     return "\n".join(lines)
+
+
+def precision_lines(records: list[dict[str, Any]]) -> list[str]:
+    """When a row trained in another precision than float32: which, and each distinct
+    ``precision_note`` (none for an all-float32 result)."""
+    reduced = sorted(
+        {r["precision"] for r in records if r.get("precision", "float32") != "float32"}
+    )
+    if not reduced:
+        return []
+    lines = [
+        f"training precision {', '.join(reduced)} in the library rows (the reference row and "
+        "the GEMM-only ceiling: float32)"
+    ]
+    notes = {r["precision_note"] for r in records if r.get("precision_note")}
+    return lines + [f"note: {n}" for n in sorted(notes)]
 
 
 def dp_lines(records: list[dict[str, Any]]) -> list[str]:

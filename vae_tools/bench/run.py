@@ -13,6 +13,7 @@ from vae_common.config import VAEConfig
 from vae_common.constants import BENCH_UNTIMED_STEPS
 from vae_common.distributed import usable_cores
 from vae_common.errors import ConfigError
+from vae_common.precision import precision_note
 from vae_common.training import TrainConfig
 from vae_tools.bench import data_parallel as dp
 from vae_tools.bench.contenders import MODES, make_contender
@@ -46,6 +47,14 @@ def choose(
     return chosen
 
 
+def _precision_fields(backend: str, w: Workload) -> dict[str, Any]:
+    """``precision`` of a record (the reference row's is always float32) and
+    ``precision_note``: what the precision did not do on the row's device (None: all of it)."""
+    precision = "float32" if backend == "reference" else w.precision
+    device = "cpu" if backend == "jax" and w.device == "xpu" else w.device
+    return {"precision": precision, "precision_note": precision_note(precision, device)}
+
+
 def _record(
     backend: str,
     mode: str,
@@ -63,6 +72,7 @@ def _record(
         "arch": w.config.arch,
         "device": "cpu" if backend == "jax" and w.device == "xpu" else w.device,
         "dtype": w.dtype,
+        **_precision_fields(backend, w),
         "batch_size": w.batch_size,
         "samples_per_s": per_s,
         "steps_per_s": w.steps / timing["median_s"],
@@ -123,6 +133,7 @@ def run_bench(
     seed: int = 0,
     log: Callable[[str], None] = print,
     devices: int | None = None,
+    precision: str = "float32",
 ) -> dict[str, Any]:
     """Time every chosen contender (``choose``) for every batch size.
 
@@ -136,6 +147,9 @@ def run_bench(
         ``<mode>-dpN`` timing ``Trainer(devices=N).train_epoch`` on the same workload (global
         batch = the batch size, split over N), with the same untimed steps and repeats; checked
         (``data_parallel.check_devices``) before any work.
+      precision: the library rows' training precision (``vae_common.precision``); each record
+        holds its ``precision`` and a ``precision_note`` when the device has no such mode (tf32
+        off NVIDIA GPUs runs as float32).
 
     Returns:
       ``{"records": [one dict per contender and batch size], "host": {...}}``; every record's
@@ -175,7 +189,7 @@ def run_bench(
     in_process = {"launch": "in this process", "processes": 1, "threads_per_process": None}
     records = []
     for batch_size in batch_sizes:
-        w = Workload(config, data, batch_size, dtype, device, seed, train)
+        w = Workload(config, data, batch_size, dtype, device, seed, train, precision=precision)
         untimed_epochs = max(1, -(-untimed_steps // w.steps))
         log(
             f"  batch {batch_size}: {len(chosen + here)} contenders, {untimed_epochs} untimed "

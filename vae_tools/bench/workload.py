@@ -10,6 +10,7 @@ from vae_common.config import CONV_KERNEL, VAEConfig
 from vae_common.constants import DEFAULT_CONV_CHANNELS, DEFAULT_HIDDEN, DEFAULT_LATENT_DIM
 from vae_common.data import batch_indices
 from vae_common.errors import ConfigError
+from vae_common.precision import check_precision
 from vae_common.spec import init_canonical, param_spec
 from vae_common.training import TrainConfig
 
@@ -72,6 +73,8 @@ class Workload:
       devices: None for one device; N for the data-parallel rows, whose trainers are
         ``Trainer(devices=N)`` (each global batch of ``batch_size`` split into N slices), so B
         must be a multiple of N.
+      precision: the library contenders' training precision (``vae_common.precision``:
+        float32, tf32 or bf16); the reference row always trains in plain float32.
     """
 
     config: VAEConfig
@@ -82,8 +85,10 @@ class Workload:
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
     devices: int | None = None
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision, self.dtype)
         if not 1 <= self.batch_size <= len(self.data):
             raise ConfigError(
                 f"batch size {self.batch_size} must be between 1 and the {len(self.data)} samples"
