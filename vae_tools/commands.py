@@ -80,7 +80,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
             objective=args.objective,
             state=state,
         )
-        report = parity.check_parity(inp, args.dtype, args.device)
+        report = parity.check_parity(inp, args.dtype, args.device, args.precision)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -148,6 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         static_binarize=eff.binarize == "static",
         val_split=eff.val_split,
         drop_last=bool(eff.drop_last),
+        precision=eff.precision,
     )
     metrics = run.train(
         eff.out,
@@ -296,6 +297,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         config=config,
         log=lambda m: print(m, file=sys.stderr, flush=True),
         devices=args.devices,
+        precision=args.precision,
     )
     print(bench.format_table(result))
     if args.json:
