@@ -53,6 +53,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_reference_training.py",
         "tests/test_train_jax_torch.py",
         "tests/test_reference_eval_data.py",
+        "tests/test_data_parallel.py",
     ],
     "vae_torch/losses.py": [
         "tests/test_losses.py",
@@ -63,6 +64,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_reference_training.py",
         "tests/test_train_jax_torch.py",
         "tests/test_reference_eval_data.py",
+        "tests/test_data_parallel.py",
     ],
 }
 

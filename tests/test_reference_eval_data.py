@@ -352,3 +352,23 @@ def test_objective_and_loss_weigh_the_kl_by_one_by_default(state, images):
         ]
     for value in got:
         assert float(value) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", list(TRAINERS))
+def test_encode_reconstruct_and_sample_match_numpy(backend, state, images):
+    """``encode_mean`` is the encoder's mean (not its log-variance), ``reconstruct`` the
+    Bernoulli means sigmoid(logits) at z = that mean, ``sample`` the same map for given z."""
+    trainer = make_trainer(backend)
+    trainer.load_state_dict(state)
+    # With eps = 0 the numpy forward pass decodes z = mean.
+    logits, mean, _ = reference.mlp_forward(state, CONFIG, images, np.zeros((10, 3)))
+    np.testing.assert_allclose(trainer.encode_mean(images), mean, rtol=1e-12)
+    np.testing.assert_allclose(trainer.reconstruct(images), 1 / (1 + np.exp(-logits)), rtol=1e-12)
+    z = standard_normal(1, 1, (4, 3))
+    np.testing.assert_allclose(trainer.sample(z), 1 / (1 + np.exp(-_decode(state, z))), rtol=1e-12)
+
+
+def _decode(state: dict, z: np.ndarray) -> np.ndarray:
+    h = np.maximum(z @ state["decoder.hidden.0.weight"].T + state["decoder.hidden.0.bias"], 0)
+    out = h @ state["decoder.out.weight"].T + state["decoder.out.bias"]
+    return out.reshape(len(z), 1, 4, 4)
