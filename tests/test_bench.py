@@ -38,6 +38,7 @@ from vae_tools.bench import contenders, dp_worker, host, report, timing
 from vae_tools.bench import data_parallel as dp
 from vae_tools.bench import run as bench_run
 from vae_tools.cli import main
+from vae_tools.parity_dp import rank_threads
 from vae_torch.train import cpu_compiler
 
 TINY = VAEConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=2)
@@ -682,10 +683,14 @@ def test_launch_sets_the_device_count_and_the_threads(monkeypatch):
     )
     assert how["env"]["JAX_PLATFORMS"] == "cpu" and how["processes"] == 1
     assert how["threads_per_process"] is None
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     how = dp.launch("torch", 2, "cpu")
     threads = max(1, usable_cores() // 2)
     assert how["env"]["OMP_NUM_THREADS"] == str(threads) == str(how["threads_per_process"])
     assert how["processes"] == 2 and "gloo" in how["launch"]
+    assert f"OMP_NUM_THREADS={threads}" in how["launch"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice is kept
+    assert dp.launch("torch", 2, "cpu")["threads_per_process"] == 3
     assert how["prefix"][1:3] == ["-m", "torch.distributed.run"]
     assert how["prefix"][how["prefix"].index("--nproc-per-node") + 1] == "2"
 
@@ -812,7 +817,7 @@ def test_bench_devices_2_records_for_both_backends(tmp_path, monkeypatch, capsys
     assert rows["jax"]["launch"].endswith("--xla_force_host_platform_device_count=2")
     assert (rows["jax"]["processes"], rows["jax"]["threads_per_process"]) == (1, None)
     assert rows["torch"]["processes"] == 2
-    assert rows["torch"]["threads_per_process"] == max(1, usable_cores() // 2)
+    assert rows["torch"]["threads_per_process"] == rank_threads(2)  # measured in rank 0
     assert "torch.distributed.run --nproc-per-node 2 (gloo)" in rows["torch"]["launch"]
 
 

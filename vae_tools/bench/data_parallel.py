@@ -13,8 +13,9 @@ Where the N devices come from:
   devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which must be set before JAX
   starts), sharing that process's CPU cores.
 - torch: N ranks started by ``python -m torch.distributed.run`` (gloo on the CPU, nccl on CUDA,
-  xccl on XPU), each with ``max(1, cores // N)`` intra-op threads (``OMP_NUM_THREADS``); rank 0
-  reports. On the CPU every rank needs a core of its own.
+  xccl on XPU), each with ``$OMP_NUM_THREADS`` intra-op threads when it is set, else
+  ``max(1, cores // N)`` (``vae_tools.parity_dp.rank_threads``); rank 0 reports. On the CPU
+  every rank needs a core of its own.
 
 A subprocess cannot take turns with the rows of this one, so its rows are not interleaved with
 them (``interleaved: false`` in the record; its own modes are interleaved among themselves). The
@@ -36,11 +37,12 @@ from typing import Any
 import numpy as np
 
 from vae_common.config import VAEConfig
-from vae_common.distributed import free_port, threads_per_process, usable_cores
+from vae_common.distributed import free_port, usable_cores
 from vae_common.errors import ConfigError, DeviceError
 from vae_common.training import TrainConfig
 from vae_tools.bench.contenders import DP_MODES
 from vae_tools.bench.workload import Workload
+from vae_tools.parity_dp import rank_threads
 
 # Seconds a subprocess may take (start-up, compilation, the untimed and timed epochs).
 RUN_TIMEOUT_S = 3600
@@ -217,7 +219,7 @@ def launch(backend: str, n: int, device: str) -> dict[str, Any]:
             "prefix": [sys.executable],
             "env": env,
         }
-    threads = threads_per_process(n) if device == "cpu" else 1
+    threads = rank_threads(n)
     # One compile thread: inductor's pool of compile workers in every rank oversubscribes the
     # cores; Python tracebacks if a rank dies of a signal.
     env.update(
