@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast test-min demo bench lint clean
+.PHONY: setup test test-fast test-min demo bench gpu-check lint clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,13 @@ demo: setup
 
 bench: setup
 	$(BIN)/vae bench --arch mlp --batch-size 128 --dtype float32 --device cpu --json runs/bench/cpu.json --plot runs/bench/cpu.png
+
+# For CUDA users: `vae check` on the GPU (parity MLP and conv in float64, float32 with TF32 off
+# and bf16, a 20-step trajectory, every training mode timed; a few minutes), the report in
+# runs/check/cuda.json. Needs torch's CUDA build (and jax[cuda] for JAX's side on the GPU;
+# without it JAX runs on the CPU and the report says so). Exit 1 if a check fails.
+gpu-check: setup
+	XLA_PYTHON_CLIENT_PREALLOCATE=false $(BIN)/vae check --device cuda --json runs/check/cuda.json
 
 # The same four packages the pre-commit hook checks; mypy's settings are in pyproject.toml.
 TYPED_PACKAGES := vae_common vae_jax vae_torch vae_tools

@@ -1,4 +1,4 @@
-"""The ``vae`` command: ``vae parity``, ``vae train``, ``vae eval``, ``vae bench``.
+"""The ``vae`` command: ``vae parity``, ``vae train``, ``vae eval``, ``vae bench``, ``vae check``.
 
 Exit status: 0 success, 1 a check failed (parity over tolerance), 2 bad input (the message names
 the problem; no stack trace).
@@ -480,7 +480,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_demo)
 
     add_generate_parser(sub)
+    add_check_parser(sub)
     return parser
+
+
+def add_check_parser(sub: argparse._SubParsersAction) -> None:
+    """``vae check``: parity, trajectory and a benchmark of every mode on one device."""
+    p = sub.add_parser(
+        "check",
+        help="prove parity and time every training mode on this machine's device",
+        description="On one device: the parity checks (MLP and conv; float64 where the device "
+        "has it, float32 with TF32 off, bf16), a short training trajectory and a short "
+        "benchmark of every training mode; one JSON report and a table. Says what it skipped "
+        "and why. Exit status 1 when a check fails, 2 for a device this machine does not have.",
+        formatter_class=_DefaultsShown,
+    )
+    p.add_argument("--device", choices=("cpu", "cuda", "xpu"), default="cpu", help="device")
+    p.add_argument("--json", metavar="FILE", default=None, help="write the report here")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny 8x8 models and a 64-sample benchmark: checks that everything runs (seconds)",
+    )
+    p.set_defaults(func=commands.cmd_check)
 
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:

@@ -307,6 +307,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from vae_tools import check
+    from vae_tools.bench import write_json
+
+    report = check.run_check(
+        args.device, quick=args.quick, log=lambda m: print(m, file=sys.stderr, flush=True)
+    )
+    if args.json:
+        write_json(report, args.json)
+    print(check.format_table(report))
+    return 0 if report["passed"] else EXIT_FAILED
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vae_tools.demo import run_demo
 
