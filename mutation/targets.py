@@ -51,6 +51,7 @@ TARGETS: dict[str, list[str]] = {
     ],
     "vae_jax/train.py": [
         "tests/test_reference_training.py",
+        "tests/test_jax_donation.py",
         "tests/test_train_jax_torch.py",
         "tests/test_reference_eval_data.py",
         "tests/test_data_parallel.py",
