@@ -1,14 +1,22 @@
-"""The torch device selector and float64 policy, with the accelerators mocked."""
+"""The torch device selector and float64 policy, with the accelerators mocked; and every other
+branch that runs only on an Intel XPU (distributed backend and devices, autocast, the bench's
+and ``vae check``'s handling of JAX, which has no XPU backend), with ``torch.xpu`` mocked."""
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from vae_common.config import VAEConfig
+from vae_common.training import TrainConfig
 from vae_torch import device as dev
 from vae_torch.device import DeviceError, check_dtype, select_device, supports_float64, synchronize
+from vae_torch.model import build_model
+
+TINY = VAEConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=4)
 
 
 @pytest.fixture
@@ -152,3 +160,143 @@ def test_synchronize(monkeypatch):
     synchronize(torch.device("cuda:0"))
     synchronize("xpu")
     assert calls == ["cuda", "xpu"]
+
+
+# -- every other branch that runs only on an XPU, with torch.xpu mocked ---------------------------
+
+
+def test_bf16_autocast_follows_the_device_type(monkeypatch):
+    from vae_torch import train
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "XPU is not available": built here, never entered
+        ctx = train.autocast("xpu", "bf16")
+    assert (ctx.device, ctx.fast_dtype) == ("xpu", torch.bfloat16)
+    # The eager step takes the type from its batch, so an XPU batch gets an XPU autocast.
+    kinds = []
+    real = train.autocast
+    monkeypatch.setattr(
+        train, "autocast", lambda kind, precision: kinds.append(kind) or real(kind, precision)
+    )
+    model = build_model(TINY)
+    step = train.make_train_step(model, TrainConfig(), "bf16")
+    step(train.make_optimizer(model, TrainConfig()), torch.rand(2, 1, 8, 8), torch.zeros(2, 4), 0)
+    assert kinds == ["cpu"]
+
+
+def test_bf16_on_a_device_without_autocast_is_refused_before_the_model_moves(machine, monkeypatch):
+    from vae_torch.train import Trainer
+
+    machine(xpu=True)
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda kind: kind != "xpu")
+    with pytest.raises(DeviceError, match="bf16.*autocast on xpu"):
+        Trainer(TINY, device="xpu", precision="bf16")
+
+
+def test_ddp_takes_the_xpu_index_as_its_device_id():
+    from vae_torch.train import _ddp_device_ids
+
+    assert _ddp_device_ids(torch.device("xpu", 1)) == [1]
+    assert _ddp_device_ids(torch.device("cuda", 0)) == [0]
+    assert _ddp_device_ids(torch.device("cpu")) is None
+
+
+def test_xccl_collectives_reduce_on_the_current_xpu(monkeypatch):
+    from vae_torch import distributed
+
+    monkeypatch.setattr(torch.xpu, "current_device", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: "xccl")
+    assert distributed._collective_device() == torch.device("xpu", 1)
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: "gloo")
+    assert distributed._collective_device() == torch.device("cpu")
+
+
+def test_local_rank_picks_the_xpu_and_refuses_one_too_many(machine, monkeypatch):
+    from vae_torch.distributed import local_device
+
+    machine(xpu=True, xpu_count=2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert local_device("xpu") == torch.device("xpu", 1)
+    assert local_device("xpu:0") == torch.device("xpu", 0)  # an explicit index wins
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(DeviceError, match="xpu:2.*2 xpu device"):
+        local_device("xpu")
+
+
+def test_jax_refuses_xpu_and_the_bench_runs_its_rows_on_the_cpu():
+    from vae_jax.device import select_device as jax_select
+    from vae_tools.bench import Workload, make_data
+    from vae_tools.bench.contenders import _jax_trainer
+    from vae_tools.bench.run import _precision_fields, _record
+
+    with pytest.raises(DeviceError, match="no xpu backend"):
+        jax_select("xpu")
+    w = Workload(TINY, make_data(TINY, 32), 16, device="xpu", precision="tf32")
+    trainer, _ = _jax_trainer(w)
+    assert trainer.device.platform == "cpu"
+    timing = {"median_s": 1.0, "compile_s": 0.0, "spread": 0.0, "first_epoch_s": 1.0}
+    timing["untimed_s"] = 1.0
+    assert _record("jax", "epoch", w, timing, 1, 1, 1.0)["device"] == "cpu"
+    assert _record("torch", "eager", w, timing, 1, 1, 1.0)["device"] == "xpu"
+    assert "no-op on cpu" in _precision_fields("jax", w)["precision_note"]
+    assert "no-op on xpu" in _precision_fields("torch", w)["precision_note"]
+
+
+def test_bench_host_info_names_the_xpu(monkeypatch):
+    from vae_tools.bench import host_info
+
+    monkeypatch.setattr(torch.xpu, "is_available", lambda: True)
+    monkeypatch.setattr(torch.xpu, "get_device_name", lambda *a: "Mock Arc A770")
+    info = host_info("xpu")
+    assert info["gpu"] == "Mock Arc A770" and "JAX has no Intel GPU backend" in info["note"]
+
+
+def test_vae_check_on_an_xpu_without_float64(machine, xpu_props, monkeypatch):
+    import vae_tools.bench
+    import vae_tools.parity
+    import vae_tools.trajectory
+    from tests.test_check import fake_bench, fake_parity
+    from vae_tools import check
+
+    machine(xpu=True)
+    xpu_props(has_fp64=False)
+    monkeypatch.setattr(torch.xpu, "get_device_name", lambda *a: "Mock Arc A770")
+    parity, seen = fake_parity()
+    run_bench, calls = fake_bench()
+    trajectories = []
+    monkeypatch.setattr(vae_tools.parity, "check_parity", parity)
+    monkeypatch.setattr(vae_tools.bench, "run_bench", run_bench)
+    monkeypatch.setattr(
+        vae_tools.trajectory,
+        "check_trajectory",
+        lambda config, **kw: (
+            trajectories.append(kw)
+            or {"passed": True, "max_rel_diff": 1e-7, "tolerance": 1e-5, "judged": "loss curve"}
+            | {"steps": kw["steps"]}
+        ),
+    )
+    report = check.run_check("xpu", quick=True, log=lambda m: None)
+    assert report["passed"] and report["device"]["name"] == "Mock Arc A770"
+    assert report["device"]["torch"] == "xpu" and report["device"]["jax_platform"] == "cpu"
+    by_name = {c["name"]: c for c in report["checks"]}
+    for name in ("parity/mlp/float64", "parity/conv/float64"):
+        assert by_name[name]["skipped"] and "has no float64" in by_name[name]["reason"]
+        assert "Mock Arc A770" in by_name[name]["reason"]
+    # float32 and bf16 parity on the XPU, JAX's side on the CPU (said in each).
+    assert {(arch, dtype, precision) for arch, dtype, precision, _ in seen} == {
+        ("mlp", "float32", "float32"),
+        ("mlp", "float32", "bf16"),
+        ("conv", "float32", "float32"),
+    }
+    assert {device for *_, device in seen} == {"xpu"}
+    assert "JAX has no backend for xpu" in by_name["parity/mlp/float32"]["reason"]
+    # The trajectory falls back to float32, and says why.
+    traj = by_name["trajectory/mlp/float32"]
+    assert (
+        traj["passed"] and "no float64" in traj["reason"] and "JAX has no backend" in traj["reason"]
+    )
+    assert trajectories[0]["dtype"] == "float32" and trajectories[0]["device"] == "xpu"
+    # One benchmark on the XPU (the bench itself runs JAX's rows on the CPU); no CUDA graphs.
+    assert len(calls) == 1 and "cudagraph" not in calls[0]["torch"]
+    assert by_name["bench/torch/cudagraph"]["skipped"]
+    assert "JAX has no backend for xpu" in by_name["bench/jax/epoch"]["reason"]
