@@ -495,4 +495,10 @@ def worker(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] != ["worker"]:
         sys.exit("usage: python -m vae_tools.parity_dp worker --backend ... (see vae parity)")
-    sys.exit(worker(sys.argv[2:]))
+    status = worker(sys.argv[2:])
+    # The result is written and the process group is gone: skip the interpreter's teardown, where
+    # a C++ worker thread (gloo's, inductor's) still joinable when static objects are destroyed
+    # aborts the process now and then ("terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
