@@ -63,6 +63,7 @@ TARGETS: dict[str, list[str]] = {
     ],
     "vae_torch/train.py": [
         "tests/test_reference_training.py",
+        "tests/test_shared_contracts.py",
         "tests/test_train_jax_torch.py",
         "tests/test_reference_eval_data.py",
         "tests/test_data_parallel.py",

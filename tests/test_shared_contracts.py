@@ -216,3 +216,23 @@ def test_evaluation_of_one_image_and_the_smallest_iwae(state):
         evaluate_batches(_terms(state), _iwae(state), x, 2, "float64", 0, 500, 1)
     with pytest.raises(DataError, match="empty dataset"):
         evaluate_batches(_terms(state), _iwae(state), x[:0], 2, "float64")
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_torch_flushes_denormals_only_while_training_and_only_when_asked(state, monkeypatch, flush):
+    """``flush_denormal`` (the default) switches flushing on for the duration of each training
+    call on the CPU and off again after; ``flush_denormal=False`` leaves it alone. Both trainers
+    compile only when asked."""
+    import vae_jax.train
+    from vae_torch.train import Trainer
+
+    calls: list[bool] = []
+    monkeypatch.setattr(torch, "set_flush_denormal", lambda on: calls.append(on) or True)
+    kwargs = {} if flush else {"flush_denormal": False}
+    trainer = Trainer(CONFIG, dtype="float64", device="cpu", **kwargs)
+    assert trainer.flush_denormal is flush and trainer.compile is False
+    trainer.load_state_dict(state)
+    trainer.run_steps(np.full((1, 2, 1, 2, 2), 0.5), np.zeros((1, 2, 2)))
+    trainer.train_epoch(trainer.put_data(np.full((2, 1, 2, 2), 0.5)), np.array([[0, 1]]), 0, 1)
+    assert calls == ([True, False] * 2 if flush else [])
+    assert vae_jax.train.Trainer(CONFIG, dtype="float64").compile is False
