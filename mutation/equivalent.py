@@ -64,4 +64,10 @@ EQUIVALENT: list[dict[str, str]] = [
         "reason": "the JAX trainer accepts flush_denormal for symmetry and never reads it "
         "(XLA flushes denormals itself)",
     },
+    {
+        "file": "vae_torch/losses.py",
+        "old": "return torch.sum(_kl_per_dim(mean, logvar), dim=-1)",
+        "new": "return torch.sum(_kl_per_dim(mean, logvar), dim=+1)",
+        "reason": "mean and logvar are checked to be (B, L): dim 1 is the last dimension",
+    },
 ]
