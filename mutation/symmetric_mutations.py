@@ -80,7 +80,7 @@ SYMMETRIC: list[dict] = [
         "reason": "the shared static binarization thresholds at 0.5 instead of drawing",
         "edits": [
             (
-                "vae_common/data.py",
+                "vae_common/batches.py",
                 "(rng.random(x.shape, dtype=np.float32) < x)",
                 "(np.full(x.shape, 0.5, np.float32) < x)",
             ),
@@ -91,9 +91,9 @@ SYMMETRIC: list[dict] = [
         "reason": "a training run binarizes its data from another seed than the documented one",
         "edits": [
             (
-                "vae_tools/run.py",
-                "np.random.default_rng([settings.seed, 7])",
-                "np.random.default_rng([settings.seed, 8])",
+                "vae_tools/run_data.py",
+                "np.random.default_rng([settings.seed, STATIC_STREAM])",
+                "np.random.default_rng([settings.seed, TEST_BINARIZE_STREAM])",
             ),
         ],
     },
@@ -183,7 +183,7 @@ SYMMETRIC: list[dict] = [
         "reason": "the shared batch order is drawn from (seed, epoch + 1)",
         "edits": [
             (
-                "vae_common/data.py",
+                "vae_common/batches.py",
                 "np.random.default_rng([seed, epoch])",
                 "np.random.default_rng([seed, epoch + 1])",
             ),
@@ -194,7 +194,7 @@ SYMMETRIC: list[dict] = [
         "reason": "the shared evaluation noise is drawn from (stream, seed)",
         "edits": [
             (
-                "vae_common/data.py",
+                "vae_common/batches.py",
                 "np.random.default_rng([seed, stream])",
                 "np.random.default_rng([stream, seed])",
             ),

@@ -236,7 +236,7 @@ def vae_command() -> list[str]:
 
 @pytest.mark.slow
 def test_kill_9_leaves_a_loadable_checkpoint_and_resume_finishes_the_run(tmp_path):
-    # Torch: what is tested here is run.py's write order and atomic files, the same for both
+    # Torch: what is tested here is run_commit.py's write order and atomic files, the same for both
     # backends (JAX's resume is bit-exact by test_resume_after_two_of_four_epochs_is_bit_exact).
     # The resumed and the reference runs go through the same CLI in this process; torch's float32
     # maths does not depend on JAX's x64 switch, which this session has on.

@@ -1,0 +1,177 @@
+"""The trainer of a run and its epochs: ``make_trainer``, then ``train_epochs`` (each epoch
+trained, checked, evaluated on the validation set and committed by ``vae_tools.run_commit``).
+
+- Every example is used once per epoch: the ``n % batch_size`` examples the full batches leave
+  over (``vae_common.data.last_batch_indices``) are one more, smaller Adam step after the
+  epoch's full batches (``train_last_batch``), unless ``RunSettings.drop_last``. That step runs
+  through ``Trainer.run_steps`` with its noise (and dynamic binarization) drawn in numpy, so it
+  is the same step in both backends.
+- An epoch is committed only if its losses, its held-out metrics, every weight and every Adam
+  moment are finite; otherwise ``TrainingError`` names the first bad one and the committed files
+  stay.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from vae_common.config import VAEConfig
+from vae_common.data import batch_indices, binarize, last_batch_indices
+from vae_common.errors import TrainingError
+from vae_common.trainer import TrainerBase
+from vae_common.training import TrainConfig
+from vae_tools.run_commit import Job, commit_epoch
+from vae_tools.run_data import RunData
+from vae_tools.run_dir import RunDir
+from vae_tools.run_log import RunLog
+from vae_tools.run_metrics import best_epoch, epochs_since_best
+
+BACKENDS = ("jax", "torch")
+# The last, smaller batch of epoch e draws from ``default_rng([seed, e, stream])``: its noise,
+# and its binarization when dynamic. A third, non-zero entry keeps them apart from the batch
+# order's ``default_rng([seed, e])``.
+LAST_NOISE_STREAM = 1
+LAST_BINARIZE_STREAM = 2
+
+
+def make_trainer(
+    backend: str,
+    config: VAEConfig,
+    train: TrainConfig,
+    dtype: str,
+    device: str | None = None,
+    compile: bool = False,
+    precision: str = "float32",
+) -> TrainerBase:
+    """The backend's ``Trainer`` (imported only when asked for: ``BackendUnavailableError``
+    naming the extra to install when its framework is missing)."""
+    from vae_tools._backends import import_backend
+
+    module = import_backend(backend)
+    if backend == "jax" and dtype == "float64":
+        module.enable_float64()
+    trainer: type[TrainerBase] = module.Trainer
+    return trainer(config, train, dtype=dtype, device=device, compile=compile, precision=precision)
+
+
+def train_last_batch(
+    trainer: TrainerBase, x: np.ndarray, index: np.ndarray, seed: int, epoch: int, dynamic: bool
+) -> float:
+    """One Adam step on the last, smaller batch of an epoch; returns its loss.
+
+    Args:
+      x: the training images (N, C, H, W) on the host.
+      index: the (b,) indices ``vae_common.data.last_batch_indices`` leaves over, b >= 1.
+      dynamic: binarize the batch first, by ``binarize(x[index], default_rng([seed, epoch,
+        LAST_BINARIZE_STREAM]))``.
+
+    The noise is ``default_rng([seed, epoch, LAST_NOISE_STREAM]).standard_normal((b, L))`` in
+    the trainer's dtype, and the step goes through ``Trainer.run_steps`` (the KL weight of the
+    trainer's step count, as any step): the same arrays, hence the same step, in both backends.
+    """
+    xb = np.asarray(x[index])
+    if dynamic:
+        xb = binarize(xb, np.random.default_rng([seed, epoch, LAST_BINARIZE_STREAM]))
+    rng = np.random.default_rng([seed, epoch, LAST_NOISE_STREAM])
+    eps = rng.standard_normal((len(index), trainer.config.latent_dim)).astype(trainer.dtype)
+    losses = trainer.run_steps(xb[None].astype(trainer.dtype), eps[None])
+    return float(losses[0])
+
+
+def train_epochs(
+    job: Job,
+    data: RunData,
+    metrics: list[dict[str, Any]],
+    epochs: int,
+    log: RunLog,
+    eval_batch_size: int,
+    patience: int,
+    test_every_epoch: bool,
+) -> None:
+    """Epochs ``len(metrics) + 1 .. epochs``, each committed (``metrics`` grows in place), or
+    fewer when early stopping ends the run."""
+    run_dir, trainer, settings = job.run_dir, job.trainer, job.settings
+    dynamic = job.train_config.binarize == "dynamic"
+    n = len(data.train)
+    device_data = trainer.put_data(data.train)
+    for epoch in range(len(metrics) + 1, epochs + 1):
+        if patience and epochs_since_best(metrics) >= patience:
+            return
+        start = time.perf_counter()
+        batches = batch_indices(n, settings.batch_size, settings.seed, epoch)
+        losses = trainer.train_epoch(device_data, batches, settings.seed, epoch)
+        sizes = [settings.batch_size] * len(losses)
+        last = np.empty(0, np.int64)
+        if not settings.drop_last:
+            last = last_batch_indices(n, settings.batch_size, settings.seed, epoch)
+        if last.size:
+            loss = train_last_batch(trainer, data.train, last, settings.seed, epoch, dynamic)
+            losses = np.append(losses, loss)
+            sizes.append(len(last))
+        train_seconds = time.perf_counter() - start
+        kept = _kept(run_dir)
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            raise TrainingError(
+                f"loss became {losses[bad[0]]} at epoch {epoch}, step {int(bad[0]) + 1} of "
+                f"{len(losses)}; stopped. {kept}. Try a smaller --lr."
+            )
+        _check_finite_tensors(trainer, epoch, kept)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "step": trainer.step,
+            # The mean over the epoch's examples (the last batch weighs by its size).
+            "train_loss": float(np.dot(losses, sizes) / np.sum(sizes)),
+            "train_losses": [float(v) for v in losses],
+        }
+        held_out = [("val", data.val)] if data.val is not None else []
+        if test_every_epoch:
+            held_out.append(("test", data.test))
+        for split, x in held_out:
+            assert x is not None
+            result = trainer.evaluate(x, seed=settings.seed, batch_size=eval_batch_size)
+            for key in ("neg_elbo", "reconstruction", "kl"):
+                if not np.isfinite(result[key]):
+                    raise TrainingError(
+                        f"{split}_{key} became {result[key]} at epoch {epoch} (the training "
+                        f"losses were finite); stopped. {kept}. Try a smaller --lr."
+                    )
+                record[f"{split}_{key}"] = result[key]
+        record.update({"seconds": train_seconds, "backend": trainer.backend})
+        improved = data.val is not None and best_epoch([*metrics, record]) == epoch
+        commit_epoch(job, record, improved)
+        metrics.append(record)
+        log.epoch(record)
+        if patience and epochs_since_best(metrics) >= patience and epoch < epochs:
+            best = best_epoch(metrics)
+            log.note(
+                f"early stopping after epoch {epoch}: the validation -ELBO has not improved for "
+                f"{patience} epochs (best: epoch {best})"
+            )
+
+
+def _kept(run_dir: RunDir) -> str:
+    """What a failed epoch leaves, for its message."""
+    committed = run_dir.manifest.epoch
+    if committed:
+        return f"The last good checkpoint (epoch {committed}) is kept in {run_dir.out}"
+    return "No checkpoint was written"
+
+
+def _check_finite_tensors(trainer: TrainerBase, epoch: int, kept: str) -> None:
+    """``TrainingError`` naming the first weight or Adam moment holding NaN or Inf."""
+    for what, tensors in (
+        ("weight", trainer.state_dict()),
+        ("Adam moment", trainer.optimizer_state_dict()),
+    ):
+        for name, value in tensors.items():
+            arr = np.asarray(value)
+            bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+            if bad:
+                raise TrainingError(
+                    f"{what} {name!r} holds {bad} non-finite value{'s' if bad > 1 else ''} "
+                    f"(NaN or Inf) after epoch {epoch}; stopped. {kept}. Try a smaller --lr."
+                )
