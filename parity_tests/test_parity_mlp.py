@@ -218,7 +218,7 @@ def test_accelerator_parity(monkeypatch):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     inp = make_inputs(VAEConfig(), seed=0, batch_size=128, k=2)
-    for dtype in TOLERANCES:
+    for dtype in ("float64", "float32"):
         if dtype == "float64" and not vae_torch.supports_float64(device):
             continue
         assert_parity(jax_side(inp, dtype), torch_side(inp, dtype, str(device)), inp, dtype)
