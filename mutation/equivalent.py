@@ -70,4 +70,10 @@ EQUIVALENT: list[dict[str, str]] = [
         "new": "return torch.sum(_kl_per_dim(mean, logvar), dim=+1)",
         "reason": "mean and logvar are checked to be (B, L): dim 1 is the last dimension",
     },
+    {
+        "file": "vae_common/reference.py",
+        "old": "_, mean, logvar = mlp_forward(state, config, x, eps[0])",
+        "new": "_, mean, logvar = mlp_forward(state, config, x, eps[ -1])",
+        "reason": "only the encoder's mean and logvar are kept, and they do not depend on eps",
+    },
 ]
