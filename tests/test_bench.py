@@ -49,6 +49,8 @@ RECORD_KEYS = {
     "arch",
     "device",
     "dtype",
+    "precision",
+    "precision_note",
     "batch_size",
     "samples_per_s",
     "steps_per_s",
