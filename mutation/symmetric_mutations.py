@@ -56,7 +56,16 @@ SYMMETRIC: list[dict] = [
                 "beta_at(train, state.step.astype(model.dtype), jnp.minimum)",
                 "beta_at(train, (state.step + 1).astype(model.dtype), jnp.minimum)",
             ),
-            ("vae_torch/train.py", "beta_at(train, index)", "beta_at(train, index + 1)"),
+            (
+                "vae_torch/train.py",
+                "eps, beta_at(train, index), train.free_bits",
+                "eps, beta_at(train, index + 1), train.free_bits",
+            ),
+            (
+                "vae_torch/train.py",
+                "ddp(x, eps, beta_at(train, index))",
+                "ddp(x, eps, beta_at(train, index + 1))",
+            ),
         ],
     },
     {
@@ -65,13 +74,13 @@ SYMMETRIC: list[dict] = [
         "edits": [
             (
                 "vae_jax/train.py",
-                "x = jax.random.bernoulli(k_bin, x).astype(model.dtype)",
-                "x = (x > 0.5).astype(model.dtype)",
+                "jax.random.bernoulli(k_bin, x).astype(model.dtype)",
+                "(x > 0.5).astype(model.dtype)",
             ),
             (
                 "vae_torch/train.py",
-                "x = torch.bernoulli(x, generator=gen)",
-                "x = (x > 0.5).to(x.dtype)",
+                "torch.bernoulli(data.index_select(0, index[i]), generator=gen)",
+                "(data.index_select(0, index[i]) > 0.5).to(data.dtype)",
             ),
         ],
     },
