@@ -11,6 +11,7 @@ from vae_common.precision import PRECISIONS
 from vae_tools import commands
 from vae_tools.cli_args import PRECISION_HELP, DefaultsShown, add_data_args, add_model_args
 from vae_tools.cli_types import (
+    device_count,
     nonnegative_float,
     nonnegative_int,
     positive_float,
@@ -105,7 +106,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--devices",
-        type=int,
+        type=device_count,
         default=None,
         metavar="N",
         help="also time Trainer(devices=N) (N >= 2; global batch = --batch-size, split over N): "

@@ -42,6 +42,12 @@ def positive_int(text: str) -> int:
     return _integer(text, "a positive integer", 1)
 
 
+def device_count(text: str) -> int:
+    """An integer number of devices; its range (at least 2, no more than the host has) is
+    checked by the command, which knows the devices and the batch size."""
+    return _integer(text, "an integer number of devices", -(2**31))
+
+
 def nonnegative_int(text: str) -> int:
     """An integer >= 0."""
     return _integer(text, "an integer >= 0", 0)
