@@ -30,14 +30,14 @@ from run_helpers import (
 )
 from run_helpers import small_digits as load_small_digits
 
-import vae_common.checkpoint
+import vae_common.files
 from vae_common.checkpoint import load_checkpoint, load_tensors, save_checkpoint
 from vae_common.config import VAEConfig
 from vae_common.data import Dataset
 from vae_common.errors import CheckpointError, ResumeError, RunDirError, TrainingError, UsageError
 from vae_common.spec import init_canonical
 from vae_common.training import TrainConfig
-from vae_tools import cli, run, run_dir, run_state
+from vae_tools import cli, run_commit, run_dir, run_metrics
 
 EPOCH_FILES = ("metrics.jsonl", "train_state.safetensors", "checkpoint.safetensors")
 CLI_TRAIN = [
@@ -445,7 +445,7 @@ def test_a_non_finite_tensor_after_an_epoch_is_named_and_not_saved(
 
 def test_metrics_are_strict_json():
     with pytest.raises(ValueError, match="JSON"):
-        run_state.metrics_bytes([{"epoch": 1, "test_neg_elbo": float("nan")}])
+        run_metrics.metrics_bytes([{"epoch": 1, "test_neg_elbo": float("nan")}])
 
 
 def test_eval_of_a_checkpoint_that_overflows_exits_1_and_prints_no_number(tmp_path, capsys):
@@ -470,7 +470,7 @@ def fail_writes_of(monkeypatch, target: str, code: int) -> list[str]:
     """Every write of the run file ``target`` fails with ``code``; returns the names of the
     attempts (so a test can tell the failure was reached)."""
     attempts = []
-    real = vae_common.checkpoint.atomic_write_bytes
+    real = vae_common.files.atomic_write_bytes
 
     def writer(path, data):
         if Path(path).name == target:
@@ -478,17 +478,17 @@ def fail_writes_of(monkeypatch, target: str, code: int) -> list[str]:
             raise OSError(code, os.strerror(code), str(path))
         real(path, data)
 
-    for module in (vae_common.checkpoint, run_state, run_dir):
+    for module in (vae_common.files, run_metrics, run_dir):
         monkeypatch.setattr(module, "atomic_write_bytes", writer)
     if target == "metrics.jsonl":
         # Appended, not replaced: a full disk leaves a partial line after the committed ones.
         def failing_append(path, record):
             attempts.append(target)
             with open(path, "ab") as f:
-                f.write(run_state.metrics_bytes([record])[:20])
+                f.write(run_metrics.metrics_bytes([record])[:20])
             raise OSError(code, os.strerror(code), str(path))
 
-        monkeypatch.setattr(run, "append_metrics", failing_append)
+        monkeypatch.setattr(run_commit, "append_metrics", failing_append)
     if target.endswith(".png"):
         import matplotlib.figure
 

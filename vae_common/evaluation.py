@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from vae_common.data import standard_normal
+from vae_common.batches import standard_normal
 from vae_common.errors import ConfigError, DataError
 
 # Examples x samples decoded at once by the IWAE evaluation (bounds memory).

@@ -3,7 +3,7 @@
 Layout of the folder:
   - ``DIR/train/`` and ``DIR/test/``: the two splits, each as below; otherwise ``DIR`` itself is
     one set of images, of which ``test_fraction`` is held out as the test set (seeded,
-    ``vae_common.data.held_out``).
+    ``vae_common.datasets.held_out``).
   - A set of images is either flat (image files, no labels) or one subfolder per class holding
     image files (labels: the index of the folder's name among the sorted names, the names in
     ``Dataset.classes``). The test split's classes must be among the train split's.
@@ -13,7 +13,7 @@ Layout of the folder:
 Every file is opened once for its size and mode before any is decoded: the images must share one
 size unless ``resize`` is given, and be all grey (modes 1, L, LA) or all colour (RGB, RGBA, P,
 PA, CMYK, YCbCr) unless ``color`` converts them; the whole dataset, N * C * H * W bytes, must
-fit in ``vae_common.data.MAX_DATA_BYTES``, the limit of one IDX file. Alpha is dropped (RGBA is
+fit in ``vae_common.datasets.MAX_DATA_BYTES``, the limit of one IDX file. Alpha is dropped (RGBA is
 read as RGB, LA as L); 16-bit and float images are refused. Each image is then decoded straight
 into the float32 (N, C, H, W) array of its split (pixels / 255): one float copy, no other.
 """
@@ -28,14 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_common.data import (
-    DEFAULT_TEST_FRACTION,
-    MAX_DATA_BYTES,
-    Dataset,
-    DataSource,
-    held_out,
-)
+from vae_common.datasets import MAX_DATA_BYTES, Dataset, held_out
 from vae_common.errors import DataError
+from vae_common.sources import DEFAULT_TEST_FRACTION, DataSource
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Pillow's decoders tried on a file (a .png holding another format is refused, not guessed).

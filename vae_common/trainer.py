@@ -1,10 +1,10 @@
 """The training contract: what a ``Trainer`` is, in both backends.
 
 ``vae_jax.train.Trainer`` and ``vae_torch.train.Trainer`` subclass ``TrainerBase``. The shared
-docstrings and the shared plumbing (argument checks, the evaluation loop, the batching checks)
-live here, once; a backend implements only the abstract hooks (``_``-prefixed) with its own
-arrays. The mirror test (``tests/test_api_mirror.py``) proves that both trainers have exactly
-these public methods with these signatures.
+docstrings and the shared plumbing (the argument checks of ``vae_common.trainer_checks``, the
+evaluation loop, the batching checks) run here, once; a backend implements only the abstract
+hooks (``_``-prefixed) with its own arrays. The mirror test (``tests/test_api_mirror.py``)
+proves that both trainers have exactly these public methods with these signatures.
 
 Arrays cross this interface as numpy arrays, except the device-resident dataset returned by
 ``put_data`` (a ``jax.Array`` or a ``torch.Tensor``), which goes back into ``train_epoch``.
@@ -18,13 +18,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vae_common import checks
-from vae_common.checkpoint import check_optimizer_state, check_state, check_step
+from vae_common.batches import check_batches
 from vae_common.config import VAEConfig
-from vae_common.constants import DTYPES
-from vae_common.data import check_batches
 from vae_common.errors import ConfigError, ShapeError
 from vae_common.evaluation import evaluate_batches
 from vae_common.precision import check_precision
+from vae_common.state_checks import check_optimizer_state, check_state, check_step
+from vae_common.trainer_checks import check_arguments, check_devices, check_split
 from vae_common.training import TrainConfig
 
 
@@ -70,23 +70,13 @@ class TrainerBase(abc.ABC):
         devices: int | None = None,
         precision: str = "float32",
     ) -> None:
-        if not isinstance(config, VAEConfig):
-            raise ConfigError(f"config must be a VAEConfig, got {type(config).__name__}")
-        if train is not None and not isinstance(train, TrainConfig):
-            raise ConfigError(f"train must be a TrainConfig, got {type(train).__name__}")
-        if dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        self.train_config = check_arguments(config, train, dtype)
         self.config = config
-        self.train_config = train or TrainConfig()
         self.dtype = dtype
         self.precision = check_precision(precision, dtype)
         self.compile = bool(compile)
         self.flush_denormal = bool(flush_denormal)
-        if devices is not None and (
-            isinstance(devices, bool) or not isinstance(devices, int | np.integer) or devices < 1
-        ):
-            raise ConfigError(f"devices must be None or a positive integer, got {devices!r}")
-        self.devices = None if devices is None else int(devices)
+        self.devices = check_devices(devices)
         self._loaded = False
 
     # -- weights and optimizer state ---------------------------------------------------------
@@ -155,7 +145,7 @@ class TrainerBase(abc.ABC):
         """
         self._require_weights()
         checked = check_batches(batches, int(data.shape[0]))
-        self._check_split(checked.shape[1])
+        check_split(checked.shape[1], self.devices)
         return self._train_epoch(data, checked, int(seed), int(epoch))
 
     def run_steps(self, xs: np.ndarray, eps: np.ndarray) -> np.ndarray:
@@ -173,7 +163,7 @@ class TrainerBase(abc.ABC):
             )
         self._images("xs", xs.reshape((-1,) + xs.shape[2:]), self.config.likelihood)
         checks.check_dtype("eps", checks.dtype_name(eps.dtype))
-        self._check_split(xs.shape[1])
+        check_split(xs.shape[1], self.devices)
         return self._run_steps(xs, eps)
 
     def synchronize(self) -> None:
@@ -187,7 +177,7 @@ class TrainerBase(abc.ABC):
     ) -> dict[str, Any]:
         """Mean -ELBO, its terms and (``iwae_k > 1``) the IWAE estimate of -log p(x), in nats.
 
-        The noise comes from ``vae_common.data.standard_normal(seed, stream, ...)``, the same
+        The noise comes from ``vae_common.batches.standard_normal(seed, stream, ...)``, the same
         arrays in both backends, so one checkpoint evaluates to the same numbers in each. Keys:
         see ``vae_common.evaluation.evaluate_batches``.
         """
@@ -236,16 +226,6 @@ class TrainerBase(abc.ABC):
                 self.precision,
             )
         )
-
-    def _check_split(self, batch: int) -> None:
-        # Equal slices make the mean of the per-device means the global mean; an uneven last
-        # batch never occurs in training (vae_common.data.batch_indices drops it in the 1-device
-        # run too), so any other size is a configuration error, refused before any step.
-        if self.devices is not None and batch % self.devices:
-            raise ConfigError(
-                f"batch size {batch} does not split over {self.devices} devices; use a "
-                f"multiple of {self.devices}"
-            )
 
     def _require_weights(self) -> None:
         if not self._loaded:
