@@ -105,7 +105,8 @@ def load_npz(
     from the first split and applied to both), converted by ``to_nchw``: uint8 scaled to [0, 1],
     other real numbers kept as they are (float32); labels integers. The values are checked here
     only for being finite: whether they suit the likelihood (in [0, 1] for Bernoulli) is checked
-    where the model is known (``validate_images`` in ``vae_tools.run``).
+    where the model is known (``validate_images`` in ``vae_tools.run_data`` and
+    ``vae_tools.run_eval``).
     """
     path = Path(path)
     if not path.is_file():
