@@ -144,7 +144,7 @@ def test_absent_devices_exit_2_before_any_work(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
     # Nothing may run before the device is refused.
-    monkeypatch.setattr(check, "_bench", _must_not_run)
+    monkeypatch.setattr(check, "bench_checks", _must_not_run)
     for device in ("cuda", "xpu"):
         path = tmp_path / f"{device}.json"
         assert cli.main(["check", "--device", device, "--json", str(path)]) == 2
