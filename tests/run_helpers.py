@@ -14,6 +14,7 @@ from vae_common.config import VAEConfig
 from vae_common.data import Dataset, load_digits
 from vae_common.training import TrainConfig
 from vae_tools import run
+from vae_tools.run_metrics import TIMING_KEYS
 from vae_tools.run_state import RunSettings
 
 CONFIG = VAEConfig(input_shape=(1, 8, 8), hidden=(32,), latent_dim=2)
@@ -70,7 +71,7 @@ def file_bytes(out: Path) -> dict[str, bytes]:
 
 
 def without_seconds(metrics: list[dict]) -> list[dict]:
-    return [{k: v for k, v in m.items() if k != "seconds"} for m in metrics]
+    return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics]
 
 
 def assert_same_run(got: Path, want: Path) -> None:

@@ -40,14 +40,33 @@ from vae_tools.run_state import RunSettings, load_train_state, save_train_state
 
 @dataclass(frozen=True)
 class Job:
-    """What the steps of one ``train`` call share."""
+    """What the steps of one ``train`` call share. ``run_dir`` is None in the processes of a
+    data-parallel run other than process 0, which never touch the run directory
+    (``vae_tools.run_ranks``); ``directory()`` is for the code only process 0 runs."""
 
-    run_dir: RunDir
+    run_dir: RunDir | None
     trainer: TrainerBase
     config: VAEConfig
     train_config: TrainConfig
     settings: RunSettings
     source: DataSource
+
+    def directory(self) -> RunDir:
+        """The run directory (process 0's ``Job`` only)."""
+        if self.run_dir is None:
+            raise AssertionError("only process 0 of a data-parallel run writes the run directory")
+        return self.run_dir
+
+
+@dataclass(frozen=True)
+class Restored:
+    """The state ``restore`` read back: weights, Adam's moments, the step count and the
+    committed metrics rows."""
+
+    params: dict[str, np.ndarray]
+    optimizer: dict[str, np.ndarray]
+    step: int
+    metrics: list[dict[str, Any]]
 
 
 def checkpoint_meta(
@@ -92,7 +111,7 @@ def recorded_data(
 def commit_epoch(job: Job, record: dict[str, Any], improved: bool) -> None:
     """Write the files of the epoch ``record`` records, in the protocol's order (the best
     checkpoint when ``improved``), and commit them (``vae_tools.run_dir``)."""
-    run_dir, trainer, config, settings = job.run_dir, job.trainer, job.config, job.settings
+    run_dir, trainer, config, settings = job.directory(), job.trainer, job.config, job.settings
     epoch = record["epoch"]
     run_dir.write(METRICS, lambda p: append_metrics(p, record))
     run_dir.record(METRICS, epoch)
@@ -111,9 +130,10 @@ def commit_epoch(job: Job, record: dict[str, Any], improved: bool) -> None:
     run_dir.commit(epoch, trainer.step)
 
 
-def restore(job: Job, settings_record: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """Load the run in ``job.run_dir`` into ``job.trainer`` and repair its files; returns its
-    metrics rows, or None when no epoch was ever committed (the run starts from the beginning).
+def restore(job: Job, settings_record: dict[str, Any]) -> Restored | None:
+    """Read the run in ``job.run_dir`` back and repair its files; returns its state (for the
+    caller to load into the trainer: in a data-parallel run, into every process's), or None
+    when no epoch was ever committed (the run starts from the beginning).
 
     The train state decides the epoch: the manifest's, or one more (a kill came after the train
     state was written and before the manifest). The metrics are truncated to that epoch, the
@@ -123,7 +143,7 @@ def restore(job: Job, settings_record: dict[str, Any]) -> list[dict[str, Any]] |
     settings (``settings_record``: more epochs, another backend) are committed with its next
     epoch, or at its end.
     """
-    run_dir, trainer, config, settings = job.run_dir, job.trainer, job.config, job.settings
+    run_dir, trainer, config, settings = job.directory(), job.trainer, job.config, job.settings
     out = run_dir.out
     manifest = read_manifest(out)
     state_path = run_dir.path(STATE)
@@ -142,8 +162,6 @@ def restore(job: Job, settings_record: dict[str, Any]) -> list[dict[str, Any]] |
             "over with --overwrite)"
         )
     metrics = read_metrics(run_dir.path(METRICS), epoch)
-    trainer.load_state_dict(params)
-    trainer.load_optimizer_state_dict(opt, step)
 
     before = manifest.to_json() if manifest is not None else None
     committed = manifest is not None and manifest.epoch == epoch
@@ -189,7 +207,7 @@ def restore(job: Job, settings_record: dict[str, Any]) -> list[dict[str, Any]] |
     else:
         run_dir.manifest.epoch, run_dir.manifest.step = epoch, step
     run_dir.manifest.settings = settings_record
-    return metrics
+    return Restored(params, opt, step, metrics)
 
 
 def _restore_best(
@@ -203,7 +221,7 @@ def _restore_best(
     """Vouch for the best checkpoint of the ``epoch`` epochs in ``metrics``: rewritten from
     the train state's weights when ``epoch`` is the best and the committed file is not its;
     else the committed file of the best epoch (``CheckpointError`` when it is gone)."""
-    run_dir = job.run_dir
+    run_dir = job.directory()
     best = best_epoch(metrics)
     if best is None:
         return

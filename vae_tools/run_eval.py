@@ -50,7 +50,7 @@ def final_test(
     """The test set evaluated at the end: by the last weights (``last``) and, with a
     validation split, by the best checkpoint's (``best``, loaded into the trainer). Checked
     finite."""
-    trainer, settings, run_dir = job.trainer, job.settings, job.run_dir
+    trainer, settings, run_dir = job.trainer, job.settings, job.directory()
     results: dict[str, Any] = {
         "epoch": run_dir.manifest.epoch,
         "binarize": binarization(job.train_config, settings),

@@ -10,7 +10,9 @@ once per epoch (no host sync inside an epoch), so they are written after the epo
 global step number (the Adam step count after that step). Tags:
 
 - ``train/loss``: the loss of every ``log_every``-th global step;
-- ``epoch/train_loss``, ``epoch/seconds``: per epoch, at the epoch's last step;
+- ``epoch/train_loss``, ``epoch/seconds``, ``epoch/samples_per_s`` (examples trained per second
+  of the epoch's training), ``epoch/data_wait_share`` (the share of those seconds spent waiting
+  for data): per epoch, at the epoch's last step;
 - ``val/neg_elbo``, ``val/reconstruction``, ``val/kl`` (with a validation split) and
   ``test/...`` (with ``--test-every-epoch``): per epoch, at the epoch's last step;
 - ``final/test_neg_elbo`` (and ``final/best_test_neg_elbo``): the test set at the end.
@@ -35,6 +37,8 @@ TENSORBOARD_EXTRA = "tensorboard"
 EPOCH_SCALARS = {
     "train_loss": "epoch/train_loss",
     "seconds": "epoch/seconds",
+    "samples_per_s": "epoch/samples_per_s",
+    "data_wait_share": "epoch/data_wait_share",
     "val_neg_elbo": "val/neg_elbo",
     "val_reconstruction": "val/reconstruction",
     "val_kl": "val/kl",
@@ -56,15 +60,23 @@ def require_tensorboard() -> None:
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
-    """One plain line for an epoch record: its number, losses, held-out metrics and time."""
+    """One plain line for an epoch record: its number, losses, held-out metrics, time and
+    throughput (samples/s and the share of the time spent waiting for data, when recorded)."""
     parts = [f"train loss {record['train_loss']:.3f}"]
     if "val_neg_elbo" in record:
         parts.append(f"val -ELBO {record['val_neg_elbo']:.3f}")
     if "test_neg_elbo" in record:
         parts.append(f"test -ELBO {record['test_neg_elbo']:.3f}")
+    timing = [f"{record['seconds']:.1f} s"]
+    if "samples_per_s" in record:
+        timing.append(f"{record['samples_per_s']:.0f} samples/s")
+    if "data_wait_share" in record:
+        timing.append(f"data wait {100 * record['data_wait_share']:.0f}%")
+    devices = record.get("devices", 1)
+    on = f" on {devices} devices" if devices > 1 else ""
     return (
-        f"{record['backend']} epoch {record['epoch']}/{epochs}: {', '.join(parts)} "
-        f"({record['seconds']:.1f} s, step {record['step']})"
+        f"{record['backend']} epoch {record['epoch']}/{epochs}{on}: {', '.join(parts)} "
+        f"({', '.join(timing)}, step {record['step']})"
     )
 
 
@@ -127,6 +139,8 @@ class RunLog:
         """Report a committed epoch: its progress, then its scalars (flushed to disk)."""
         if self.bar is not None:
             postfix = {"loss": f"{record['train_loss']:.2f}"}
+            if "samples_per_s" in record:
+                postfix["samples/s"] = f"{record['samples_per_s']:.0f}"
             for key, name in (("val_neg_elbo", "val"), ("test_neg_elbo", "test")):
                 if key in record:
                     postfix[name] = f"{record[key]:.2f}"

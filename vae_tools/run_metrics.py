@@ -19,6 +19,9 @@ from vae_common.errors import CheckpointError
 RENAMED_METRICS = {"test_elbo": "test_neg_elbo"}
 # Keys every metrics record holds.
 METRIC_KEYS = ("epoch", "step", "train_loss", "train_losses")
+# Keys of a record that measure wall time (``seconds``: the epoch's training; the others derived
+# from it), so two runs of the same numbers differ in them.
+TIMING_KEYS = ("seconds", "samples_per_s", "data_wait_share")
 # Numbers a record may hold (the held-out metrics only when they were evaluated that epoch);
 # each one present must be finite.
 NUMBER_KEYS = (
@@ -29,6 +32,8 @@ NUMBER_KEYS = (
     "test_neg_elbo",
     "test_reconstruction",
     "test_kl",
+    "samples_per_s",
+    "data_wait_share",
 )
 _CANNOT_RESUME = "the run cannot resume from it (restore the file, or start over with --overwrite)"
 
