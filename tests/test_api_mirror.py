@@ -14,7 +14,18 @@ import vae_jax
 import vae_torch
 from vae_common.trainer import TrainerBase
 
-MODULES = ("model", "losses", "sampling", "convert", "device", "distributed", "train")
+MODULES = (
+    "model",
+    "input_checks",
+    "losses",
+    "sampling",
+    "convert",
+    "device",
+    "distributed",
+    "train",
+    "trainer",
+    "data_parallel",
+)
 
 
 def shared_names() -> list[str]:

@@ -9,11 +9,9 @@ Reductions, the same in both backends:
 
 The per-example maths is written for one example and batched with ``jax.vmap``.
 
-Input checks (rules and messages in ``vae_common.checks``, the same in ``vae_torch.losses``):
-shapes and dtypes always, also under ``jax.jit`` (they are static); values (``beta`` and
-``free_bits`` finite and >= 0, ``x`` finite and in [0, 1] for the Bernoulli likelihood) only when
-the value is concrete: a ``jax.core.Tracer`` cannot be inspected while tracing, so inside a jitted
-function the values are not checked (the trainers check their data once, up front).
+Input checks (``vae_jax.input_checks``): shapes and dtypes always, also under ``jax.jit``; values
+(``beta``, ``free_bits``, ``std``, the pixels of ``x``) only when they are concrete, not while
+``jax.jit`` traces them.
 """
 
 from __future__ import annotations
@@ -29,39 +27,11 @@ from vae_common import checks
 from vae_common.constants import LOG_2PI
 from vae_common.errors import ConfigError
 from vae_jax._typing import Array, ArrayLike, Params
-from vae_jax.model import VAE, check_eps, check_input, decode, encode
+from vae_jax.input_checks import check_loss_inputs, check_setting, check_std
+from vae_jax.model import VAE, decode, encode
 from vae_jax.sampling import reparameterize
 
 REDUCTIONS = ("mean", "sum")
-
-
-def _is_traced(a: Any) -> bool:
-    return isinstance(a, jax.core.Tracer)
-
-
-def _check_setting(name: str, value: Any) -> None:
-    """``beta`` or ``free_bits``: a scalar always; finite and >= 0 when concrete."""
-    if _is_traced(value):
-        if value.ndim != 0:
-            raise checks.scalar_error(name, value.shape)
-        return
-    checks.check_weight(name, np.asarray(value) if isinstance(value, jax.Array) else value)
-
-
-def _check_values(model: VAE, x: ArrayLike) -> None:
-    """``x`` finite, and in [0, 1] for the Bernoulli likelihood; skipped for a tracer.
-
-    Also run on a concrete x met while tracing (a constant closed over by a jitted function):
-    computed eagerly then, not staged into the traced computation.
-    """
-    if _is_traced(x):
-        return
-    with jax.ensure_compile_time_eval():
-        x = jnp.asarray(x, model.dtype)  # the values the loss sees, as in torch
-        lo, hi = float(jnp.min(x)), float(jnp.max(x))
-    error = checks.pixel_value_error("x", lo, hi, model.config.likelihood)
-    if error is not None:
-        raise error
 
 
 def gaussian_kl_per_dim(mean: Array, logvar: Array) -> Array:
@@ -121,8 +91,7 @@ def gaussian_log_likelihood(x: Array, mean: Array, std: float = 1.0) -> Array:
     ``ConfigError`` unless std is finite and > 0 (when concrete).
     """
     checks.check_pixels("gaussian_log_likelihood", np.shape(x), "mean", np.shape(mean))
-    if not _is_traced(std):
-        checks.check_std(np.asarray(std) if isinstance(std, jax.Array) else std)
+    check_std(std)
 
     def one(x1: Array, m1: Array) -> Array:
         d = x1.size
@@ -153,27 +122,6 @@ def standard_normal_log_density(eps: Array) -> Array:
     return -0.5 * jnp.sum(eps**2 + LOG_2PI, axis=-1)
 
 
-def _prepare(
-    model: VAE,
-    x: ArrayLike,
-    eps: ArrayLike,
-    check_values: bool = True,
-    ndim: int | None = None,
-    fn: str = "",
-) -> tuple[Array, Array]:
-    """Shapes and dtypes first, then (``check_values``) the values of x; ``ndim``: the number of
-    axes ``fn`` needs eps to have (2 or 3) when it does not take both."""
-    given = x
-    x = check_input(model, x)
-    eps = check_eps(model, eps, x.shape[0])
-    if ndim is not None:
-        checks.check_noise_rank(fn, "eps", eps.shape, ndim)
-    if check_values:
-        # The converted x is a tracer under jit even for a concrete input: check what was given.
-        _check_values(model, given if _is_traced(x) else x)
-    return x, eps
-
-
 def _reconstruction_samples(
     model: VAE, params: Params, x: Array, mean: Array, logvar: Array, eps: Array
 ) -> Array:
@@ -200,7 +148,7 @@ def elbo_terms(model: VAE, params: Params, x: ArrayLike, eps: ArrayLike) -> tupl
 def _elbo_terms(
     model: VAE, params: Params, x: ArrayLike, eps: ArrayLike, check_values: bool
 ) -> tuple[Array, Array]:
-    x, eps = _prepare(model, x, eps, check_values)
+    x, eps = check_loss_inputs(model, x, eps, check_values)
     mean, logvar = encode(model, params, x)
     if eps.ndim == 2:
         # One sample: decoded directly, not as a K = 1 vmap, whose batched dots (and the
@@ -222,7 +170,7 @@ def negative_elbo(
 def _negative_elbo(
     model: VAE, params: Params, x: ArrayLike, eps: ArrayLike, beta: Any, check_values: bool
 ) -> Array:
-    _check_setting("beta", beta)
+    check_setting("beta", beta)
     recon, kl = _elbo_terms(model, params, x, eps, check_values)
     return recon + beta * kl
 
@@ -278,11 +226,13 @@ def objective(
     an accelerator reading the check's result would synchronise the device every step, and the
     trainers check their data once instead. Under ``jax.jit`` the check is skipped anyway.
     """
-    _check_setting("free_bits", free_bits)
+    check_setting("free_bits", free_bits)
     if free_bits == 0:
         return _loss(model, params, x, eps, beta, "mean", check_values)
-    _check_setting("beta", beta)
-    x, eps = _prepare(model, x, eps, check_values, ndim=2, fn="objective with free_bits > 0")
+    check_setting("beta", beta)
+    x, eps = check_loss_inputs(
+        model, x, eps, check_values, ndim=2, fn="objective with free_bits > 0"
+    )
     mean, logvar = encode(model, params, x)
     recon = -log_likelihood(model, x, decode(model, params, reparameterize(mean, logvar, eps)))
     kl_dims = jnp.mean(gaussian_kl_per_dim(mean, logvar), axis=0)
@@ -302,7 +252,7 @@ def negative_iwae_bound(model: VAE, params: Params, x: ArrayLike, eps: ArrayLike
     Returns:
       (B,).
     """
-    x, eps = _prepare(model, x, eps, ndim=3, fn="negative_iwae_bound")
+    x, eps = check_loss_inputs(model, x, eps, ndim=3, fn="negative_iwae_bound")
     mean, logvar = encode(model, params, x)
     z = reparameterize(mean, logvar, eps)  # (K, B, L)
     decoded = jax.vmap(lambda zk: decode(model, params, zk))(z)  # (K, B, C, H, W)

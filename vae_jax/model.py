@@ -9,9 +9,7 @@ see torch's feature order too.
 
 from __future__ import annotations
 
-import functools
-import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import flax.linen as nn
@@ -20,14 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_common import checks
-from vae_common.checkpoint import check_param_mapping, spec_shapes
 from vae_common.config import CONV_KERNEL, VAEConfig
 from vae_common.constants import DTYPES
-from vae_common.errors import CheckpointError, ConfigError, DeviceError
+from vae_common.errors import ConfigError, DeviceError
 from vae_common.precision import check_precision
 from vae_common.spec import spec_by_name
 from vae_jax._conv import conv_stride2, conv_transpose_stride2
 from vae_jax._typing import Array, ArrayLike, DTypeLike, Params
+from vae_jax.input_checks import check_eps, check_input, check_latents, check_params
 
 # model.py names that only this backend has (the mirror test reads it): torch's reduced
 # precision is a context (autocast), not a module setting.
@@ -279,79 +277,8 @@ def init_params(model: VAE, rng: Array) -> dict:
     return model.init(rng, x, eps)["params"]
 
 
-def _dtype_name(a: ArrayLike) -> str:
-    # The dtype as given (before any conversion), so the message names what the caller passed.
-    dtype = getattr(a, "dtype", None)
-    return checks.dtype_name(np.asarray(a).dtype if dtype is None else dtype)
-
-
-def check_input(model: VAE, x: ArrayLike, name: str = "x") -> Array:
-    """``x`` in the model's dtype; ``ShapeError`` unless it is a real floating-point array
-    (B, C, H, W) of the config with B >= 1 (rules in ``vae_common.checks``). Shapes and dtypes
-    only, so it runs under ``jax.jit`` tracing too."""
-    checks.check_images(name, np.shape(x), model.config.input_shape)
-    checks.check_dtype(name, _dtype_name(x))
-    return jnp.asarray(x, model.dtype)
-
-
-def check_eps(model: VAE, eps: ArrayLike, batch: int, name: str = "eps") -> Array:
-    """``eps`` as an array of the model's dtype; ``ShapeError`` unless it is a real
-    floating-point array (B, L) or (K, B, L) with K >= 1."""
-    checks.check_noise(name, np.shape(eps), batch, model.config.latent_dim)
-    checks.check_dtype(name, _dtype_name(eps))
-    return jnp.asarray(eps, model.dtype)
-
-
-def _check_latents(model: VAE, z: ArrayLike, name: str = "z") -> Array:
-    checks.check_latents(name, np.shape(z), model.config.latent_dim)
-    checks.check_dtype(name, _dtype_name(z))
-    return jnp.asarray(z, model.dtype)
-
-
-@functools.lru_cache(maxsize=64)
-def _flax_layout(
-    config: VAEConfig,
-) -> tuple[Mapping[tuple[str, ...], str], Mapping[str, tuple[int, ...]]]:
-    """``({Flax path: canonical name}, {canonical name: shape in Flax layout})`` of ``config``,
-    from the declared table of ``vae_jax.convert``."""
-    from vae_jax.convert import conversion_table  # convert imports this module
-
-    spec = spec_shapes(config)
-    table = conversion_table(config)
-    names = {e.path: e.name for e in table}
-    shapes = {e.name: tuple(spec[e.name][i] for i in e.permutation) for e in table}
-    return types.MappingProxyType(names), types.MappingProxyType(shapes)
-
-
-def _check_params(model: VAE, params: Params) -> None:
-    """``CheckpointError`` unless ``params`` holds exactly the model's Flax paths, each an array
-    of the expected shape in the model's dtype; keys are reported by canonical name (a path the
-    table does not know, by its "/"-joined path). Under ``jit`` it runs once, while tracing."""
-    names, shapes = _flax_layout(model.config)
-    found: dict[str, tuple[tuple[int, ...], str]] = {}
-    stack: list[tuple[tuple[str, ...], Any]] = [((), params)]
-    while stack:
-        prefix, node = stack.pop()
-        if not isinstance(node, Mapping):
-            raise CheckpointError(
-                f"the params mapping must be nested mappings of arrays, got {type(node).__name__}"
-            )
-        for key, value in node.items():
-            path = prefix + (str(key),)
-            if isinstance(value, Mapping):
-                stack.append((path, value))
-                continue
-            name = names.get(path, "/".join(path))
-            if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-                raise CheckpointError(
-                    f"the params mapping: {name!r} is a {type(value).__name__}, not an array"
-                )
-            found[name] = (tuple(value.shape), np.dtype(value.dtype).name)
-    check_param_mapping(found, shapes, np.dtype(model.dtype).name, what="the params mapping")
-
-
 def _apply(model: VAE, params: Params, method: Callable[..., Any], *args: Array) -> Any:
-    _check_params(model, params)
+    check_params(model, params)
     return model.apply({"params": params}, *args, method=method)
 
 
@@ -366,7 +293,7 @@ def decode(model: VAE, params: Params, z: ArrayLike) -> Array:
 
     ``ShapeError`` unless z is a real floating-point (B, latent_dim) array with B >= 1.
     """
-    out = _apply(model, params, VAE.decode, _check_latents(model, z))
+    out = _apply(model, params, VAE.decode, check_latents(model, z))
     return cast(Array, out)
 
 

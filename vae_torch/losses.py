@@ -7,13 +7,9 @@ Reductions, the same in both backends:
   over the K samples;
 - ``loss`` reduces over the batch with ``reduction="mean"`` (default) or ``"sum"``.
 
-Input checks (rules and messages in ``vae_common.checks``, the same in ``vae_jax.losses``):
-shapes and dtypes always; values (``beta`` and ``free_bits`` finite and >= 0, ``x`` finite and in
-[0, 1] for the Bernoulli likelihood) only when the value is concrete. Python numbers are always
-concrete (no device sync); tensors are not while ``torch.compile`` traces them or inside a
-``torch.func`` transform that wraps them, and are then not checked. Reading a tensor's check
-synchronises its device, which is why the training step skips the x check
-(``objective(..., check_values=False)``: the trainers check their data once, up front).
+Input checks (``vae_torch.input_checks``): shapes and dtypes always; values (``beta``,
+``free_bits``, ``std``, the pixels of ``x``) only when they are concrete, not while
+``torch.compile`` traces them or a ``torch.func`` transform wraps them.
 """
 
 from __future__ import annotations
@@ -29,37 +25,11 @@ from vae_common import checks
 from vae_common.constants import LOG_2PI
 from vae_common.errors import ConfigError
 from vae_torch._typing import Array, ArrayLike, Params
-from vae_torch.model import VAE, check_eps, check_input, decode, encode
+from vae_torch.input_checks import check_loss_inputs, check_setting, check_std
+from vae_torch.model import VAE, decode, encode
 from vae_torch.sampling import reparameterize
 
 REDUCTIONS = ("mean", "sum")
-
-
-def _is_traced(t: torch.Tensor) -> bool:
-    # A tensor whose value cannot be read here: being traced by torch.compile, or wrapped by a
-    # torch.func transform (vmap, grad with respect to it).
-    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t)
-
-
-def _check_setting(name: str, value: Any) -> None:
-    """``beta`` or ``free_bits``: a scalar always; finite and >= 0 when concrete."""
-    if isinstance(value, torch.Tensor):
-        if value.ndim != 0:
-            raise checks.scalar_error(name, value.shape)
-        if _is_traced(value):
-            return
-        value = value.item()
-    checks.check_weight(name, value)
-
-
-def _check_values(model: VAE, x: Array) -> None:
-    """``x`` finite, and in [0, 1] for the Bernoulli likelihood; skipped when traced."""
-    if _is_traced(x):
-        return
-    lo, hi = torch.aminmax(x)
-    error = checks.pixel_value_error("x", lo.item(), hi.item(), model.config.likelihood)
-    if error is not None:
-        raise error
 
 
 def gaussian_kl_per_dim(mean: Array, logvar: Array) -> Array:
@@ -118,20 +88,10 @@ def gaussian_log_likelihood(x: Array, mean: Array, std: float = 1.0) -> Array:
     ``ConfigError`` unless std is finite and > 0 (when concrete).
     """
     checks.check_pixels("gaussian_log_likelihood", np.shape(x), "mean", np.shape(mean))
-    _check_std(std)
+    check_std(std)
     sq = torch.flatten((x - mean) ** 2, 1)
     d = sq.shape[1]
     return -0.5 * torch.sum(sq, dim=1) / std**2 - d * (math.log(std) + 0.5 * LOG_2PI)
-
-
-def _check_std(std: Any) -> None:
-    if isinstance(std, torch.Tensor):
-        if std.ndim != 0:
-            raise checks.scalar_error("std", std.shape)
-        if _is_traced(std):
-            return
-        std = std.item()
-    checks.check_std(std)
 
 
 def log_likelihood(model: VAE, x: Array, decoded: Array) -> Array:
@@ -154,25 +114,6 @@ def _log_likelihood_terms(model: VAE, x: Array, decoded: Array) -> Array:
 def standard_normal_log_density(eps: Array) -> Array:
     """log N(eps | 0, I) summed over the last axis: (..., L) -> (...)."""
     return -0.5 * torch.sum(eps**2 + LOG_2PI, dim=-1)
-
-
-def _prepare(
-    model: VAE,
-    x: ArrayLike,
-    eps: ArrayLike,
-    check_values: bool = True,
-    ndim: int | None = None,
-    fn: str = "",
-) -> tuple[Array, Array]:
-    """Shapes and dtypes first, then (``check_values``) the values of x; ``ndim``: the number of
-    axes ``fn`` needs eps to have (2 or 3) when it does not take both."""
-    x = check_input(model, x)
-    eps = check_eps(model, eps, x.shape[0])
-    if ndim is not None:
-        checks.check_noise_rank(fn, "eps", eps.shape, ndim)
-    if check_values:
-        _check_values(model, x)
-    return x, eps
 
 
 def _reconstruction_samples(
@@ -204,7 +145,7 @@ def elbo_terms(model: VAE, params: Params, x: ArrayLike, eps: ArrayLike) -> tupl
 def _elbo_terms(
     model: VAE, params: Params, x: ArrayLike, eps: ArrayLike, check_values: bool
 ) -> tuple[Array, Array]:
-    x, eps = _prepare(model, x, eps, check_values)
+    x, eps = check_loss_inputs(model, x, eps, check_values)
     mean, logvar = encode(model, params, x)
     samples = eps if eps.ndim == 3 else eps.unsqueeze(0)
     recon = torch.mean(_reconstruction_samples(model, params, x, mean, logvar, samples), dim=0)
@@ -222,7 +163,7 @@ def negative_elbo(
 def _negative_elbo(
     model: VAE, params: Params, x: ArrayLike, eps: ArrayLike, beta: Any, check_values: bool
 ) -> Array:
-    _check_setting("beta", beta)
+    check_setting("beta", beta)
     recon, kl = _elbo_terms(model, params, x, eps, check_values)
     return recon + beta * kl
 
@@ -278,11 +219,13 @@ def objective(
     accelerator reading the check's result would synchronise the device every step, and the
     trainers check their data once instead. Under ``torch.compile`` the check is skipped anyway.
     """
-    _check_setting("free_bits", free_bits)
+    check_setting("free_bits", free_bits)
     if free_bits == 0:
         return _loss(model, params, x, eps, beta, "mean", check_values)
-    _check_setting("beta", beta)
-    x, eps = _prepare(model, x, eps, check_values, ndim=2, fn="objective with free_bits > 0")
+    check_setting("beta", beta)
+    x, eps = check_loss_inputs(
+        model, x, eps, check_values, ndim=2, fn="objective with free_bits > 0"
+    )
     mean, logvar = encode(model, params, x)
     recon = -log_likelihood(model, x, decode(model, params, reparameterize(mean, logvar, eps)))
     kl_dims = torch.mean(gaussian_kl_per_dim(mean, logvar), dim=0)
@@ -302,7 +245,7 @@ def negative_iwae_bound(model: VAE, params: Params, x: ArrayLike, eps: ArrayLike
     Returns:
       (B,).
     """
-    x, eps = _prepare(model, x, eps, ndim=3, fn="negative_iwae_bound")
+    x, eps = check_loss_inputs(model, x, eps, ndim=3, fn="negative_iwae_bound")
     mean, logvar = encode(model, params, x)
     k, b, latent = eps.shape
     z = reparameterize(mean, logvar, eps)  # (K, B, L)

@@ -16,15 +16,12 @@ import torch
 from torch import nn
 
 from vae_common import checks
-from vae_common.checkpoint import check_param_mapping, spec_shapes
 from vae_common.config import CONV_KERNEL, CONV_PADDING, CONV_STRIDE, VAEConfig
-from vae_common.errors import CheckpointError, ConfigError, ShapeError
+from vae_common.errors import ConfigError
 from vae_torch._typing import Array, ArrayLike, DTypeLike, Params
+from vae_torch.input_checks import check_eps, check_input, check_latents, check_params
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-# The input dtypes ``vae_common.checks`` allows, as torch dtypes (a set lookup per call).
-_INPUT_DTYPES = frozenset(getattr(torch, name) for name in checks.FLOAT_DTYPES)
 
 
 def _pairs(widths: Sequence[int]) -> Iterator[tuple[int, int]]:
@@ -218,70 +215,10 @@ def _dtype_of(model: VAE) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def _as_tensor(model: VAE, a: ArrayLike, name: str) -> torch.Tensor:
-    """``a`` on the model's device in its dtype, once its dtype passed ``checks.check_dtype``
-    (checked as given, before any conversion, so the message names what the caller passed)."""
-    first = next(model.parameters())  # once: the generator costs microseconds per call
-    device, dtype = first.device, first.dtype
-    if isinstance(a, torch.Tensor):
-        if a.dtype not in _INPUT_DTYPES:
-            checks.check_dtype(name, checks.dtype_name(a.dtype))
-        if a.device != device:
-            raise ShapeError(f"{name} is on {a.device} but the model is on {device}")
-        return a.to(dtype)
-    array = np.asarray(a)
-    checks.check_dtype(name, checks.dtype_name(array.dtype))
-    return torch.as_tensor(array, device=device).to(dtype)
-
-
-def check_input(model: VAE, x: ArrayLike, name: str = "x") -> torch.Tensor:
-    """``x`` in the model's dtype; ``ShapeError`` unless it is a real floating-point array
-    (B, C, H, W) of the config with B >= 1 (rules in ``vae_common.checks``). Shapes and dtypes
-    only: no device sync."""
-    checks.check_images(name, np.shape(x), model.config.input_shape)
-    return _as_tensor(model, x, name)
-
-
-def check_eps(model: VAE, eps: ArrayLike, batch: int, name: str = "eps") -> torch.Tensor:
-    """``eps`` as a tensor of the model's dtype; ``ShapeError`` unless it is a real
-    floating-point array (B, L) or (K, B, L) with K >= 1."""
-    checks.check_noise(name, np.shape(eps), batch, model.config.latent_dim)
-    return _as_tensor(model, eps, name)
-
-
-def _check_latents(model: VAE, z: ArrayLike, name: str = "z") -> torch.Tensor:
-    checks.check_latents(name, np.shape(z), model.config.latent_dim)
-    return _as_tensor(model, z, name)
-
-
-def _check_params(model: VAE, params: Mapping[str, torch.Tensor]) -> None:
-    """``CheckpointError`` unless ``params`` holds exactly the canonical names, each a tensor of
-    the spec's shape in the model's dtype: ``functional_call`` would silently use the module's
-    own tensor for a missing name and ignore an extra one. Reads only metadata (no device sync).
-    """
-    if torch.compiler.is_compiling():
-        # The compiled step builds its mapping from the module's own parameters; checking it
-        # inside the graph would only add guards.
-        return
-    found = {}
-    for name, value in params.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(
-                f"the params mapping: {name!r} is a {type(value).__name__}, not a torch.Tensor"
-            )
-        found[name] = (tuple(value.shape), _dtype_name(value.dtype))
-    dtype = _dtype_name(_dtype_of(model))
-    check_param_mapping(found, spec_shapes(model.config), dtype, what="the params mapping")
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return _DTYPE_NAMES.get(dtype) or str(dtype).removeprefix("torch.")
-
-
 def _apply(model: VAE, params: Mapping[str, torch.Tensor] | None, method: str, *args: Array) -> Any:
     if params is None:
         return model(*args, method=method)
-    _check_params(model, params)
+    check_params(model, params)
     return torch.func.functional_call(model, dict(params), args, {"method": method})
 
 
@@ -295,7 +232,7 @@ def decode(model: VAE, params: Params, z: ArrayLike) -> Array:
 
     ``ShapeError`` unless z is a real floating-point (B, latent_dim) array with B >= 1.
     """
-    return _apply(model, params, "decode", _check_latents(model, z))
+    return _apply(model, params, "decode", check_latents(model, z))
 
 
 def decode_mean(model: VAE, params: Params, z: ArrayLike) -> Array:
