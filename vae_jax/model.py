@@ -9,7 +9,7 @@ see torch's feature order too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, cast
 
 import flax.linen as nn
@@ -18,101 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_common import checks
-from vae_common.config import CONV_KERNEL, VAEConfig
+from vae_common.config import VAEConfig
 from vae_common.constants import DTYPES
 from vae_common.errors import ConfigError, DeviceError
 from vae_common.precision import check_precision
-from vae_common.spec import spec_by_name
-from vae_jax._conv import conv_stride2, conv_transpose_stride2
+from vae_jax._layers import conv, conv_transpose, dense, to_dtype
 from vae_jax._typing import Array, ArrayLike, DTypeLike, Params
 from vae_jax.input_checks import check_eps, check_input, check_latents, check_params
 
 # model.py names that only this backend has (the mirror test reads it): torch's reduced
 # precision is a context (autocast), not a module setting.
 JAX_ONLY = ("with_precision",)
-
-
-def _uniform(bound: float) -> Callable[..., Array]:
-    """PyTorch's default init: uniform on (-bound, bound) with bound = 1/sqrt(fan_in)."""
-
-    def init(key: Array, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> Array:
-        # Drawn flat, then reshaped: the same numbers (JAX's default partitionable threefry
-        # counts elements in row-major order), but XLA:CPU compiles a rank-4 draw ~4x slower.
-        size = int(np.prod(shape))
-        return jax.random.uniform(key, (size,), dtype, -bound, bound).reshape(shape)
-
-    return init
-
-
-def _bound(config: VAEConfig, name: str) -> float:
-    # The fan-in comes from the canonical spec, so both backends draw from the same distribution.
-    return 1.0 / float(np.sqrt(spec_by_name(config)[f"{name}.weight"].fan_in))
-
-
-def _module_name(name: str) -> str:
-    # The canonical prefix with dots turned into underscores, without the top level
-    # ("encoder.hidden.0" -> module "hidden_0" inside "encoder"), as in ``vae_jax.convert``.
-    return name.split(".", 1)[1].replace(".", "_")
-
-
-def _dense(
-    config: VAEConfig, name: str, features: int, dtype: DTypeLike, compute: DTypeLike
-) -> nn.Dense:
-    # Parameters in ``dtype``; inputs and kernel cast to ``compute`` for the product.
-    bound = _bound(config, name)
-    return nn.Dense(
-        features,
-        dtype=compute,
-        param_dtype=dtype,
-        kernel_init=_uniform(bound),
-        bias_init=_uniform(bound),
-        name=_module_name(name),
-    )
-
-
-class _Conv(nn.Module):
-    """One stride-2 convolution in NHWC, no activation (see ``vae_jax._conv``).
-
-    ``transposed=False``: torch ``Conv2d``, (B, H, W, C_in) -> (B, H/2, W/2, C_out).
-    ``transposed=True``: torch ``ConvTranspose2d``, (B, H, W, C_in) -> (B, 2H, 2W, C_out).
-    Parameters: ``kernel`` (4, 4, C_in, C_out) and ``bias`` (C_out,), stored in ``dtype``; the
-    convolution and the bias add run in ``compute_dtype`` (None: ``dtype``), as ``nn.Dense``
-    does with its ``dtype`` and ``param_dtype``.
-    """
-
-    config: VAEConfig
-    canonical: str  # the canonical prefix, e.g. "encoder.conv.0" or "decoder.deconv.1"
-    c_in: int
-    c_out: int
-    transposed: bool
-    dtype: Any = jnp.float32
-    compute_dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        bound = _bound(self.config, self.canonical)
-        k = CONV_KERNEL
-        kernel = self.param("kernel", _uniform(bound), (k, k, self.c_in, self.c_out), self.dtype)
-        bias = self.param("bias", _uniform(bound), (self.c_out,), self.dtype)
-        op = conv_transpose_stride2 if self.transposed else conv_stride2
-        compute = self.compute_dtype or self.dtype
-        return op(x.astype(compute), kernel.astype(compute)) + bias.astype(compute)
-
-
-def _conv(config: VAEConfig, name: str, c_in: int, c_out: int, dtype: Any, compute: Any) -> _Conv:
-    return _Conv(config, name, c_in, c_out, False, dtype, compute, name=_module_name(name))
-
-
-def _conv_transpose(
-    config: VAEConfig, name: str, c_in: int, c_out: int, dtype: Any, compute: Any
-) -> _Conv:
-    return _Conv(config, name, c_in, c_out, True, dtype, compute, name=_module_name(name))
-
-
-def _to(a: Array, dtype: Any) -> Array:
-    # Layer outputs of a lower compute dtype back to the parameter dtype: the reparameterization
-    # and the losses (and their reductions) run in that dtype. No op when they already match.
-    return a if a.dtype == dtype else a.astype(dtype)
 
 
 class Encoder(nn.Module):
@@ -136,15 +52,15 @@ class Encoder(nn.Module):
             h = h.transpose(0, 2, 3, 1)  # (B, H, W, C)
             c_in = cfg.input_shape[0]
             for i, c_out in enumerate(cfg.conv_channels):
-                h = nn.relu(_conv(cfg, f"encoder.conv.{i}", c_in, c_out, dt, ct)(h))
+                h = nn.relu(conv(cfg, f"encoder.conv.{i}", c_in, c_out, dt, ct)(h))
                 c_in = c_out
             h = h.transpose(0, 3, 1, 2)  # (B, C_last, h, w), flattened like torch.flatten
         h = h.reshape(h.shape[0], -1)
         for i, size in enumerate(cfg.hidden):
-            h = nn.relu(_dense(cfg, f"encoder.hidden.{i}", size, dt, ct)(h))
-        mean = _dense(cfg, "encoder.mean", cfg.latent_dim, dt, ct)(h)
-        logvar = _dense(cfg, "encoder.logvar", cfg.latent_dim, dt, ct)(h)
-        return _to(mean, dt), _to(logvar, dt)
+            h = nn.relu(dense(cfg, f"encoder.hidden.{i}", size, dt, ct)(h))
+        mean = dense(cfg, "encoder.mean", cfg.latent_dim, dt, ct)(h)
+        logvar = dense(cfg, "encoder.logvar", cfg.latent_dim, dt, ct)(h)
+        return to_dtype(mean, dt), to_dtype(logvar, dt)
 
 
 class Decoder(nn.Module):
@@ -165,21 +81,21 @@ class Decoder(nn.Module):
         dt, ct = self.dtype, self.compute_dtype or self.dtype
         h = z
         for i, size in enumerate(reversed(cfg.hidden)):
-            h = nn.relu(_dense(cfg, f"decoder.hidden.{i}", size, dt, ct)(h))
+            h = nn.relu(dense(cfg, f"decoder.hidden.{i}", size, dt, ct)(h))
         if cfg.arch == "mlp":
-            out = _dense(cfg, "decoder.out", cfg.input_dim, dt, ct)(h)
-            return _to(out.reshape((z.shape[0],) + cfg.input_shape), dt)
+            out = dense(cfg, "decoder.out", cfg.input_dim, dt, ct)(h)
+            return to_dtype(out.reshape((z.shape[0],) + cfg.input_shape), dt)
         shape = cfg.conv_output_shape
         features = shape[0] * shape[1] * shape[2]
-        h = nn.relu(_dense(cfg, "decoder.project", features, dt, ct)(h))
+        h = nn.relu(dense(cfg, "decoder.project", features, dt, ct)(h))
         h = h.reshape((z.shape[0],) + shape).transpose(0, 2, 3, 1)  # (B, h, w, C_last)
         channels = [*reversed(cfg.conv_channels), cfg.input_shape[0]]
         last = len(channels) - 2
         for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
-            h = _conv_transpose(cfg, f"decoder.deconv.{i}", c_in, c_out, dt, ct)(h)
+            h = conv_transpose(cfg, f"decoder.deconv.{i}", c_in, c_out, dt, ct)(h)
             if i < last:
                 h = nn.relu(h)
-        return _to(h.transpose(0, 3, 1, 2), dt)  # (B, C, H, W)
+        return to_dtype(h.transpose(0, 3, 1, 2), dt)  # (B, C, H, W)
 
 
 class VAE(nn.Module):

@@ -8,7 +8,7 @@ canonical state. The functions mirror ``vae_jax.model`` name for name; ``params`
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -16,25 +16,13 @@ import torch
 from torch import nn
 
 from vae_common import checks
-from vae_common.config import CONV_KERNEL, CONV_PADDING, CONV_STRIDE, VAEConfig
+from vae_common.config import VAEConfig
 from vae_common.errors import ConfigError
+from vae_torch._layers import conv, conv_transpose, pairs, to_dtype
 from vae_torch._typing import Array, ArrayLike, DTypeLike, Params
 from vae_torch.input_checks import check_eps, check_input, check_latents, check_params
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _pairs(widths: Sequence[int]) -> Iterator[tuple[int, int]]:
-    """Consecutive pairs (in, out) of a list of layer widths."""
-    return zip(widths[:-1], widths[1:], strict=True)
-
-
-def _conv(c_in: int, c_out: int) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, CONV_KERNEL, stride=CONV_STRIDE, padding=CONV_PADDING)
-
-
-def _conv_transpose(c_in: int, c_out: int) -> nn.ConvTranspose2d:
-    return nn.ConvTranspose2d(c_in, c_out, CONV_KERNEL, stride=CONV_STRIDE, padding=CONV_PADDING)
 
 
 class Encoder(nn.Module):
@@ -48,10 +36,10 @@ class Encoder(nn.Module):
         super().__init__()
         if config.arch == "conv":
             channels = [config.input_shape[0], *config.conv_channels]
-            self.conv = nn.ModuleList(_conv(a, b) for a, b in _pairs(channels))
+            self.conv = nn.ModuleList(conv(a, b) for a, b in pairs(channels))
         c, h, w = config.conv_output_shape
         widths = [c * h * w, *config.hidden]
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in _pairs(widths))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in pairs(widths))
         self.mean = nn.Linear(widths[-1], config.latent_dim)
         self.logvar = nn.Linear(widths[-1], config.latent_dim)
 
@@ -78,14 +66,14 @@ class Decoder(nn.Module):
         self.input_shape = config.input_shape
         self.feature_shape = config.conv_output_shape
         widths = [config.latent_dim, *reversed(config.hidden)]
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in _pairs(widths))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in pairs(widths))
         if config.arch == "mlp":
             self.out = nn.Linear(widths[-1], config.input_dim)
             return
         c, h, w = self.feature_shape
         self.project = nn.Linear(widths[-1], c * h * w)
         channels = [*reversed(config.conv_channels), config.input_shape[0]]
-        self.deconv = nn.ModuleList(_conv_transpose(a, b) for a, b in _pairs(channels))
+        self.deconv = nn.ModuleList(conv_transpose(a, b) for a, b in pairs(channels))
 
     def forward(self, z: Array) -> Array:
         h = z
@@ -125,10 +113,10 @@ class VAE(nn.Module):
 
     def encode(self, x: Array) -> tuple[Array, Array]:
         mean, logvar = self.encoder(x)
-        return _to(mean, x.dtype), _to(logvar, x.dtype)
+        return to_dtype(mean, x.dtype), to_dtype(logvar, x.dtype)
 
     def decode(self, z: Array) -> Array:
-        return _to(self.decoder(z), z.dtype)
+        return to_dtype(self.decoder(z), z.dtype)
 
     def forward(
         self, x: Array, eps: Array | None = None, *, method: str = "full"
@@ -159,13 +147,6 @@ class VAE(nn.Module):
         if eps is None:
             eps = torch.randn_like(mean)
         return self.decode(mean + torch.exp(0.5 * logvar) * eps), mean, logvar
-
-
-def _to(t: Array, dtype: torch.dtype) -> Array:
-    # Under ``torch.autocast`` (bf16 training) the layers return bfloat16: the module's outputs go
-    # back to the input's dtype, so the reparameterization and the losses (and their reductions)
-    # run in float32, as in JAX's bf16 policy (``vae_jax.model.with_precision``).
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def resolve_dtype(dtype: DTypeLike) -> torch.dtype:
