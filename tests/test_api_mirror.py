@@ -23,8 +23,6 @@ MODULES = (
     "device",
     "distributed",
     "train",
-    "trainer",
-    "data_parallel",
 )
 
 
