@@ -51,14 +51,14 @@ EQUIVALENT: list[dict[str, str]] = [
         "refuses the call whatever it is",
     },
     {
-        "file": "vae_jax/train.py",
+        "file": "vae_jax/trainer.py",
         "old": 'if self.config.arch == "conv" and self.device.platform == "cpu":',
         "new": 'if self.config.arch == "conv" and self.device.platform != "cpu":',
         "reason": "the per-step loop and the scanned epoch make the same steps with the same "
         "noise (the loop exists for speed on XLA:CPU); only the time differs",
     },
     {
-        "file": "vae_jax/train.py",
+        "file": "vae_jax/trainer.py",
         "old": "flush_denormal: bool = True,",
         "new": "flush_denormal: bool = False,",
         "reason": "the JAX trainer accepts flush_denormal for symmetry and never reads it "

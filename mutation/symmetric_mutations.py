@@ -78,7 +78,7 @@ SYMMETRIC: list[dict] = [
                 "(x > 0.5).astype(model.dtype)",
             ),
             (
-                "vae_torch/train.py",
+                "vae_torch/trainer.py",
                 "torch.bernoulli(data.index_select(0, index[i]), generator=gen)",
                 "(data.index_select(0, index[i]) > 0.5).to(data.dtype)",
             ),

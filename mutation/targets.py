@@ -13,6 +13,23 @@ REFERENCE_TESTS = [
     "tests/test_reference_training.py",
 ]
 
+# The steps (train.py), the Trainer (trainer.py) and its data-parallel machinery
+# (data_parallel.py) of each backend are judged by the same tests.
+JAX_TRAINING_TESTS = [
+    "tests/test_reference_training.py",
+    "tests/test_jax_donation.py",
+    "tests/test_train_jax_torch.py",
+    "tests/test_reference_eval_data.py",
+    "tests/test_data_parallel.py",
+]
+TORCH_TRAINING_TESTS = [
+    "tests/test_reference_training.py",
+    "tests/test_shared_contracts.py",
+    "tests/test_train_jax_torch.py",
+    "tests/test_reference_eval_data.py",
+    "tests/test_data_parallel.py",
+]
+
 TARGETS: dict[str, list[str]] = {
     "vae_common/training.py": [
         *REFERENCE_TESTS,
@@ -96,25 +113,17 @@ TARGETS: dict[str, list[str]] = {
         *REFERENCE_TESTS,
         "tests/test_input_checks.py",
     ],
-    "vae_jax/train.py": [
-        "tests/test_reference_training.py",
-        "tests/test_jax_donation.py",
-        "tests/test_train_jax_torch.py",
-        "tests/test_reference_eval_data.py",
-        "tests/test_data_parallel.py",
-    ],
+    "vae_jax/train.py": JAX_TRAINING_TESTS,
+    "vae_jax/trainer.py": JAX_TRAINING_TESTS,
+    "vae_jax/data_parallel.py": JAX_TRAINING_TESTS,
     "vae_torch/losses.py": [
         "tests/test_losses.py",
         *REFERENCE_TESTS,
         "tests/test_input_checks.py",
     ],
-    "vae_torch/train.py": [
-        "tests/test_reference_training.py",
-        "tests/test_shared_contracts.py",
-        "tests/test_train_jax_torch.py",
-        "tests/test_reference_eval_data.py",
-        "tests/test_data_parallel.py",
-    ],
+    "vae_torch/train.py": TORCH_TRAINING_TESTS,
+    "vae_torch/trainer.py": TORCH_TRAINING_TESTS,
+    "vae_torch/data_parallel.py": TORCH_TRAINING_TESTS,
 }
 
 # cosmic-ray's operators that are run (``cosmic-ray operators`` lists them all). Its binary and

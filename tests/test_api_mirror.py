@@ -23,6 +23,8 @@ MODULES = (
     "device",
     "distributed",
     "train",
+    "trainer",
+    "data_parallel",
 )
 
 

@@ -1,6 +1,6 @@
 """The training contract: what a ``Trainer`` is, in both backends.
 
-``vae_jax.train.Trainer`` and ``vae_torch.train.Trainer`` subclass ``TrainerBase``. The shared
+``vae_jax.trainer.Trainer`` and ``vae_torch.trainer.Trainer`` subclass ``TrainerBase``. The shared
 docstrings and the shared plumbing (the argument checks of ``vae_common.trainer_checks``, the
 evaluation loop, the batching checks) run here, once; a backend implements only the abstract
 hooks (``_``-prefixed) with its own arrays. The mirror test (``tests/test_api_mirror.py``)

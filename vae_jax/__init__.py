@@ -23,7 +23,6 @@ from vae_jax.losses import (
 from vae_jax.model import VAE, build_model, decode, decode_mean, encode, init_params
 from vae_jax.sampling import reparameterize, sample_eps
 from vae_jax.train import (
-    Trainer,
     TrainState,
     epoch_key,
     init_train_state,
@@ -33,6 +32,7 @@ from vae_jax.train import (
     make_train_epoch,
     make_train_step,
 )
+from vae_jax.trainer import Trainer
 
 # Names only the JAX backend has: the Flax <-> canonical layout table, the 64-bit switch and
 # the pure-functional training pieces (a state value, a scanned epoch).

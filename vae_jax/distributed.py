@@ -3,7 +3,7 @@
 Data parallelism is JAX's own sharding: a one-axis ``Mesh`` named ``"data"``, the batch axis of
 every batch split along it (``NamedSharding(mesh, P("data"))``), the parameters and the optimizer
 state replicated (``NamedSharding(mesh, P())``); XLA's partitioner adds the all-reduces of the loss
-and the gradients. ``vae_jax.train.Trainer(devices=N)`` builds on ``data_mesh``.
+and the gradients. ``vae_jax.trainer.Trainer(devices=N)`` builds on ``data_mesh``.
 
 Several hosts join through ``jax.distributed.initialize`` (``initialize`` here), called in every
 process before JAX computes anything. Each process then feeds its own rows of every global batch

@@ -24,7 +24,6 @@ from vae_torch.losses import (
 from vae_torch.model import VAE, build_model, decode, decode_mean, encode, init_params
 from vae_torch.sampling import reparameterize, sample_eps
 from vae_torch.train import (
-    Trainer,
     cpu_compiler,
     make_compiled_step,
     make_optimizer,
@@ -32,6 +31,7 @@ from vae_torch.train import (
     make_train_step,
     require_compiler,
 )
+from vae_torch.trainer import Trainer
 
 # Names only the torch backend has: the compiled training step and its C++ compiler check.
 TORCH_ONLY = ("cpu_compiler", "make_compiled_step", "require_compiler")

@@ -3,7 +3,7 @@
 One process per device, launched by ``torchrun --nproc-per-node N`` (which sets ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``);
 ``initialize`` joins the process group with the backend that fits the device (gloo on the CPU,
-nccl on CUDA, xccl on Intel XPU), and ``vae_torch.train.Trainer(devices=N)`` then trains under
+nccl on CUDA, xccl on Intel XPU), and ``vae_torch.trainer.Trainer(devices=N)`` then trains under
 ``DistributedDataParallel``.
 
 Mirrors ``vae_jax.distributed`` (``initialize``, ``shutdown``, ``process_count``,

@@ -1,0 +1,229 @@
+"""The torch ``Trainer`` on the shared contract ``vae_common.trainer.TrainerBase``: data resident
+on the device, no host sync per step (losses are collected on the device and read once per epoch).
+
+Mirrors ``vae_jax.trainer``. The steps are ``vae_torch.train``'s (eager, or compiled by
+``vae_torch._compile``). ``Trainer(devices=N)`` is one rank of N processes under
+``DistributedDataParallel`` (``vae_torch.data_parallel``): each rank steps on its rows of the
+global batch, with the noise of those rows drawn for the whole batch, and DDP averages the
+gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from vae_common.config import VAEConfig
+from vae_common.distributed import state_digest
+from vae_common.errors import DeviceError
+from vae_common.trainer import TrainerBase
+from vae_common.training import (
+    EXP_AVG,
+    EXP_AVG_SQ,
+    TrainConfig,
+    beta_at,
+    epoch_seed,
+    split_optimizer_state,
+)
+from vae_torch._compile import make_compiled_step, require_compiler
+from vae_torch.convert import from_canonical, to_canonical
+from vae_torch.data_parallel import global_mean, process_group, rank_rows, require_same
+from vae_torch.device import check_dtype, select_device, synchronize
+from vae_torch.distributed import local_device
+from vae_torch.losses import elbo_terms, negative_iwae_bound
+from vae_torch.model import build_model, decode_mean, encode
+from vae_torch.train import (
+    _ddp_step,
+    autocast,
+    make_optimizer,
+    make_train_step,
+    matmul_precision,
+)
+
+
+class Trainer(TrainerBase):
+    __doc__ = TrainerBase.__doc__
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        config: VAEConfig,
+        train: TrainConfig | None = None,
+        dtype: str = "float32",
+        device: Any = None,
+        compile: bool = False,
+        flush_denormal: bool = True,
+        devices: int | None = None,
+        precision: str = "float32",
+    ) -> None:
+        super().__init__(config, train, dtype, device, compile, flush_denormal, devices, precision)
+        self.world, self.rank = process_group(
+            self.devices, self.train_config, self._settings_text()
+        )
+        self.device = local_device(device) if self.world > 1 else select_device(device)
+        check_dtype(self.device, dtype)
+        if self.precision == "bf16" and not torch.amp.is_autocast_available(self.device.type):
+            raise DeviceError(
+                f"precision 'bf16' needs torch.autocast on {self.device.type}, which this torch "
+                "build does not offer there; use precision 'float32'"
+            )
+        # Adam's moments of rarely-updated weights decay into denormals, which slow x86 CPUs
+        # (see PITFALLS); the switch is process-wide, so it is on only while this trainer trains.
+        self.flush_denormal = self.flush_denormal and self.device.type == "cpu"
+        self.model = build_model(config, dtype).to(self.device)
+        self.optimizer = make_optimizer(self.model, self.train_config)
+        if self.compile:
+            require_compiler({self.device.type})
+        self._eager_step = make_train_step(self.model, self.train_config, self.precision)
+        self._compiled_step: Callable[..., torch.Tensor] | None = None
+        self._step_count = 0
+        if self.world > 1 and not self.compile:
+            # The compiled step all-reduces its own gradients (torch.func bypasses DDP's
+            # hooks), so only the eager step goes through DDP.
+            self._eager_step = _ddp_step(self.model, self.train_config, self.precision, self.device)
+
+    def _put(self, a: Any) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a), device=self.device).to(
+            next(self.model.parameters()).dtype
+        )
+
+    def _train_step(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        if self.compile:
+            if self._compiled_step is None:
+                self._compiled_step = make_compiled_step(
+                    self.model,
+                    self.optimizer,
+                    self.train_config.free_bits,
+                    data_parallel=self.world > 1,
+                )
+            # The compiled graph is traced under the ambient autocast and TF32 state (a change
+            # of either recompiles it), so the precision applies inside it.
+            kind = self.device.type
+            with matmul_precision(kind, self.precision), autocast(kind, self.precision):
+                value = self._compiled_step(x, eps, beta_at(self.train_config, self._step_count))
+        else:
+            value = self._eager_step(self.optimizer, x, eps, self._step_count)
+        self._step_count += 1
+        return value
+
+    @contextlib.contextmanager
+    def _denormals_flushed(self) -> Iterator[None]:
+        if not self.flush_denormal:
+            yield
+            return
+        torch.set_flush_denormal(True)
+        try:
+            yield
+        finally:
+            torch.set_flush_denormal(False)
+
+    def _load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        if self.world > 1:
+            require_same(state_digest(state), "were given different weights")
+        from_canonical(self.model, state)
+        self.optimizer = make_optimizer(self.model, self.train_config)
+        self._compiled_step = None  # bound to the optimizer it was made with
+        self._step_count = 0
+
+    def _state_dict(self) -> dict[str, np.ndarray]:
+        return to_canonical(self.model, None)
+
+    def _step(self) -> int:
+        return self._step_count
+
+    def _optimizer_state_dict(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name, p in self.model.named_parameters():
+            st = self.optimizer.state.get(p, {})
+            for prefix, key in ((EXP_AVG, "exp_avg"), (EXP_AVG_SQ, "exp_avg_sq")):
+                value = st.get(key)
+                out[prefix + name] = (
+                    np.zeros(tuple(p.shape), self.dtype)
+                    if value is None
+                    else value.detach().cpu().numpy().copy()
+                )
+        return dict(sorted(out.items(), key=lambda kv: kv[0].startswith(EXP_AVG_SQ)))
+
+    def _load_optimizer_state_dict(self, tensors: dict[str, np.ndarray], step: int) -> None:
+        mu, nu = split_optimizer_state(tensors, self.config)
+        group = self.optimizer.param_groups[0]
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for name, p in self.model.named_parameters():
+            step_t = torch.tensor(float(step), dtype=torch.float32)
+            self.optimizer.state[p] = {
+                "step": step_t.to(p.device) if on_device else step_t,
+                "exp_avg": torch.as_tensor(mu[name], dtype=p.dtype, device=p.device).clone(),
+                "exp_avg_sq": torch.as_tensor(nu[name], dtype=p.dtype, device=p.device).clone(),
+            }
+        self._step_count = step
+
+    def _put_data(self, x: np.ndarray) -> torch.Tensor:
+        return self._put(x)
+
+    def _train_epoch(
+        self, data: torch.Tensor, batches: np.ndarray, seed: int, epoch: int
+    ) -> np.ndarray:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(epoch_seed(seed, epoch))
+        index = torch.as_tensor(batches.astype(np.int64), device=self.device)
+        steps, batch = index.shape
+        rows = rank_rows(batch, self.world, self.rank)
+        losses = torch.empty(steps, device=self.device, dtype=data.dtype)
+        dynamic = self.train_config.binarize == "dynamic"
+        with self._denormals_flushed():
+            for i in range(steps):
+                # The random draws are made for the whole global batch, as in the 1-device
+                # run, and sliced: example j gets the same binarization and noise on any rank.
+                if dynamic:
+                    x = torch.bernoulli(data.index_select(0, index[i]), generator=gen)[rows]
+                else:
+                    x = data.index_select(0, index[i, rows])
+                eps = torch.randn(
+                    (batch, self.config.latent_dim),
+                    generator=gen,
+                    device=self.device,
+                    dtype=data.dtype,
+                )
+                losses[i] = self._train_step(x, eps[rows])
+            return global_mean(losses, self.world).cpu().numpy()
+
+    def _run_steps(self, xs: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        rows = rank_rows(xs.shape[1], self.world, self.rank)
+        xs_t, eps_t = self._put(xs[:, rows]), self._put(eps[:, rows])
+        with self._denormals_flushed():
+            losses = torch.stack([self._train_step(xs_t[i], eps_t[i]) for i in range(len(xs))])
+            return global_mean(losses, self.world).cpu().numpy()
+
+    def _synchronize(self) -> None:
+        synchronize(self.device)
+
+    @torch.no_grad()
+    def _reconstruct(self, x: np.ndarray) -> np.ndarray:
+        mean, _ = encode(self.model, None, self._put(x))
+        return decode_mean(self.model, None, mean).cpu().numpy()
+
+    @torch.no_grad()
+    def _sample(self, z: np.ndarray) -> np.ndarray:
+        return decode_mean(self.model, None, self._put(z)).cpu().numpy()
+
+    @torch.no_grad()
+    def _encode_mean(self, x: np.ndarray) -> np.ndarray:
+        return encode(self.model, None, self._put(x))[0].cpu().numpy()
+
+    @torch.no_grad()
+    def _batch_terms(self, x: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        r, k = elbo_terms(self.model, None, self._put(x), self._put(eps))
+        return r.double().cpu().numpy(), k.double().cpu().numpy()
+
+    @torch.no_grad()
+    def _batch_iwae(self, x: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        bound = negative_iwae_bound(self.model, None, self._put(x), self._put(eps))
+        return bound.double().cpu().numpy()
+
+
+__all__ = ["Trainer"]
