@@ -38,6 +38,9 @@ BAD_FLAGS = [
     (["train", "--backend", "jax", "--out", "unused"], "--val-split", "-1", "an integer >= 0"),
     (["train", "--backend", "jax", "--out", "unused"], "--patience", "-2", "an integer >= 0"),
     (["train", "--backend", "jax", "--out", "unused"], "--log-every", "0", "a positive integer"),
+    (["train", "--backend", "torch", "--out", "unused"], "--devices", "0", "a positive integer"),
+    (["train", "--backend", "jax", "--out", "unused"], "--num-processes", "0", "a positive"),
+    (["train", "--backend", "jax", "--out", "unused"], "--process-id", "-1", "an integer >= 0"),
     (["eval", "--backend", "jax", "--checkpoint", "c"], "--iwae-k", "-5", "0 (no IWAE) or an"),
     (["eval", "--backend", "jax", "--checkpoint", "c"], "--iwae-k", "1", "one sample is the ELBO"),
     (

@@ -137,4 +137,6 @@ __all__ = [
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vae_tools.run_launch import exit_process
+
+    exit_process(main())

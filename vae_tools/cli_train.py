@@ -86,6 +86,49 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     _flag(
         p, "--compile", "torch: compile each training step (forward, backward, Adam) into one graph"
     )
+    g = p.add_argument_group(
+        "several devices (data parallelism: the same numbers as one device; not recorded)"
+    )
+    _option(
+        g,
+        "--devices",
+        None,
+        "train on N devices, every batch split over them. jax: N devices of this process (on "
+        "the CPU, N forced host devices: vae train restarts itself with them), or of all "
+        "processes with --num-processes; torch: N processes of this host, launched through "
+        "torch.distributed.run (under torchrun: its world size)",
+        shown="default: one device; jax with --num-processes: every device of every process",
+        metavar="N",
+        type=positive_int,
+    )
+    _option(
+        g,
+        "--coordinator",
+        None,
+        "jax, several hosts: HOST:PORT of process 0 (jax.distributed), or auto: JAX's "
+        "environment (JAX_COORDINATOR_ADDRESS, Slurm, Open MPI, Kubernetes, Cloud TPU)",
+        shown="default: $JAX_COORDINATOR_ADDRESS, else one process",
+        metavar="HOST:PORT",
+    )
+    _option(
+        g,
+        "--num-processes",
+        None,
+        "jax, several hosts: the number of processes",
+        shown="default: from the environment with --coordinator",
+        metavar="N",
+        type=positive_int,
+    )
+    _option(
+        g,
+        "--process-id",
+        None,
+        "jax, several hosts: this process's index, 0 on the coordinator's host (process 0 "
+        "writes --out)",
+        shown="default: from the environment with --coordinator",
+        metavar="I",
+        type=nonnegative_int,
+    )
     p.add_argument("--init", help="start from this checkpoint's weights and config")
     p.add_argument("--out", help="run directory (required)")
     _flag(p, "--resume", "continue the run in --out with its recorded settings")

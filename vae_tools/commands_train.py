@@ -6,25 +6,55 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING, Any
 
 from vae_common.data import DataSource
 from vae_common.errors import UsageError
 from vae_tools.cli_args import config_from_args, data_source
 
+if TYPE_CHECKING:
+    from vae_tools.run_launch import Placement
+
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vae_common.checkpoint import load_checkpoint
-    from vae_common.data import load_dataset
-    from vae_common.training import TrainConfig
-    from vae_tools import options, run
+    from vae_tools import options, run_launch
+    from vae_tools.run_ranks import RankLostError, RanksStopped
 
     # Flags, --config, the resumed run's record and the defaults, merged; a resume that would
     # change a model or training setting is refused here, naming the flag.
     opts = options.train_options(args, args.parser)
+    # Where it trains (--devices): here, alone or as one of several processes (then joined
+    # now), in a subprocess with forced JAX host devices, or in torch ranks launched from here.
+    placement = run_launch.place(opts)
+    if placement.mode == "reexec":
+        assert placement.devices is not None
+        return run_launch.reexec_jax(opts, placement.devices)
+    try:
+        return _train(opts, placement)
+    except RanksStopped as exc:
+        # Another process failed and reported it: one message for the run.
+        return exc.status
+    except RankLostError:
+        if placement.writer:
+            raise
+        return 1
+    finally:
+        placement.leave()
+
+
+def _train(opts: dict[str, Any], placement: Placement) -> int:
+    from vae_common.checkpoint import load_checkpoint
+    from vae_common.data import load_dataset
+    from vae_common.training import TrainConfig
+    from vae_tools import options, run, run_launch, run_ranks
+
     eff = argparse.Namespace(**opts)
+    several = placement.joined is not None
     # The run directory's refusals (a file, unwritable, locked, someone else's files) come
-    # before the data is loaded; run.train makes them again under its lock.
-    run.check_run_dir(eff.out, resume=eff.resume, overwrite=eff.overwrite)
+    # before the data is loaded; run.train makes them again under its lock. Processes of a
+    # group leave them to run.train, where process 0 alone touches the directory.
+    if not several:
+        run.check_run_dir(eff.out, resume=eff.resume, overwrite=eff.overwrite)
     ds = load_dataset(data_source(eff))
     init_state = None
     if eff.init:
@@ -53,6 +83,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         drop_last=bool(eff.drop_last),
         precision=eff.precision,
     )
+    if placement.mode == "launch":
+        # The ranks make every check again; these, made once here, refuse before they start.
+        n_train = max(len(ds.train) - eff.val_split, 0)
+        run_ranks.check_split(n_train, eff.batch_size, bool(eff.drop_last), placement.devices)
+        assert placement.devices is not None
+        return run_launch.launch_torch(opts, placement.devices)
     metrics = run.train(
         eff.out,
         eff.backend,
@@ -65,14 +101,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         compile=bool(eff.compile),
         init_state=init_state,
         dataset=ds,
-        progress=not eff.quiet,
+        progress=not eff.quiet and placement.writer,
         overwrite=bool(eff.overwrite),
         patience=eff.patience,
         test_every_epoch=bool(eff.test_every_epoch),
         tensorboard=options.tensorboard_dir(opts),
         log_every=eff.log_every,
         flags=options.recorded_flags_of(opts),
+        devices=placement.devices,
     )
+    if not placement.writer:
+        return 0
     results = run.test_results(eff.out) or {}
     last = metrics[-1] if metrics else None
     if last:

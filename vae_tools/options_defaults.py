@@ -27,6 +27,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "precision": "float32",
     "device": None,
     "compile": False,
+    "devices": None,
+    "coordinator": None,
+    "num_processes": None,
+    "process_id": None,
     "init": None,
     "resume": False,
     "overwrite": False,
@@ -78,8 +82,20 @@ RESUME_FIXED = (
     "likelihood",
     "conv_channels",
 )
-# Options that describe one invocation rather than the run: never recorded, never taken from it.
-NOT_RECORDED = ("config", "resume", "overwrite", "quiet", "out", "init")
+# Options that describe one invocation rather than the run: never recorded, never taken from it
+# (the devices and processes a run trains on may change on --resume: the numbers do not).
+NOT_RECORDED = (
+    "config",
+    "resume",
+    "overwrite",
+    "quiet",
+    "out",
+    "init",
+    "devices",
+    "coordinator",
+    "num_processes",
+    "process_id",
+)
 CONFIG_SUFFIXES = (".toml", ".json")
 # Options whose argparse default is this value rather than None (``--layout``, shared with
 # other commands): that value counts as not given.

@@ -32,6 +32,7 @@ import importlib
 import io
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,7 +104,7 @@ class Ranks:
         except RuntimeError as exc:
             if self.world == 1:
                 raise
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = _first_sentence(str(exc)) or type(exc).__name__
             suffix = f". {kept}" if kept else ""
             raise RankLostError(
                 f"{self._name()} lost the other processes {where} ({first}); the run "
@@ -190,6 +191,14 @@ class Ranks:
         """The test hook ``KILL_RANK_ENV``: SIGKILL this process as ``epoch`` begins."""
         if os.environ.get(KILL_RANK_ENV) == f"{self.rank}:{epoch}":
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _first_sentence(text: str) -> str:
+    """The gist of a framework's error: its first line's first sentence, without a leading
+    ``[source/file.cc:123]``."""
+    line = (text.strip().splitlines() or [""])[0]
+    line = re.sub(r"^\[[^\]]*\]\s*", "", line)
+    return line.split(". ")[0].strip()
 
 
 def _json(value: Any) -> str:
