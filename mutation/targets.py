@@ -42,6 +42,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_train_jax_torch.py",
     ],
     "vae_common/batches.py": [
+        "tests/test_data_contracts.py",
         "tests/test_shared_contracts.py",
         "tests/test_reference_eval_data.py",
         "tests/test_data.py",
@@ -49,6 +50,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_own_data.py",
     ],
     "vae_common/sources.py": [
+        "tests/test_data_contracts.py",
         "tests/test_data.py",
         "tests/test_own_data.py",
         "tests/test_shared_contracts.py",
@@ -56,6 +58,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_reference_training.py",
     ],
     "vae_common/layout.py": [
+        "tests/test_data_contracts.py",
         "tests/test_data.py",
         "tests/test_own_data.py",
         "tests/test_shared_contracts.py",
@@ -63,6 +66,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_reference_training.py",
     ],
     "vae_common/datasets.py": [
+        "tests/test_data_contracts.py",
         "tests/test_data.py",
         "tests/test_own_data.py",
         "tests/test_shared_contracts.py",
@@ -70,6 +74,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_reference_training.py",
     ],
     "vae_common/idx.py": [
+        "tests/test_data_contracts.py",
         "tests/test_data.py",
         "tests/test_own_data.py",
         "tests/test_shared_contracts.py",
@@ -77,6 +82,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_reference_training.py",
     ],
     "vae_common/npz.py": [
+        "tests/test_data_contracts.py",
         "tests/test_data.py",
         "tests/test_own_data.py",
         "tests/test_shared_contracts.py",
@@ -84,6 +90,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_reference_training.py",
     ],
     "vae_common/data.py": [
+        "tests/test_data_contracts.py",
         "tests/test_data.py",
         "tests/test_own_data.py",
         "tests/test_shared_contracts.py",
