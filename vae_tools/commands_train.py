@@ -83,10 +83,11 @@ def _train(opts: dict[str, Any], placement: Placement) -> int:
         drop_last=bool(eff.drop_last),
         precision=eff.precision,
     )
-    if placement.mode == "launch":
-        # The ranks make every check again; these, made once here, refuse before they start.
+    if placement.devices is not None and not several:
+        # Before any work (run.train checks again; so do the ranks a launch starts).
         n_train = max(len(ds.train) - eff.val_split, 0)
         run_ranks.check_split(n_train, eff.batch_size, bool(eff.drop_last), placement.devices)
+    if placement.mode == "launch":
         assert placement.devices is not None
         return run_launch.launch_torch(opts, placement.devices)
     metrics = run.train(
