@@ -195,6 +195,46 @@ def test_jax_two_devices_write_the_one_device_run_and_resume(
 
 
 @pytest.mark.slow
+def test_two_jax_processes_write_the_one_device_run_from_process_0_alone(
+    data, references, tmp_path
+):
+    # Two hosts in miniature: two processes of one CPU device each, joined by jax.distributed.
+    # Process 1 is given another --out, which it must never create.
+    from vae_common.distributed import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    outs = [tmp_path / "process-0", tmp_path / "process-1"]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vae_tools.cli",
+                *train_argv("jax", data, outs[i], "--quiet", "--devices", "2"),
+                "--coordinator",
+                address,
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+        )
+        for i in (0, 1)
+    ]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert "checkpoint.safetensors" in logs[0] and "test -ELBO" not in logs[1], logs
+    assert not outs[1].exists()
+    assert_manifest_holds(outs[0], EPOCHS)
+    assert_same_numbers(outs[0], references["jax"], 2)
+
+
+@pytest.mark.slow
 def test_torch_rank_killed_stops_the_run_and_resume_gives_the_one_device_run(
     data, references, tmp_path
 ):
