@@ -76,4 +76,11 @@ EQUIVALENT: list[dict[str, str]] = [
         "new": "_, mean, logvar = mlp_forward(state, config, x, eps[ -1])",
         "reason": "only the encoder's mean and logvar are kept, and they do not depend on eps",
     },
+    {
+        "file": "vae_common/sources.py",
+        "old": "return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)",
+        "new": "return json.dumps(self.to_dict(), sort_keys=True, allow_nan=True)",
+        "reason": "a DataSource holds no NaN or infinity to write: its only float, test_fraction, "
+        "is checked to lie in (0, 1) by __post_init__ and the dataclass is frozen",
+    },
 ]

@@ -7,9 +7,15 @@ a default. Numpy only, fast.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import pytest
 
 from vae_common.batches import binarize, last_batch_indices
+from vae_common.errors import DataError
+from vae_common.layout import resolve_layout
+from vae_common.sources import DataSource
 
 
 def test_binarization_is_one_exactly_when_the_draw_is_below_the_intensity():
@@ -27,3 +33,55 @@ def test_batches_of_one_leave_no_last_batch():
     """Batch size 1 is a valid size: every example is a full batch, none is left over."""
     assert last_batch_indices(5, 1, seed=0, epoch=1).shape == (0,)
     assert last_batch_indices(5, 1, seed=0, epoch=1, shuffle=False).tolist() == []
+
+
+# -- DataSource's checks at their edges -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("test_fraction", 0, r"test_fraction must be a number in \(0, 1\)"),
+        ("test_fraction", 0.0, r"test_fraction must be a number in \(0, 1\)"),
+        ("test_fraction", "0.5", r"test_fraction must be a number in \(0, 1\)"),
+        ("test_fraction", True, r"test_fraction must be a number in \(0, 1\)"),
+        ("split_seed", 2**63, r"split_seed must be an integer in \[0, 2\*\*63\)"),
+        ("split_seed", 1.5, r"split_seed must be an integer"),
+        ("split_seed", "3", r"split_seed must be an integer"),
+        ("split_seed", True, r"split_seed must be an integer"),
+        ("resize", (True, 4), r"resize must be \(H, W\), two positive integers"),
+        ("resize", (2.5, 4), r"resize must be \(H, W\), two positive integers"),
+        ("resize", (0, 4), r"resize must be \(H, W\), two positive integers"),
+    ],
+)
+def test_data_source_refuses_each_value_just_outside_its_range(field, value, match):
+    """A record read back from JSON can hold any of these; each is a DataError naming the field
+    (not a TypeError from a comparison, not a value let through)."""
+    with pytest.raises(DataError, match=match):
+        DataSource("npz:d.npz", **{field: value})
+
+
+def test_data_source_accepts_the_values_at_the_edges_of_its_ranges():
+    """Images one pixel high or wide, the largest 63-bit seed, a fraction just inside (0, 1)."""
+    edge = DataSource("images:d", resize=(1, 1), split_seed=2**63 - 1, test_fraction=1e-9)
+    assert (edge.resize, edge.split_seed, edge.test_fraction) == ((1, 1), 2**63 - 1, 1e-9)
+    assert DataSource("npz:d.npz", split_seed=np.int64(5)).split_seed == 5
+
+
+@pytest.mark.parametrize(
+    "spec, kind", [("npz:/d/x.npz", "npz"), ("digits", "digits"), ("images:a:b", "images")]
+)
+def test_data_source_kind_is_the_part_before_the_first_colon(spec, kind):
+    assert DataSource(spec).kind == kind
+
+
+@pytest.mark.parametrize(
+    "shape, why",
+    [
+        ((2, 3, 7, 4), "both axis 1 (3) and axis 3 (4) could hold the channels"),
+        ((2, 5, 6, 7), "neither axis 1 (5) nor axis 3 (7) holds 1, 3 or 4 channels"),
+    ],
+)
+def test_an_ambiguous_layout_is_refused_naming_both_axes_sizes(shape, why):
+    with pytest.raises(DataError, match=re.escape(why)):
+        resolve_layout(shape)
