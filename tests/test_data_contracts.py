@@ -35,7 +35,7 @@ def test_batches_of_one_leave_no_last_batch():
     assert last_batch_indices(5, 1, seed=0, epoch=1, shuffle=False).tolist() == []
 
 
-# -- DataSource's checks at their edges -------------------------------------------------------------
+# -- DataSource's checks at their edges ------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
