@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from vae_common.batches import binarize, last_batch_indices
+from vae_common.datasets import Dataset
 from vae_common.errors import DataError
 from vae_common.layout import resolve_layout
 from vae_common.sources import DataSource
@@ -85,3 +86,16 @@ def test_data_source_kind_is_the_part_before_the_first_colon(spec, kind):
 def test_an_ambiguous_layout_is_refused_naming_both_axes_sizes(shape, why):
     with pytest.raises(DataError, match=re.escape(why)):
         resolve_layout(shape)
+
+
+@pytest.mark.parametrize(
+    "given, said",
+    [
+        ({"labels": np.arange(4)}, "labels given, test_labels None"),
+        ({"test_labels": np.arange(2)}, "labels None, test_labels given"),
+    ],
+)
+def test_labels_for_one_split_only_are_refused_saying_which(given, said):
+    x = np.zeros((4, 1, 2, 2), np.float32)
+    with pytest.raises(DataError, match=f"for both splits or for neither \\({said}\\)"):
+        Dataset.from_arrays(x, x[:2], **given)
