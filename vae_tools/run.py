@@ -162,9 +162,10 @@ def train(
       devices: train data-parallel on this many devices (None or 1: one device). JAX: this
         process's devices, or every process's when ``jax.distributed`` joined several; torch:
         every process of a ``torch.distributed`` group of this size calls ``train`` (joined
-        before: ``vae_torch.distributed.initialize``). Only process 0 touches ``out``, and
-        only its call returns the metrics rows (see ``vae_tools.run_ranks``); the batch and the
-        last batch of every epoch must split over the devices.
+        before: ``vae_torch.distributed.initialize``). Only process 0 touches ``out`` and
+        evaluates the held-out sets (see ``vae_tools.run_ranks``): the rows the other
+        processes return lack the held-out metrics. The batch and the last batch of every
+        epoch must split over the devices.
 
     Raises:
       TrainingError: a loss, a held-out metric, a weight or an Adam moment became NaN or Inf
