@@ -44,9 +44,9 @@ EQUIVALENT: list[dict[str, str]] = [
         "the same value and gradient as the plain KL, up to the order of the sums",
     },
     {
-        "file": "vae_common/trainer.py",
-        "old": "expected = (len(xs), xs.shape[1] if xs.ndim > 1 else -1, self.config.latent_dim)",
-        "new": "expected = (len(xs), xs.shape[1] if xs.ndim > 1 else - 0, self.config.latent_dim)",
+        "file": "vae_common/trainer_checks.py",
+        "old": "expected = (len(xs), xs.shape[1] if xs.ndim > 1 else -1, config.latent_dim)",
+        "new": "expected = (len(xs), xs.shape[1] if xs.ndim > 1 else - 0, config.latent_dim)",
         "reason": "the placeholder is compared only when xs.ndim <= 1, and then xs.ndim != 5 "
         "refuses the call whatever it is",
     },

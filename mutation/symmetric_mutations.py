@@ -79,8 +79,8 @@ SYMMETRIC: list[dict] = [
             ),
             (
                 "vae_torch/trainer.py",
-                "torch.bernoulli(data.index_select(0, index[i]), generator=gen)",
-                "(data.index_select(0, index[i]) > 0.5).to(data.dtype)",
+                "torch.bernoulli(x, generator=gen)",
+                "(x > 0.5).to(x.dtype)",
             ),
         ],
     },

@@ -47,6 +47,33 @@ def worst(a: dict, b: dict) -> float:
     return max([curve] + [rel_diff(a["params"][n], p) for n, p in b["params"].items()])
 
 
+def epoch(cls, p: parity_dp.Problem, train: TrainConfig, devices, stream: bool) -> dict:
+    """One epoch of ``p`` by ``train_epoch`` on resident or streamed (``stream``) data: the
+    (S,) losses and the parameters, float64."""
+    t = cls(p.config, train, "float64", device="cpu", devices=devices)
+    t.load_state_dict(p.state)
+    data = t.put_data(p.data, stream=True, prefetch=1) if stream else t.put_data(p.data)
+    losses = t.train_epoch(data, p.batches, p.seed, p.epoch)
+    return {
+        "losses": np.asarray(losses, np.float64),
+        "params": {k: np.asarray(v, np.float64) for k, v in t.state_dict().items()},
+    }
+
+
+def save_epoch(result: dict, path: Path) -> None:
+    params = {f"params/{k}": v for k, v in result["params"].items()}
+    np.savez(path, losses=result["losses"], **params)
+
+
+def load_epoch(path: Path) -> dict:
+    with np.load(path) as f:
+        params = {k.removeprefix("params/"): f[k] for k in f.files if k.startswith("params/")}
+        return {"losses": f["losses"], "params": params}
+
+
+STREAMED = {"dynamic": lambda p: p.epoch_train, "none": lambda p: p.train}
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
@@ -304,6 +331,10 @@ def test_jax_two_devices_equal_one(tmp_path):
     assert r["odd_batch_step"] == 0  # refused before any step
     assert "3 devices were requested but JAX has 2 cpu" in r["too_many_error"]
     assert r["evaluate_odd_batch"] is True
+    # Streamed on 2 devices = resident on 1, with and without dynamic binarization.
+    assert set(r["stream_worst"]) == {"dynamic", "none"}
+    for binarize, figure in r["stream_worst"].items():
+        assert figure <= F64, (binarize, figure)
 
 
 @pytest.mark.slow
@@ -321,6 +352,8 @@ def test_jax_two_processes_equal_one_device(tmp_path):
         got = parity_dp.load_result(tmp_path / f"rank{i}.npz")
         for path in parity_dp.PATHS:
             assert worst(got[path], one[path]) <= F64, (i, path)
+        stream = load_epoch(tmp_path / f"rank{i}.npz.stream.npz")
+        assert worst(stream, one["train_epoch"]) <= F64, (i, "stream")
         flags = json.loads((tmp_path / f"rank{i}.npz.json").read_text())
         assert "different model, training or dtype settings" in flags.pop("settings_error")
         assert "given different weights" in flags.pop("weights_error")
@@ -367,6 +400,10 @@ def test_torch_two_ranks_errors_and_compiled_step(tmp_path):
         # eager ranks under DDP, or the compiled step with its explicit all-reduce
         assert worst(got[path], one[path]) <= F64, path
     assert checks["compiled"] is compile_too
+    cls = parity_dp._trainer_class("torch", "float64")
+    for binarize, train in STREAMED.items():
+        streamed = load_epoch(out.with_suffix(f".stream-{binarize}.npz"))
+        assert worst(streamed, epoch(cls, p, train(p), None, False)) <= F64, binarize
 
 
 @pytest.mark.slow
@@ -444,6 +481,12 @@ def _jax_devices(out: Path) -> None:
         report["odd_batch_error"] = str(exc)
     report["odd_batch_step"] = t.step
     report["evaluate_odd_batch"] = bool(np.isfinite(t.evaluate(p.data[:7])["neg_elbo"]))
+    # Streamed data on the mesh: each device gets its rows of every host-formed batch.
+    cls = vae_jax.train.Trainer
+    report["stream_worst"] = {
+        b: worst(epoch(cls, p, train(p), 2, True), epoch(cls, p, train(p), None, False))
+        for b, train in STREAMED.items()
+    }
     try:
         vae_jax.train.Trainer(TINY, dtype="float64", device="cpu", devices=3)
     except DeviceError as exc:
@@ -458,6 +501,9 @@ def _jax_process(out: Path, address: str, rank: int) -> None:
     try:
         result = parity_dp.train_both_paths("jax", problem(), "float64", 2, "cpu")
         parity_dp.save_result(result, out)
+        # Streamed: each process forms and feeds only its own rows of every batch.
+        cls = parity_dp._trainer_class("jax", "float64")
+        save_epoch(epoch(cls, problem(), problem().epoch_train, 2, True), Path(f"{out}.stream.npz"))
         flags = {
             "mixed_ok": distributed.all_ranks_ok(rank == 0),
             "all_ok": distributed.all_ranks_ok(True),
@@ -515,8 +561,12 @@ def _torch_ranks(out: Path, mode: str) -> None:
         checks["free_bits_error"] = str(exc)
     checks["compiled"] = mode == "compile"
     result = parity_dp.train_both_paths("torch", p, "float64", 2, "cpu", compile=checks["compiled"])
+    # Streamed: each rank gets its rows (the whole batch under dynamic binarization).
+    streamed = {b: epoch(Trainer, p, train(p), 2, True) for b, train in STREAMED.items()}
     if rank == 0:
         parity_dp.save_result(result, out)
+        for b, r in streamed.items():
+            save_epoch(r, out.with_suffix(f".stream-{b}.npz"))
         out.with_suffix(".json").write_text(json.dumps(checks))
     distributed.shutdown()
 

@@ -6,8 +6,8 @@ evaluation loop, the batching checks) run here, once; a backend implements only 
 hooks (``_``-prefixed) with its own arrays. The mirror test (``tests/test_api_mirror.py``)
 proves that both trainers have exactly these public methods with these signatures.
 
-Arrays cross this interface as numpy arrays, except the device-resident dataset returned by
-``put_data`` (a ``jax.Array`` or a ``torch.Tensor``), which goes back into ``train_epoch``.
+Arrays cross this interface as numpy arrays, except the dataset ``put_data`` returns (a
+``jax.Array`` or ``torch.Tensor``, or a streamed ``HostData``) for ``train_epoch``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,19 @@ import numpy as np
 from vae_common import checks
 from vae_common.batches import check_batches
 from vae_common.config import VAEConfig
-from vae_common.errors import ConfigError, ShapeError
+from vae_common.errors import ConfigError
 from vae_common.evaluation import evaluate_batches
 from vae_common.precision import check_precision
 from vae_common.state_checks import check_optimizer_state, check_state, check_step
-from vae_common.trainer_checks import check_arguments, check_devices, check_split
+from vae_common.streaming import HostData, Prefetcher
+from vae_common.trainer_checks import (
+    check_arguments,
+    check_devices,
+    check_host_data,
+    check_split,
+    check_steps,
+    check_stream,
+)
 from vae_common.training import TrainConfig
 
 
@@ -78,8 +86,7 @@ class TrainerBase(abc.ABC):
         self.flush_denormal = bool(flush_denormal)
         self.devices = check_devices(devices)
         self._loaded = False
-
-    # -- weights and optimizer state ---------------------------------------------------------
+        self._data_wait_s = 0.0
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Start from canonical weights (PyTorch names and layouts): fresh Adam state, step 0.
@@ -125,14 +132,19 @@ class TrainerBase(abc.ABC):
         checked = check_optimizer_state(tensors, self.config, self.dtype)
         self._load_optimizer_state_dict(checked, step)
 
-    # -- training ------------------------------------------------------------------------------
-
-    def put_data(self, x: np.ndarray) -> Any:
-        """Images (N, C, H, W) moved to the device once, in the model dtype.
+    def put_data(self, x: np.ndarray, stream: bool = False, prefetch: int | None = None) -> Any:
+        """Images (N, C, H, W) moved to the device once, in the model dtype; or, with
+        ``stream=True``, kept on the host for datasets larger than the device's memory.
 
         Checked here, once, by the rules of the losses (``vae_common.checks.image_array``):
-        the training steps do not check x's values themselves.
+        the training steps do not check x's values themselves. Streamed, x may also be uint8
+        and is not copied (a ``np.memmap`` works): a ``vae_common.streaming.HostData`` whose
+        epochs keep at most ``prefetch`` (default 2, only with ``stream``) + 1 batches on the
+        device and make the same steps as the resident data.
         """
+        ahead = check_stream(stream, prefetch)
+        if ahead is not None:
+            return HostData(x, self.config.input_shape, self.config.likelihood, ahead)
         return self._put_data(self._images("x", x, self.config.likelihood))
 
     def train_epoch(self, data: Any, batches: np.ndarray, seed: int, epoch: int) -> np.ndarray:
@@ -142,11 +154,25 @@ class TrainerBase(abc.ABC):
         The noise (and the dynamic binarization) of the epoch is drawn on the device from
         ``(seed, epoch)``: JAX folds ``epoch`` into ``key(seed)``; torch seeds a generator with
         ``vae_common.training.epoch_seed(seed, epoch)``. Bad indices are refused before any step.
+        Streamed data is gathered batch by batch in the same order (``data_wait_s``).
         """
         self._require_weights()
         checked = check_batches(batches, int(data.shape[0]))
         check_split(checked.shape[1], self.devices)
-        return self._train_epoch(data, checked, int(seed), int(epoch))
+        if not isinstance(data, HostData):
+            self._data_wait_s = 0.0
+            return self._train_epoch(data, checked, int(seed), int(epoch))
+        check_host_data(data, self.config)
+        with Prefetcher(data, checked, self._stream_rows(len(checked[0])), self._put_batch) as feed:
+            losses = self._train_stream(feed, checked, int(seed), int(epoch))
+        self._data_wait_s = feed.wait_s
+        return losses
+
+    @property
+    def data_wait_s(self) -> float:
+        """Seconds the step loop of the last ``train_epoch`` waited for its batches (blocked on
+        the prefetch queue of streamed data; 0.0 for resident data and before any epoch)."""
+        return self._data_wait_s
 
     def run_steps(self, xs: np.ndarray, eps: np.ndarray) -> np.ndarray:
         """Adam steps on given batches (S, B, C, H, W) and noise (S, B, L); returns (S,) losses.
@@ -154,23 +180,12 @@ class TrainerBase(abc.ABC):
         The reproducible path: the same arrays give the same steps in both backends.
         """
         self._require_weights()
-        xs, eps = np.asarray(xs), np.asarray(eps)
-        expected = (len(xs), xs.shape[1] if xs.ndim > 1 else -1, self.config.latent_dim)
-        if xs.ndim != 5 or eps.shape != expected:
-            raise ShapeError(
-                f"run_steps needs xs (S, B, C, H, W) and eps (S, B, {self.config.latent_dim}), "
-                f"got xs {xs.shape} and eps {eps.shape}"
-            )
-        self._images("xs", xs.reshape((-1,) + xs.shape[2:]), self.config.likelihood)
-        checks.check_dtype("eps", checks.dtype_name(eps.dtype))
-        check_split(xs.shape[1], self.devices)
+        xs, eps = check_steps(xs, eps, self.config, self.devices)
         return self._run_steps(xs, eps)
 
     def synchronize(self) -> None:
         """Wait until all work queued by this trainer has finished (for timing)."""
         self._synchronize()
-
-    # -- evaluation and generation ---------------------------------------------------------------
 
     def evaluate(
         self, x: np.ndarray, seed: int = 0, batch_size: int = 500, iwae_k: int = 0
@@ -217,15 +232,8 @@ class TrainerBase(abc.ABC):
 
     def _settings_text(self) -> str:
         # What every process of a data-parallel run must share (distributed.all_ranks_agree).
-        return "|".join(
-            (
-                self.config.to_json(),
-                self.train_config.to_json(),
-                self.dtype,
-                str(self.compile),
-                self.precision,
-            )
-        )
+        config, train = self.config.to_json(), self.train_config.to_json()
+        return "|".join((config, train, self.dtype, str(self.compile), self.precision))
 
     def _require_weights(self) -> None:
         if not self._loaded:
@@ -234,7 +242,7 @@ class TrainerBase(abc.ABC):
                 "load_state_dict first (e.g. with vae_common.spec.init_canonical(config, seed))"
             )
 
-    # -- the backend's hooks ----------------------------------------------------------------------
+    # The hooks each backend implements on its own arrays:
 
     @abc.abstractmethod
     def _load_state_dict(self, state: dict[str, np.ndarray]) -> None: ...
@@ -257,6 +265,18 @@ class TrainerBase(abc.ABC):
     @abc.abstractmethod
     def _train_epoch(self, data: Any, batches: np.ndarray, seed: int, epoch: int) -> np.ndarray:
         """``batches`` is checked, int32 (S, B)."""
+
+    @abc.abstractmethod
+    def _stream_rows(self, batch: int) -> slice:
+        """The rows of each global batch of ``batch`` this process moves to its devices."""
+
+    @abc.abstractmethod
+    def _put_batch(self, x: np.ndarray) -> Any:
+        """A host batch of those rows on the device(s), still in its stored dtype."""
+
+    @abc.abstractmethod
+    def _train_stream(self, feed: Prefetcher, batches: Any, seed: int, epoch: int) -> np.ndarray:
+        """``_train_epoch`` on the batches ``feed`` yields, each dropped before the next."""
 
     @abc.abstractmethod
     def _run_steps(self, xs: np.ndarray, eps: np.ndarray) -> np.ndarray: ...

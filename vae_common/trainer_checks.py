@@ -1,5 +1,6 @@
-"""The argument checks of ``vae_common.trainer.TrainerBase``: its constructor's arguments and the
-split of a batch over the devices of a data-parallel run (``ConfigError`` otherwise).
+"""The argument checks of ``vae_common.trainer.TrainerBase``: its constructor's arguments,
+``put_data``'s stream settings, the streamed data given to ``train_epoch``, ``run_steps``'s
+arrays and the split of a batch over the devices of a data-parallel run.
 """
 
 from __future__ import annotations
@@ -8,9 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from vae_common import checks
 from vae_common.config import VAEConfig
 from vae_common.constants import DTYPES
-from vae_common.errors import ConfigError
+from vae_common.errors import ConfigError, ShapeError
+from vae_common.streaming import DEFAULT_PREFETCH, check_prefetch
 from vae_common.training import TrainConfig
 
 
@@ -35,6 +38,49 @@ def check_devices(devices: Any) -> int | None:
     ):
         raise ConfigError(f"devices must be None or a positive integer, got {devices!r}")
     return None if devices is None else int(devices)
+
+
+def check_host_data(data: Any, config: VAEConfig) -> None:
+    """``ConfigError`` unless streamed ``data`` (a ``HostData``) was checked for ``config``'s
+    input shape and likelihood (made by the ``put_data`` of a trainer of this model)."""
+    made_for = (tuple(data.input_shape), data.likelihood)
+    if made_for != (tuple(config.input_shape), config.likelihood):
+        raise ConfigError(
+            f"the streamed data was checked for input shape {made_for[0]} and likelihood "
+            f"{made_for[1]!r}, but this trainer's model has {tuple(config.input_shape)} and "
+            f"{config.likelihood!r}; make it with this trainer's put_data(x, stream=True)"
+        )
+
+
+def check_stream(stream: Any, prefetch: Any) -> int | None:
+    """The prefetch depth of streamed data (``prefetch``, ``DEFAULT_PREFETCH`` for None), or
+    None for resident data; ``ConfigError`` for a ``stream`` that is not a bool, a bad
+    ``prefetch`` or one given without ``stream``."""
+    if not isinstance(stream, bool):
+        raise ConfigError(f"stream must be True or False, got {stream!r}")
+    if not stream:
+        if prefetch is not None:
+            raise ConfigError(f"prefetch={prefetch!r} applies to streamed data (stream=True) only")
+        return None
+    return DEFAULT_PREFETCH if prefetch is None else check_prefetch(prefetch)
+
+
+def check_steps(xs: Any, eps: Any, config: VAEConfig, devices: int | None) -> tuple[Any, Any]:
+    """``run_steps``'s batches (S, B, C, H, W) and noise (S, B, L) as numpy arrays, checked
+    (``ShapeError``, ``DataError``; ``ConfigError`` if B does not split over ``devices``)."""
+    xs, eps = np.asarray(xs), np.asarray(eps)
+    expected = (len(xs), xs.shape[1] if xs.ndim > 1 else -1, config.latent_dim)
+    if xs.ndim != 5 or eps.shape != expected:
+        raise ShapeError(
+            f"run_steps needs xs (S, B, C, H, W) and eps (S, B, {config.latent_dim}), "
+            f"got xs {xs.shape} and eps {eps.shape}"
+        )
+    checks.image_array(
+        "xs", xs.reshape((-1,) + xs.shape[2:]), config.input_shape, config.likelihood
+    )
+    checks.check_dtype("eps", checks.dtype_name(eps.dtype))
+    check_split(xs.shape[1], devices)
+    return xs, eps
 
 
 def check_split(batch: int, devices: int | None) -> None:

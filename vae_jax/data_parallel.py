@@ -31,6 +31,7 @@ from vae_jax.train import (
     _epoch_fn,
     _indexed_step_fn,
     _run_fn,
+    _stream_step_fn,
     make_indexed_step,
     make_run_steps,
     make_train_epoch,
@@ -51,13 +52,15 @@ class Steps(NamedTuple):
     """The trainer's jitted steps (each donates its train state):
 
     run(state, xs, eps), epoch(state, data, batches, key) and indexed_step(state, data, idx,
-    key, i), as ``make_run_steps``, ``make_train_epoch`` and ``make_indexed_step``; each returns
+    key, i), as ``make_run_steps``, ``make_train_epoch`` and ``make_indexed_step``, and
+    stream(state, x, key, i) on a streamed batch in its stored dtype; each returns
     ``(state, losses or loss)``.
     """
 
     run: Callable[..., tuple[TrainState, jax.Array]]
     epoch: Callable[..., tuple[TrainState, jax.Array]]
     indexed_step: Callable[..., tuple[TrainState, jax.Array]]
+    stream: Callable[..., tuple[TrainState, jax.Array]]
 
 
 def jit_steps(model: VAE, train: TrainConfig, precision: str, mesh: Mesh | None) -> Steps:
@@ -69,11 +72,13 @@ def jit_steps(model: VAE, train: TrainConfig, precision: str, mesh: Mesh | None)
             make_run_steps(model, train, precision),
             make_train_epoch(model, train, precision),
             make_indexed_step(model, train, precision),
+            jax.jit(_stream_step_fn(model, train, precision=precision), donate_argnums=0),
         )
     rep, rows, step_rows = (NamedSharding(mesh, _spec(axis)) for axis in (None, 0, 1))
     out = (rep, rep)
     epoch = _epoch_fn(model, train, rows, precision)
     step = _indexed_step_fn(model, train, rows, precision)
+    stream = _stream_step_fn(model, train, rows, precision)
     return Steps(
         jax.jit(
             _run_fn(model, train, precision),
@@ -90,6 +95,12 @@ def jit_steps(model: VAE, train: TrainConfig, precision: str, mesh: Mesh | None)
         jax.jit(
             lambda st, data, idx, kd, i: step(st, data, idx, jax.random.wrap_key_data(kd), i),
             in_shardings=(rep, rep, rows, rep, rep),
+            out_shardings=out,
+            donate_argnums=0,
+        ),
+        jax.jit(
+            lambda st, x, kd, i: stream(st, x, jax.random.wrap_key_data(kd), i),
+            in_shardings=(rep, rows, rep, rep),
             out_shardings=out,
             donate_argnums=0,
         ),
@@ -166,9 +177,20 @@ class Placement:
 
     def step_index(self, idx: np.ndarray, i: int) -> tuple[Any, Any]:
         """One step's (B,) indices and its number ``i`` as ``Steps.indexed_step`` takes them."""
+        return (idx if self.mesh is None else self.split(idx, 0)), self.number(i)
+
+    def number(self, i: int) -> Any:
+        """A step number as the per-step functions take it (replicated on a mesh)."""
+        return np.int32(i) if self.mesh is None else self.split(np.int32(i))
+
+    def batch(self, x: np.ndarray) -> jax.Array:
+        """This process's rows x of a streamed batch, in their stored dtype: on the device, or
+        the global batch on the mesh (each device its slice: ``local_rows``)."""
         if self.mesh is None:
-            return idx, np.int32(i)
-        return self.split(idx, 0), self.split(np.int32(i))
+            return jax.device_put(x, self.device)
+        own = sum(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
+        shape = (len(x) * self.mesh.devices.size // own,) + x.shape[1:]
+        return jax.make_array_from_process_local_data(NamedSharding(self.mesh, _spec(0)), x, shape)
 
     def steps(self, a: np.ndarray) -> jax.Array:
         """(S, B, ...) per-step batches or noise in the model dtype, each step split."""

@@ -23,6 +23,7 @@ import optax
 from jax.sharding import NamedSharding
 
 from vae_common.precision import JAX_MATMUL_PRECISION, check_precision
+from vae_common.streaming import UINT8_VALUES
 from vae_common.training import TrainConfig, beta_at
 from vae_jax.losses import objective
 from vae_jax.model import VAE, with_precision
@@ -127,7 +128,24 @@ def _indexed_update(
     batch_sharding: NamedSharding | None = None,
     precision: str = "float32",
 ) -> tuple[TrainState, jax.Array]:
-    """One step on ``data[idx]``; noise (and dynamic binarization) drawn from ``key``.
+    """One step on ``data[idx]``; noise (and dynamic binarization) drawn from ``key``."""
+    # Gathered as rows of the flattened images with clamped indices: without a fill value for
+    # out-of-range indices XLA needs no masking pass (``Trainer.train_epoch`` checks the range).
+    rows = jnp.take(data.reshape(data.shape[0], -1), idx, axis=0, mode="clip")
+    x = rows.reshape(idx.shape + data.shape[1:])
+    return _batch_update(model, train, state, x, key, batch_sharding, precision)
+
+
+def _batch_update(
+    model: VAE,
+    train: TrainConfig,
+    state: TrainState,
+    x: jax.Array,
+    key: Any,
+    batch_sharding: NamedSharding | None = None,
+    precision: str = "float32",
+) -> tuple[TrainState, jax.Array]:
+    """One step on the batch x (B, C, H, W); noise (and dynamic binarization) drawn from ``key``.
 
     With ``batch_sharding`` the batch and its noise are constrained to it (rows split over the
     mesh). The noise is still drawn for the whole (B, L) batch from ``key``: JAX's threefry is
@@ -135,13 +153,10 @@ def _indexed_update(
     of its rows in the unsharded draw.
     """
     k_bin, k_eps = jax.random.split(key)
-    # Gathered as rows of the flattened images with clamped indices: without a fill value for
-    # out-of-range indices XLA needs no masking pass (``Trainer.train_epoch`` checks the range).
-    rows = jnp.take(data.reshape(data.shape[0], -1), idx, axis=0, mode="clip")
-    x = _constrain(rows.reshape(idx.shape + data.shape[1:]), batch_sharding)
+    x = _constrain(x, batch_sharding)
     if train.binarize == "dynamic":
         x = _constrain(jax.random.bernoulli(k_bin, x).astype(model.dtype), batch_sharding)
-    eps = jax.random.normal(k_eps, (idx.shape[0], model.config.latent_dim), model.dtype)
+    eps = jax.random.normal(k_eps, (x.shape[0], model.config.latent_dim), model.dtype)
     return _update(model, train, state, x, _constrain(eps, batch_sharding), precision)
 
 
@@ -174,6 +189,29 @@ def _indexed_step_fn(
     ) -> tuple[TrainState, jax.Array]:
         return _indexed_update(
             model, train, state, data, idx, jax.random.fold_in(key, i), batch_sharding, precision
+        )
+
+    return step
+
+
+def _stream_step_fn(
+    model: VAE,
+    train: TrainConfig,
+    batch_sharding: NamedSharding | None = None,
+    precision: str = "float32",
+) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """``step(state, x, key, i) -> (state, loss)`` on a streamed batch x (B, C, H, W) in its
+    stored dtype (``vae_common.streaming``): uint8 pixels become ``UINT8_VALUES`` (the data
+    loaders' float32 k / 255), floats are cast to the model dtype; then step ``i`` of the epoch
+    keyed by ``key``, exactly as ``make_indexed_step`` on the same values."""
+    check_precision(precision, np.dtype(model.dtype).name)
+
+    def step(state: TrainState, x: jax.Array, key: Any, i: Any) -> tuple[TrainState, jax.Array]:
+        if x.dtype == jnp.uint8:
+            x = jnp.asarray(UINT8_VALUES, model.dtype)[x]
+        key_i = jax.random.fold_in(key, i)
+        return _batch_update(
+            model, train, state, x.astype(model.dtype), key_i, batch_sharding, precision
         )
 
     return step

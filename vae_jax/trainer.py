@@ -17,12 +17,13 @@ import numpy as np
 
 from vae_common.config import VAEConfig
 from vae_common.distributed import state_digest
+from vae_common.streaming import Prefetcher
 from vae_common.trainer import TrainerBase
 from vae_common.training import EXP_AVG, EXP_AVG_SQ, TrainConfig, split_optimizer_state
 from vae_jax.convert import from_canonical, to_canonical
 from vae_jax.data_parallel import Placement, jit_steps, require_same
 from vae_jax.device import check_dtype, select_device, synchronize
-from vae_jax.distributed import data_mesh, process_count
+from vae_jax.distributed import data_mesh, local_rows, process_count
 from vae_jax.losses import elbo_terms, negative_iwae_bound
 from vae_jax.model import build_model, decode_mean, encode
 from vae_jax.train import TrainState, epoch_key, init_train_state
@@ -132,6 +133,28 @@ class Trainer(TrainerBase):
         batches_d = self._place.batches(batches)
         self.state, losses = self._steps.epoch(self._state, data, batches_d, key)
         return np.asarray(self._place.local(losses))
+
+    def _stream_rows(self, batch: int) -> slice:
+        return slice(0, batch) if self.mesh is None else local_rows(batch, self.mesh)
+
+    def _put_batch(self, x: np.ndarray) -> jax.Array:
+        return self._place.batch(x)
+
+    def _train_stream(
+        self, feed: Prefetcher, batches: np.ndarray, seed: int, epoch: int
+    ) -> np.ndarray:
+        # One jitted step per batch (a scan cannot take batches as they arrive), the same
+        # updates and noise as the resident epoch's step i. Each batch is dropped before the
+        # next is asked for (the prefetcher's bound counts it until then).
+        key = self._place.key(epoch_key(seed, epoch))
+        state, step_losses, i = self._state, [], 0
+        for x in feed:
+            state, loss_i = self._steps.stream(state, x, key, self._place.number(i))
+            del x
+            step_losses.append(self._place.local(loss_i))
+            i += 1
+        self.state = state
+        return np.asarray(jnp.stack(step_losses))
 
     def _run_steps(self, xs: np.ndarray, eps: np.ndarray) -> np.ndarray:
         place = self._place

@@ -20,6 +20,7 @@ import torch
 from vae_common.config import VAEConfig
 from vae_common.distributed import state_digest
 from vae_common.errors import DeviceError
+from vae_common.streaming import UINT8_VALUES, Prefetcher
 from vae_common.trainer import TrainerBase
 from vae_common.training import (
     EXP_AVG,
@@ -76,6 +77,9 @@ class Trainer(TrainerBase):
         # (see PITFALLS); the switch is process-wide, so it is on only while this trainer trains.
         self.flush_denormal = self.flush_denormal and self.device.type == "cpu"
         self.model = build_model(config, dtype).to(self.device)
+        # uint8 pixel k -> the model dtype's k / 255 (streamed batches), on the device.
+        dtype_t = next(self.model.parameters()).dtype
+        self._uint8_values = torch.as_tensor(UINT8_VALUES).to(self.device, dtype_t)
         self.optimizer = make_optimizer(self.model, self.train_config)
         if self.compile:
             require_compiler({self.device.type})
@@ -168,28 +172,68 @@ class Trainer(TrainerBase):
     def _train_epoch(
         self, data: torch.Tensor, batches: np.ndarray, seed: int, epoch: int
     ) -> np.ndarray:
+        index = torch.as_tensor(batches.astype(np.int64), device=self.device)
+        rows = self._stream_rows(len(batches[0]))
+        return self._steps_on(
+            batches.shape, seed, epoch, lambda i: data.index_select(0, index[i, rows])
+        )
+
+    def _stream_rows(self, batch: int) -> slice:
+        # The dynamic binarization is drawn for the whole global batch (``_steps_on``), so every
+        # rank then needs all of it.
+        if self.train_config.binarize == "dynamic":
+            return slice(0, batch)
+        return rank_rows(batch, self.world, self.rank)
+
+    def _put_batch(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(x)
+        if self.device.type == "cuda":
+            # Pinned, so the copy is queued without waiting; on the steps' stream, so it runs
+            # in order with them.
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _train_stream(
+        self, feed: Prefetcher, batches: np.ndarray, seed: int, epoch: int
+    ) -> np.ndarray:
+        batch_iter = iter(feed)
+        return self._steps_on(batches.shape, seed, epoch, lambda i: self._floats(next(batch_iter)))
+
+    def _floats(self, x: torch.Tensor) -> torch.Tensor:
+        """A streamed batch in the model dtype: uint8 pixels through ``UINT8_VALUES`` (the data
+        loaders' float32 k / 255), floats cast."""
+        if x.dtype == torch.uint8:
+            return self._uint8_values[x.long()]
+        return x.to(self._uint8_values.dtype)
+
+    def _steps_on(
+        self,
+        shape: tuple[int, ...],
+        seed: int,
+        epoch: int,
+        batch_at: Callable[[int], torch.Tensor],
+    ) -> np.ndarray:
+        """The epoch's ``shape`` = (S, B) steps, step i on ``batch_at(i)``: this rank's rows
+        (``_stream_rows``) of the global batch i in the model dtype, on the device."""
         gen = torch.Generator(device=self.device)
         gen.manual_seed(epoch_seed(seed, epoch))
-        index = torch.as_tensor(batches.astype(np.int64), device=self.device)
-        steps, batch = index.shape
+        steps, batch = shape
         rows = rank_rows(batch, self.world, self.rank)
-        losses = torch.empty(steps, device=self.device, dtype=data.dtype)
+        dtype = self._uint8_values.dtype
+        losses = torch.empty(steps, device=self.device, dtype=dtype)
         dynamic = self.train_config.binarize == "dynamic"
         with self._denormals_flushed():
             for i in range(steps):
                 # The random draws are made for the whole global batch, as in the 1-device
                 # run, and sliced: example j gets the same binarization and noise on any rank.
+                x = batch_at(i)
                 if dynamic:
-                    x = torch.bernoulli(data.index_select(0, index[i]), generator=gen)[rows]
-                else:
-                    x = data.index_select(0, index[i, rows])
+                    x = torch.bernoulli(x, generator=gen)[rows]
                 eps = torch.randn(
-                    (batch, self.config.latent_dim),
-                    generator=gen,
-                    device=self.device,
-                    dtype=data.dtype,
+                    (batch, self.config.latent_dim), generator=gen, device=self.device, dtype=dtype
                 )
                 losses[i] = self._train_step(x, eps[rows])
+                del x
             return global_mean(losses, self.world).cpu().numpy()
 
     def _run_steps(self, xs: np.ndarray, eps: np.ndarray) -> np.ndarray:
