@@ -124,8 +124,8 @@ def train_epochs(
     (``Ranks.settle``), so they stop together. Each record holds the epoch's training
     throughput, ``samples_per_s`` (examples trained / ``seconds``), and ``data_wait_share``
     (the share of ``seconds`` spent forming batches on the host: the epoch's batch indices and
-    the last batch's images and noise, plus the trainer's ``data_wait_s`` when it counts the
-    seconds it waited for data), and ``devices``.
+    the last batch's images and noise, plus the seconds ``train_epoch`` waited for its batches,
+    the trainer's ``data_wait_s`` when it keeps one), and ``devices``.
     """
     run_dir, trainer, settings = job.run_dir, job.trainer, job.settings
     ranks = ranks if ranks is not None else Ranks(trainer.backend)
@@ -139,7 +139,6 @@ def train_epochs(
         ranks.kill_point(epoch)
         kept = _kept(run_dir)
         start = time.perf_counter()
-        waited_before = _trainer_wait(trainer)
         batches = batch_indices(n, settings.batch_size, settings.seed, epoch)
         last = np.empty(0, np.int64)
         if not settings.drop_last:
@@ -147,6 +146,7 @@ def train_epochs(
         forming = time.perf_counter() - start
         with ranks.collective(f"in epoch {epoch}", kept):
             losses = trainer.train_epoch(device_data, batches, settings.seed, epoch)
+            forming += _trainer_wait(trainer)
             sizes = [settings.batch_size] * len(losses)
             if last.size:
                 formed = time.perf_counter()
@@ -157,9 +157,6 @@ def train_epochs(
                 losses = np.append(losses, float(trainer.run_steps(xs, eps)[0]))
                 sizes.append(len(last))
         train_seconds = time.perf_counter() - start
-        waited_after = _trainer_wait(trainer)
-        if waited_before is not None and waited_after is not None:
-            forming += waited_after - waited_before
         error: VAEError | None = None
         record: dict[str, Any] = {}
         try:
@@ -248,11 +245,11 @@ def _kept(run_dir: RunDir | None) -> str:
     return "No checkpoint was written"
 
 
-def _trainer_wait(trainer: TrainerBase) -> float | None:
-    """The seconds the trainer has waited for data so far (its ``data_wait_s``, a running
-    total, when it keeps one; None otherwise)."""
+def _trainer_wait(trainer: TrainerBase) -> float:
+    """The seconds the trainer's last ``train_epoch`` waited for its batches (its
+    ``data_wait_s``, when it keeps one: streamed data; 0 otherwise)."""
     value = getattr(trainer, "data_wait_s", None)
-    return None if value is None else float(value)
+    return 0.0 if value is None else float(value)
 
 
 def _check_finite_tensors(trainer: TrainerBase, epoch: int, kept: str) -> None:
