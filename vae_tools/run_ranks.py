@@ -22,51 +22,26 @@ How the processes stay in step (``Ranks``; nothing here when there is one proces
   ``RanksStopped``, which ``vae train`` ends on silently with the same exit status.
 - ``collective``: a collective that fails because another process died (a killed rank) becomes
   ``RankLostError`` naming this process, instead of a framework traceback.
+
+The agreement (``check_agree``, ``broadcast``, ``images_digest``, ``pack_start``) is in
+``vae_tools.run_agree``; the stopping (``settle``, ``collective``, ``RanksStopped``,
+``RankLostError``, ``settled``) in ``vae_tools.run_settle``. This module holds ``Ranks`` (over
+both), ``ranks_of`` and the batch split check (``check_split``), and re-exports the public names
+of both.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib
-import io
-import json
-import os
-import re
-import signal
-from collections.abc import Iterator
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Any
 
-import numpy as np
-
-from vae_common.errors import ConfigError, TrainingError, VAEError
-
-# Test hook of tests/test_train_devices.py: "RANK:EPOCH" makes process RANK kill itself with
-# SIGKILL as epoch EPOCH begins (every earlier epoch is committed by then).
-KILL_RANK_ENV = "VAE_TWIN_TEST_KILL_RANK"
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-
-
-class RankLostError(TrainingError):
-    """A collective failed in a multi-process run: another process died or stopped answering."""
-
-
-class RanksStopped(VAEError):
-    """This process stops because another process of the run failed (that one reports why).
-
-    ``status`` is the exit status of the run: 2 when some process failed on bad input, else 1.
-    """
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
+from vae_common.errors import ConfigError
+from vae_tools.run_agree import Agreement, images_digest, pack_start, unpack_start
+from vae_tools.run_settle import KILL_RANK_ENV, RankLostError, RanksStopped
 
 
 @dataclass(frozen=True)
-class Ranks:
+class Ranks(Agreement):
     """The processes of one run, seen from one of them.
 
     Attributes:
@@ -80,129 +55,6 @@ class Ranks:
     devices: int | None = None
     rank: int = 0
     world: int = 1
-
-    @property
-    def writer(self) -> bool:
-        """Whether this process writes the run directory (process 0)."""
-        return self.rank == 0
-
-    def _distributed(self) -> ModuleType:
-        return importlib.import_module(f"vae_{self.backend}.distributed")
-
-    def _name(self) -> str:
-        return f"rank {self.rank} of {self.world}"
-
-    @contextlib.contextmanager
-    def collective(self, where: str, kept: str = "") -> Iterator[None]:
-        """Inside: a ``RuntimeError`` that is not one of ours (a collective that lost a peer)
-        becomes ``RankLostError`` naming this process, ``where`` it happened and ``kept`` (what
-        the run directory still holds). Nothing changes with one process."""
-        try:
-            yield
-        except VAEError:
-            raise
-        except RuntimeError as exc:
-            if self.world == 1:
-                raise
-            first = _first_sentence(str(exc)) or type(exc).__name__
-            suffix = f". {kept}" if kept else ""
-            raise RankLostError(
-                f"{self._name()} lost the other processes {where} ({first}); the run "
-                f"stopped{suffix}"
-            ) from exc
-
-    def ok(self, flag: bool) -> bool:
-        """True when ``flag`` is true in every process (one collective; every process calls)."""
-        if self.world == 1:
-            return bool(flag)
-        with self.collective("while they compared their states"):
-            return bool(self._distributed().all_ranks_ok(bool(flag)))
-
-    def agree(self, text: str) -> bool:
-        """True when every process passes the same ``text`` (one collective)."""
-        if self.world == 1:
-            return True
-        with self.collective("while they compared their settings"):
-            return bool(self._distributed().all_ranks_agree(text))
-
-    def check_agree(self, named: dict[str, Any], what: str = "settings") -> None:
-        """Refuse processes started with different ``named`` values (JSON-able, the same keys
-        in every process): process 0 raises ``ConfigError`` naming the differing keys, the
-        others ``RanksStopped``."""
-        if self.world == 1:
-            return
-        if self.agree(_json(named)):
-            return
-        differ = [key for key in sorted(named) if not self.agree(_json(named[key]))]
-        if not self.writer:
-            raise RanksStopped(f"{self._name()}: the processes differ in their {what}", 2)
-        raise ConfigError(
-            f"the {self.world} processes of this run were started with different {what} "
-            f"({', '.join(differ) or 'their order'}); start every process with the same command "
-            "line and the same data"
-        )
-
-    def settle(self, error: VAEError | None) -> None:
-        """The end of a stage: raise ``error`` (this process failed), or ``RanksStopped`` when
-        another process did; return when every process succeeded. With several processes the
-        error is raised where it is that process's own, or on process 0; a process whose
-        failure process 0 shares stops silently (one message for the run)."""
-        if self.world == 1:
-            if error is not None:
-                raise error
-            return
-        if self.ok(error is None):
-            return
-        writer_failed = not self.ok(error is None or not self.writer)
-        bad_input = not self.ok(error is None or isinstance(error, TrainingError))
-        if error is not None and (self.writer or not writer_failed):
-            raise error
-        raise RanksStopped(
-            f"{self._name()}: stopped with the run, which failed on another process (its "
-            "message says why)",
-            EXIT_BAD_INPUT if bad_input else EXIT_FAILED,
-        )
-
-    def broadcast(self, payload: bytes | None) -> bytes:
-        """Process 0's ``payload`` in every process (the others pass None)."""
-        if self.world == 1:
-            if payload is None:
-                raise ConfigError("broadcast: process 0 has nothing to send")
-            return payload
-        with self.collective("while process 0 sent the starting state"):
-            if self.backend == "torch":
-                import torch.distributed as dist
-
-                box: list[Any] = [payload if self.writer else None]
-                dist.broadcast_object_list(box, src=0)
-                return bytes(box[0])
-            from jax.experimental import multihost_utils
-
-            size = np.int32(len(payload) if payload is not None and self.writer else 0)
-            size = int(np.asarray(multihost_utils.broadcast_one_to_all(size)))
-            buffer = (
-                np.frombuffer(payload, np.uint8)
-                if payload is not None and self.writer
-                else np.zeros(size, np.uint8)
-            )
-            return np.asarray(multihost_utils.broadcast_one_to_all(buffer), np.uint8).tobytes()
-
-    def kill_point(self, epoch: int) -> None:
-        """The test hook ``KILL_RANK_ENV``: SIGKILL this process as ``epoch`` begins."""
-        if os.environ.get(KILL_RANK_ENV) == f"{self.rank}:{epoch}":
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _first_sentence(text: str) -> str:
-    """The gist of a framework's error: its first line's first sentence, without a leading
-    ``[source/file.cc:123]``."""
-    line = (text.strip().splitlines() or [""])[0]
-    line = re.sub(r"^\[[^\]]*\]\s*", "", line)
-    return line.split(". ")[0].strip()
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 def ranks_of(backend: str, devices: int | None) -> Ranks:
@@ -255,42 +107,6 @@ def check_split(n_train: int, batch_size: int, drop_last: bool, devices: int | N
             f"{devices} devices: give --drop-last (the 1-device run then drops them too), or a "
             f"--batch-size or --val-split that leaves a multiple of {devices}"
         )
-
-
-def images_digest(x: np.ndarray) -> str:
-    """A SHA-256 of an image array (its shape, dtype and bytes), to check that every process
-    trains on the same images."""
-    a = np.ascontiguousarray(x)
-    h = hashlib.sha256(f"{a.shape}{a.dtype}".encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def pack_start(
-    state: dict[str, np.ndarray],
-    optimizer: dict[str, np.ndarray] | None,
-    step: int,
-    metrics: list[dict[str, Any]],
-) -> bytes:
-    """Where a run starts, as bytes for ``Ranks.broadcast``: the weights, Adam's moments and
-    step (None: fresh, step 0) and the committed metrics (an ``.npz``, no pickles)."""
-    arrays = {f"state/{k}": np.asarray(v) for k, v in state.items()}
-    arrays.update({f"adam/{k}": np.asarray(v) for k, v in (optimizer or {}).items()})
-    meta = {"step": int(step), "metrics": metrics, "optimizer": optimizer is not None}
-    buffer = io.BytesIO()
-    np.savez(buffer, allow_pickle=False, meta=np.asarray(json.dumps(meta)), **arrays)
-    return buffer.getvalue()
-
-
-def unpack_start(
-    data: bytes,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, int, list[dict[str, Any]]]:
-    """``pack_start``'s ``(state, optimizer, step, metrics)`` back from its bytes."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as f:
-        meta = json.loads(str(f["meta"]))
-        state = {k.removeprefix("state/"): f[k] for k in f.files if k.startswith("state/")}
-        adam = {k.removeprefix("adam/"): f[k] for k in f.files if k.startswith("adam/")}
-    return state, adam if meta["optimizer"] else None, int(meta["step"]), list(meta["metrics"])
 
 
 __all__ = [
