@@ -110,6 +110,11 @@ TARGETS: dict[str, list[str]] = {
         # Slow (subprocesses, minutes): last, so only survivors of everything above pay for it.
         "tests/test_data_parallel.py",
     ],
+    "vae_common/trainer_inference.py": [
+        *REFERENCE_TESTS,
+        "tests/test_train_jax_torch.py",
+        "tests/test_api_mirror.py",
+    ],
     "vae_common/streaming.py": [
         "tests/test_streaming.py",
         "tests/test_train_jax_torch.py",

@@ -2,9 +2,11 @@
 
 ``vae_jax.trainer.Trainer`` and ``vae_torch.trainer.Trainer`` subclass ``TrainerBase``. The shared
 docstrings and the shared plumbing (the argument checks of ``vae_common.trainer_checks``, the
-evaluation loop, the batching checks) run here, once; a backend implements only the abstract
-hooks (``_``-prefixed) with its own arrays. The mirror test (``tests/test_api_mirror.py``)
-proves that both trainers have exactly these public methods with these signatures.
+batching checks) run here, once; evaluation and generation (``evaluate``, ``reconstruct``,
+``sample``, ``encode_mean``) come from ``vae_common.trainer_inference.InferenceBase``. A backend
+implements only the abstract hooks (``_``-prefixed) with its own arrays. The mirror test
+(``tests/test_api_mirror.py``) proves that both trainers have exactly these public methods with
+these signatures.
 
 Arrays cross this interface as numpy arrays, except the dataset ``put_data`` returns (a
 ``jax.Array`` or ``torch.Tensor``, or a streamed ``HostData``) for ``train_epoch``.
@@ -17,11 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vae_common import checks
 from vae_common.batches import check_batches
 from vae_common.config import VAEConfig
-from vae_common.errors import ConfigError
-from vae_common.evaluation import evaluate_batches
 from vae_common.precision import check_precision
 from vae_common.state_checks import check_optimizer_state, check_state, check_step
 from vae_common.streaming import HostData, Prefetcher
@@ -33,10 +32,11 @@ from vae_common.trainer_checks import (
     check_steps,
     check_stream,
 )
+from vae_common.trainer_inference import InferenceBase
 from vae_common.training import TrainConfig
 
 
-class TrainerBase(abc.ABC):
+class TrainerBase(InferenceBase):
     """A model, its Adam state and its step count, trained on data resident on one device.
 
     Args:
@@ -187,60 +187,10 @@ class TrainerBase(abc.ABC):
         """Wait until all work queued by this trainer has finished (for timing)."""
         self._synchronize()
 
-    def evaluate(
-        self, x: np.ndarray, seed: int = 0, batch_size: int = 500, iwae_k: int = 0
-    ) -> dict[str, Any]:
-        """Mean -ELBO, its terms and (``iwae_k > 1``) the IWAE estimate of -log p(x), in nats.
-
-        The noise comes from ``vae_common.batches.standard_normal(seed, stream, ...)``, the same
-        arrays in both backends, so one checkpoint evaluates to the same numbers in each. Keys:
-        see ``vae_common.evaluation.evaluate_batches``.
-        """
-        self._require_weights()
-        return evaluate_batches(
-            self._batch_terms,
-            self._batch_iwae,
-            self._images("x", x, self.config.likelihood),
-            self.config.latent_dim,
-            self.dtype,
-            seed,
-            batch_size,
-            iwae_k,
-        )
-
-    def reconstruct(self, x: np.ndarray) -> np.ndarray:
-        """E[x|z] at z = the posterior mean, (B, C, H, W)."""
-        self._require_weights()
-        return self._reconstruct(self._images("x", x, None))
-
-    def sample(self, z: np.ndarray) -> np.ndarray:
-        """E[x|z] for latents z (B, L) (e.g. prior draws), (B, C, H, W)."""
-        self._require_weights()
-        z = np.asarray(z)
-        checks.check_latents("z", z.shape, self.config.latent_dim)
-        checks.check_dtype("z", checks.dtype_name(z.dtype))
-        return self._sample(z)
-
-    def encode_mean(self, x: np.ndarray) -> np.ndarray:
-        """Posterior means (B, L)."""
-        self._require_weights()
-        return self._encode_mean(self._images("x", x, None))
-
-    def _images(self, name: str, x: Any, likelihood: str | None) -> np.ndarray:
-        # Refused before any cast to the model dtype (which would drop an imaginary part).
-        return checks.image_array(name, x, self.config.input_shape, likelihood)
-
     def _settings_text(self) -> str:
         # What every process of a data-parallel run must share (distributed.all_ranks_agree).
         config, train = self.config.to_json(), self.train_config.to_json()
         return "|".join((config, train, self.dtype, str(self.compile), self.precision))
-
-    def _require_weights(self) -> None:
-        if not self._loaded:
-            raise ConfigError(
-                f"{type(self).__module__}.{type(self).__name__} has no weights yet: call "
-                "load_state_dict first (e.g. with vae_common.spec.init_canonical(config, seed))"
-            )
 
     # The hooks each backend implements on its own arrays:
 
@@ -283,23 +233,6 @@ class TrainerBase(abc.ABC):
 
     @abc.abstractmethod
     def _synchronize(self) -> None: ...
-
-    @abc.abstractmethod
-    def _batch_terms(self, x: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(reconstruction (b,), kl (b,))`` as float64 numpy arrays."""
-
-    @abc.abstractmethod
-    def _batch_iwae(self, x: np.ndarray, eps: np.ndarray) -> np.ndarray:
-        """The negative IWAE bound (b,) for eps (K, b, L), as a float64 numpy array."""
-
-    @abc.abstractmethod
-    def _reconstruct(self, x: np.ndarray) -> np.ndarray: ...
-
-    @abc.abstractmethod
-    def _sample(self, z: np.ndarray) -> np.ndarray: ...
-
-    @abc.abstractmethod
-    def _encode_mean(self, x: np.ndarray) -> np.ndarray: ...
 
 
 __all__ = ["TrainerBase"]
