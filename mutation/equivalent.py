@@ -83,4 +83,10 @@ EQUIVALENT: list[dict[str, str]] = [
         "reason": "a DataSource holds no NaN or infinity to write: its only float, test_fraction, "
         "is checked to lie in (0, 1) by __post_init__ and the dataclass is frozen",
     },
+    {
+        "file": "vae_common/idx.py",
+        "old": 'found = "more" if len(data) > expected else f"{header + len(data)} bytes"',
+        "new": 'found = "more" if len(data) >= expected else f"{header + len(data)} bytes"',
+        "reason": "the line runs only when len(data) != expected, where > and >= agree",
+    },
 ]

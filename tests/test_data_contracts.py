@@ -11,10 +11,13 @@ import re
 
 import numpy as np
 import pytest
+from idx_files import write_idx_dir
 
 from vae_common.batches import binarize, last_batch_indices
+from vae_common.data import load_dataset
 from vae_common.datasets import Dataset
 from vae_common.errors import DataError
+from vae_common.idx import load_idx_dir
 from vae_common.layout import resolve_layout
 from vae_common.sources import DataSource
 
@@ -99,3 +102,14 @@ def test_labels_for_one_split_only_are_refused_saying_which(given, said):
     x = np.zeros((4, 1, 2, 2), np.float32)
     with pytest.raises(DataError, match=f"for both splits or for neither \\({said}\\)"):
         Dataset.from_arrays(x, x[:2], **given)
+
+
+def test_an_idx_directory_records_the_spec_it_was_loaded_by(tmp_path):
+    """The source names the spec given (``fashion-mnist:DIR`` stays that, so the record reloads
+    the same kind), and ``idx:DIR`` when the directory is loaded without a name."""
+    directory = write_idx_dir(tmp_path / "d", n_train=3, n_test=2, size=2)
+    named = load_idx_dir(directory, name=f"fashion-mnist:{directory}")
+    assert named.name == named.source.spec == f"fashion-mnist:{directory}"
+    plain = load_idx_dir(directory)
+    assert plain.name == plain.source.spec == f"idx:{directory}"
+    assert load_dataset(named.source).source == named.source
