@@ -10,8 +10,9 @@ Usage (``make mutation`` runs it with the pinned cosmic-ray):
         [--jobs N] [--sample K] [--reuse OLD/generic.json] [--out runs/mutation]
 
 ``--sample K`` tests every K-th mutant of each file (a stable choice, for a quick estimate);
-``--reuse`` carries over the killed and equivalent outcomes of an earlier run for every file
-whose text is unchanged and tests only the rest (adding tests cannot revive a killed mutant).
+``--reuse`` carries over the killed and equivalent outcomes of an earlier run (with the same
+``--sample``, or any for a full run) for every file whose text is unchanged and tests only the
+rest (adding tests cannot revive a killed mutant).
 Writes ``OUT/generic.json`` (every mutant and its outcome) and ``OUT/generic.md`` (the score per
 file and the survivors that ``mutation/equivalent.py`` does not explain).
 """
@@ -135,7 +136,13 @@ def run_target(
     copy = copy_tree(prefix="vae-mutation-", rev=rev)
     digest = hashlib.sha256((copy / path).read_bytes()).hexdigest()
     carried = []
-    if previous is not None and previous["sha256"] == digest and previous["sample"] == sample:
+    # A full run (sample 1) takes the outcomes of a sampled one too (its mutants are among the
+    # full run's); a sampled run only those of a run with the same sample.
+    if (
+        previous is not None
+        and previous["sha256"] == digest
+        and (previous["sample"] == sample or sample == 1)
+    ):
         carried = [m for m in previous["mutants"] if m["outcome"] in ("killed", "equivalent")]
     session = out / "sessions" / (path.replace("/", "_") + ".sqlite")
     try:
