@@ -114,8 +114,8 @@ def test_uint8_stays_uint8_on_the_host_until_each_batch(backend, tmp_path):
     seen: list[tuple[str, tuple[int, ...], str]] = []
     put = t._put_batch
 
-    def spy(host: np.ndarray):
-        dev = put(host)
+    def spy(host: np.ndarray, global_batch: int):
+        dev = put(host, global_batch)
         seen.append((host.dtype.name, host.shape, str(dev.dtype)))
         return dev
 
@@ -138,8 +138,8 @@ def test_the_device_holds_at_most_prefetch_plus_one_batches(backend, prefetch):
     live, peak, calls = [0], [0], [0]
     put = t._put_batch
 
-    def counted(host: np.ndarray):
-        dev = put(host)
+    def counted(host: np.ndarray, global_batch: int):
+        dev = put(host, global_batch)
         calls[0] += 1
         live[0] += 1
         peak[0] = max(peak[0], live[0])
@@ -217,9 +217,9 @@ def test_data_wait_s_of_the_last_epoch(backend):
     assert t.data_wait_s == 0.0  # resident: never waits
     put = t._put_batch
 
-    def slow(host):
+    def slow(host, global_batch):
         time.sleep(0.05)
-        return put(host)
+        return put(host, global_batch)
 
     t._put_batch = slow
     start = time.perf_counter()
@@ -234,11 +234,11 @@ def test_a_failing_transfer_is_raised_in_the_step_loop_and_the_thread_ends(backe
     t = trainer(backend)
     put, calls = t._put_batch, [0]
 
-    def failing(host):
+    def failing(host, global_batch):
         calls[0] += 1
         if calls[0] == 3:
             raise DeviceError("out of device memory (test)")
-        return put(host)
+        return put(host, global_batch)
 
     t._put_batch = failing
     with pytest.raises(DeviceError, match="out of device memory"):

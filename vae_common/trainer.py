@@ -31,6 +31,7 @@ from vae_common.trainer_checks import (
     check_split,
     check_steps,
     check_stream,
+    check_uneven,
 )
 from vae_common.trainer_inference import InferenceBase
 from vae_common.training import TrainConfig
@@ -51,8 +52,8 @@ class TrainerBase(InferenceBase):
         JAX shards every batch over a mesh of ``devices`` devices (``vae_jax.distributed``);
         torch runs one process per device under ``DistributedDataParallel``, and ``devices``
         must equal the world size of the process group (``vae_torch.distributed``). Either way a
-        global batch of B examples is cut into ``devices`` slices of B / devices rows (B must
-        split evenly: ``ConfigError`` otherwise), the noise and the dynamic binarization are
+        global batch of B examples is cut into ``devices`` slices of B / devices rows (a B that
+        ``devices`` does not divide: see ``uneven``), the noise and the dynamic binarization are
         those of the 1-device run on the whole batch, and the loss is the mean over the global
         batch, so an N-device step is the 1-device step up to rounding. Evaluation, generation
         and reconstruction run unsharded, one whole batch on one device, any batch size.
@@ -61,6 +62,13 @@ class TrainerBase(InferenceBase):
         autocast; JAX bfloat16 layers); the weights, Adam's state and the loss stay float32,
         and evaluation and generation compute as in a float32 run. Only ``"float32"`` with
         ``dtype="float64"`` (``ConfigError`` otherwise).
+      uneven: what ``run_steps`` and ``train_epoch`` (resident or streamed) do with a batch of
+        B examples that ``devices`` does not divide (such as an epoch's last, smaller batch):
+        ``"refuse"``, a ``ConfigError`` before any step; or ``"replicate"``, that batch whole
+        on every device (JAX: placed replicated over the mesh; torch: every rank takes all B
+        rows, and the gradient all-reduce averages identical copies), so its step is still the
+        1-device step on the whole batch up to rounding, at N times the work. Batches that
+        split still split; one device splits every batch.
 
     The weights are set by ``load_state_dict`` before anything else is called.
     """
@@ -77,6 +85,7 @@ class TrainerBase(InferenceBase):
         flush_denormal: bool = True,
         devices: int | None = None,
         precision: str = "float32",
+        uneven: str = "refuse",
     ) -> None:
         self.train_config = check_arguments(config, train, dtype)
         self.config = config
@@ -85,6 +94,7 @@ class TrainerBase(InferenceBase):
         self.compile = bool(compile)
         self.flush_denormal = bool(flush_denormal)
         self.devices = check_devices(devices)
+        self.uneven = check_uneven(uneven)
         self._loaded = False
         self._data_wait_s = 0.0
 
@@ -158,12 +168,17 @@ class TrainerBase(InferenceBase):
         """
         self._require_weights()
         checked = check_batches(batches, int(data.shape[0]))
-        check_split(checked.shape[1], self.devices)
+        check_split(checked.shape[1], self.devices, self.uneven)
         if not isinstance(data, HostData):
             self._data_wait_s = 0.0
             return self._train_epoch(data, checked, int(seed), int(epoch))
         check_host_data(data, self.config)
-        with Prefetcher(data, checked, self._stream_rows(len(checked[0])), self._put_batch) as feed:
+        batch = len(checked[0])
+
+        def put(x: np.ndarray) -> Any:
+            return self._put_batch(x, batch)
+
+        with Prefetcher(data, checked, self._stream_rows(batch), put) as feed:
             losses = self._train_stream(feed, checked, int(seed), int(epoch))
         self._data_wait_s = feed.wait_s
         return losses
@@ -180,7 +195,7 @@ class TrainerBase(InferenceBase):
         The reproducible path: the same arrays give the same steps in both backends.
         """
         self._require_weights()
-        xs, eps = check_steps(xs, eps, self.config, self.devices)
+        xs, eps = check_steps(xs, eps, self.config, self.devices, self.uneven)
         return self._run_steps(xs, eps)
 
     def synchronize(self) -> None:
@@ -190,7 +205,13 @@ class TrainerBase(InferenceBase):
     def _settings_text(self) -> str:
         # What every process of a data-parallel run must share (distributed.all_ranks_agree).
         config, train = self.config.to_json(), self.train_config.to_json()
-        return "|".join((config, train, self.dtype, str(self.compile), self.precision))
+        settings = (config, train, self.dtype, str(self.compile), self.precision, self.uneven)
+        return "|".join(settings)
+
+    def _whole(self, batch: int) -> bool:
+        """Whether a global batch of ``batch`` examples is computed whole on every device
+        (``uneven="replicate"``, ``check_split`` having let it through) instead of split."""
+        return self.devices is not None and batch % self.devices != 0
 
     # The hooks each backend implements on its own arrays:
 
@@ -221,8 +242,8 @@ class TrainerBase(InferenceBase):
         """The rows of each global batch of ``batch`` this process moves to its devices."""
 
     @abc.abstractmethod
-    def _put_batch(self, x: np.ndarray) -> Any:
-        """A host batch of those rows on the device(s), still in its stored dtype."""
+    def _put_batch(self, x: np.ndarray, batch: int) -> Any:
+        """Those rows of a global batch of ``batch`` on the device(s), in the stored dtype."""
 
     @abc.abstractmethod
     def _train_stream(self, feed: Prefetcher, batches: Any, seed: int, epoch: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The argument checks of ``vae_common.trainer.TrainerBase``: its constructor's arguments,
 ``put_data``'s stream settings, the streamed data given to ``train_epoch``, ``run_steps``'s
-arrays and the split of a batch over the devices of a data-parallel run.
+arrays and the split of a batch over the devices of a data-parallel run (``uneven``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from vae_common.constants import DTYPES
 from vae_common.errors import ConfigError, ShapeError
 from vae_common.streaming import DEFAULT_PREFETCH, check_prefetch
 from vae_common.training import TrainConfig
+
+# What a data-parallel trainer does with a batch its devices do not divide (``TrainerBase``).
+UNEVEN = ("refuse", "replicate")
 
 
 def check_arguments(config: Any, train: Any, dtype: Any) -> TrainConfig:
@@ -38,6 +41,13 @@ def check_devices(devices: Any) -> int | None:
     ):
         raise ConfigError(f"devices must be None or a positive integer, got {devices!r}")
     return None if devices is None else int(devices)
+
+
+def check_uneven(uneven: Any) -> str:
+    """``uneven`` as given; ``ConfigError`` unless it is one of ``UNEVEN``."""
+    if not isinstance(uneven, str) or uneven not in UNEVEN:
+        raise ConfigError(f"uneven must be one of {UNEVEN}, got {uneven!r}")
+    return uneven
 
 
 def check_host_data(data: Any, config: VAEConfig) -> None:
@@ -65,9 +75,11 @@ def check_stream(stream: Any, prefetch: Any) -> int | None:
     return DEFAULT_PREFETCH if prefetch is None else check_prefetch(prefetch)
 
 
-def check_steps(xs: Any, eps: Any, config: VAEConfig, devices: int | None) -> tuple[Any, Any]:
+def check_steps(
+    xs: Any, eps: Any, config: VAEConfig, devices: int | None, uneven: str
+) -> tuple[Any, Any]:
     """``run_steps``'s batches (S, B, C, H, W) and noise (S, B, L) as numpy arrays, checked
-    (``ShapeError``, ``DataError``; ``ConfigError`` if B does not split over ``devices``)."""
+    (``ShapeError``, ``DataError``; ``ConfigError`` as ``check_split``)."""
     xs, eps = np.asarray(xs), np.asarray(eps)
     expected = (len(xs), xs.shape[1] if xs.ndim > 1 else -1, config.latent_dim)
     if xs.ndim != 5 or eps.shape != expected:
@@ -79,17 +91,19 @@ def check_steps(xs: Any, eps: Any, config: VAEConfig, devices: int | None) -> tu
         "xs", xs.reshape((-1,) + xs.shape[2:]), config.input_shape, config.likelihood
     )
     checks.check_dtype("eps", checks.dtype_name(eps.dtype))
-    check_split(xs.shape[1], devices)
+    check_split(xs.shape[1], devices, uneven)
     return xs, eps
 
 
-def check_split(batch: int, devices: int | None) -> None:
-    """``ConfigError`` unless a batch of ``batch`` rows splits evenly over ``devices`` (None:
-    one device, any batch)."""
-    # Equal slices make the mean of the per-device means the global mean; an uneven last
-    # batch never occurs in training (vae_common.batches.batch_indices drops it in the 1-device
-    # run too), so any other size is a configuration error, refused before any step.
-    if devices is not None and batch % devices:
+def check_split(batch: int, devices: int | None, uneven: str) -> None:
+    """``ConfigError`` if a batch of ``batch`` rows does not split evenly over ``devices``
+    (None: one device, any batch) and ``uneven`` is ``"refuse"``; with ``"replicate"`` such a
+    batch is computed whole on every device instead."""
+    # Equal slices make the mean of the per-device means the global mean. vae_common.batches
+    # cuts an epoch into full batches, but its last, smaller batch (last_batch_indices) may not
+    # split: refused before any step unless the trainer replicates it.
+    if devices is not None and batch % devices and uneven == "refuse":
         raise ConfigError(
-            f"batch size {batch} does not split over {devices} devices; use a multiple of {devices}"
+            f"batch size {batch} does not split over {devices} devices; use a multiple of "
+            f"{devices}, or uneven='replicate' to compute such batches whole on every device"
         )

@@ -4,8 +4,10 @@
 On a mesh the same pure functions as the 1-device path (``vae_jax.train``) are jitted with the
 train state replicated and every batch, with its noise, split along its batch axis; XLA adds the
 all-reduces. Each process feeds only its own rows of a global array
-(``vae_jax.distributed.local_rows``). The epoch key travels as its raw uint32 data, which can be
-placed on several processes' devices.
+(``vae_jax.distributed.local_rows``). A batch the mesh does not divide, under
+``Trainer(uneven="replicate")``, is placed replicated instead and its step computed whole on every
+device (``whole``). The epoch key travels as its raw uint32 data, which can be placed on several
+processes' devices.
 
 Mirrors ``vae_torch.data_parallel`` (``require_same``), plus the placement and the jitted steps
 only JAX has (``Placement``, ``Steps``, ``jit_steps``).
@@ -63,10 +65,14 @@ class Steps(NamedTuple):
     stream: Callable[..., tuple[TrainState, jax.Array]]
 
 
-def jit_steps(model: VAE, train: TrainConfig, precision: str, mesh: Mesh | None) -> Steps:
+def jit_steps(
+    model: VAE, train: TrainConfig, precision: str, mesh: Mesh | None, whole: bool = False
+) -> Steps:
     """The steps of ``vae_jax.train`` jitted for one device (``mesh`` None) or for ``mesh``: the
-    state replicated, every batch and its noise split along the batch axis, the keys (raw uint32
-    data, as ``Placement.key`` places them) and the dataset replicated."""
+    state replicated, every batch and its noise split along the batch axis (``whole``: batches
+    replicated too, each step computed whole on every device, for a batch the mesh does not
+    divide), the keys (raw uint32 data, as ``Placement.key`` places them) and the dataset
+    replicated."""
     if mesh is None:
         return Steps(
             make_run_steps(model, train, precision),
@@ -74,7 +80,8 @@ def jit_steps(model: VAE, train: TrainConfig, precision: str, mesh: Mesh | None)
             make_indexed_step(model, train, precision),
             jax.jit(_stream_step_fn(model, train, precision=precision), donate_argnums=0),
         )
-    rep, rows, step_rows = (NamedSharding(mesh, _spec(axis)) for axis in (None, 0, 1))
+    axes = (None, None, None) if whole else (None, 0, 1)
+    rep, rows, step_rows = (NamedSharding(mesh, _spec(axis)) for axis in axes)
     out = (rep, rep)
     epoch = _epoch_fn(model, train, rows, precision)
     step = _indexed_step_fn(model, train, rows, precision)
@@ -115,12 +122,19 @@ def _spec(axis: int | None) -> P:
 class Placement:
     """Arrays to and from the trainer's devices: committed to ``device`` (``mesh`` None), or
     global arrays on ``mesh`` whose evaluation copy lives on ``device`` (this process's first
-    device of the mesh). Floating-point inputs are cast to ``dtype`` on the host first."""
+    device of the mesh). Floating-point inputs are cast to ``dtype`` on the host first. With
+    ``whole`` the batches (and their indices and noise) are replicated over the mesh instead of
+    split: the placement of ``jit_steps(..., whole=True)``."""
 
-    def __init__(self, mesh: Mesh | None, device: Any, dtype: Any) -> None:
+    def __init__(self, mesh: Mesh | None, device: Any, dtype: Any, whole: bool = False) -> None:
         self.mesh = mesh
         self.device = device
         self.dtype = dtype
+        self.whole = whole
+
+    def _batch_axis(self, axis: int) -> int | None:
+        """The axis a batch splits along: ``axis``, or None (replicated) with ``whole``."""
+        return None if self.whole else axis
 
     def put(self, a: Any) -> jax.Array:
         """``a`` in the model dtype on ``device`` alone (evaluation and generation)."""
@@ -173,11 +187,11 @@ class Placement:
         """(S, B) int32 indices of an epoch, each step's row split over the mesh."""
         if self.mesh is None:
             return jax.device_put(jnp.asarray(batches, jnp.int32), self.device)
-        return self.split(batches, 1)
+        return self.split(batches, self._batch_axis(1))
 
     def step_index(self, idx: np.ndarray, i: int) -> tuple[Any, Any]:
         """One step's (B,) indices and its number ``i`` as ``Steps.indexed_step`` takes them."""
-        return (idx if self.mesh is None else self.split(idx, 0)), self.number(i)
+        return (idx if self.mesh is None else self.split(idx, self._batch_axis(0))), self.number(i)
 
     def number(self, i: int) -> Any:
         """A step number as the per-step functions take it (replicated on a mesh)."""
@@ -185,9 +199,12 @@ class Placement:
 
     def batch(self, x: np.ndarray) -> jax.Array:
         """This process's rows x of a streamed batch, in their stored dtype: on the device, or
-        the global batch on the mesh (each device its slice: ``local_rows``)."""
+        the global batch on the mesh (each device its slice: ``local_rows``; ``whole``: x is
+        the whole batch, replicated)."""
         if self.mesh is None:
             return jax.device_put(x, self.device)
+        if self.whole:
+            return self.split(x)
         own = sum(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
         shape = (len(x) * self.mesh.devices.size // own,) + x.shape[1:]
         return jax.make_array_from_process_local_data(NamedSharding(self.mesh, _spec(0)), x, shape)
@@ -196,7 +213,7 @@ class Placement:
         """(S, B, ...) per-step batches or noise in the model dtype, each step split."""
         if self.mesh is None:
             return self.put(a)
-        return self.split(np.asarray(a, self.dtype), 1)
+        return self.split(np.asarray(a, self.dtype), self._batch_axis(1))
 
 
 __all__ = ["Placement", "Steps", "jit_steps", "require_same"]

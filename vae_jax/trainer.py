@@ -4,7 +4,8 @@ Mirrors ``vae_torch.trainer``. The steps are the pure functions of ``vae_jax.tra
 ``vae_jax.data_parallel.jit_steps``; the train state is a ``TrainState`` value replaced by each
 call. ``Trainer(devices=N)`` runs the same functions data-parallel: jitted with the batch axis
 sharded over a ``"data"`` mesh (``vae_jax.distributed.data_mesh``) and the train state replicated
-(``vae_jax.data_parallel.Placement`` puts every array where its step expects it).
+(``vae_jax.data_parallel.Placement`` puts every array where its step expects it); a batch the
+mesh does not divide, with ``uneven="replicate"``, is replicated and computed whole.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from vae_common.streaming import Prefetcher
 from vae_common.trainer import TrainerBase
 from vae_common.training import EXP_AVG, EXP_AVG_SQ, TrainConfig, split_optimizer_state
 from vae_jax.convert import from_canonical, to_canonical
-from vae_jax.data_parallel import Placement, jit_steps, require_same
+from vae_jax.data_parallel import Placement, Steps, jit_steps, require_same
 from vae_jax.device import check_dtype, select_device, synchronize
 from vae_jax.distributed import data_mesh, local_rows, process_count
 from vae_jax.losses import elbo_terms, negative_iwae_bound
@@ -44,8 +45,11 @@ class Trainer(TrainerBase):
         flush_denormal: bool = True,
         devices: int | None = None,
         precision: str = "float32",
+        uneven: str = "refuse",
     ) -> None:
-        super().__init__(config, train, dtype, device, compile, flush_denormal, devices, precision)
+        super().__init__(
+            config, train, dtype, device, compile, flush_denormal, devices, precision, uneven
+        )
         self.model = build_model(config, dtype)
         self.mesh = None if self.devices is None else data_mesh(self.devices, device)
         if self.mesh is None:
@@ -64,6 +68,13 @@ class Trainer(TrainerBase):
             )
         self._place = Placement(self.mesh, self.device, self.model.dtype)
         self._steps = jit_steps(self.model, self.train_config, self.precision, self.mesh)
+        # Batches the mesh does not divide (uneven="replicate"): replicated, computed whole.
+        self._whole_place, self._whole_steps = self._place, self._steps
+        if self.mesh is not None and self.uneven == "replicate":
+            self._whole_place = Placement(self.mesh, self.device, self.model.dtype, whole=True)
+            self._whole_steps = jit_steps(
+                self.model, self.train_config, self.precision, self.mesh, whole=True
+            )
         # Evaluation and generation use ``self.model`` as it is: float32 arithmetic whatever the
         # training precision (``vae_common.precision``).
         self._terms = jax.jit(lambda p, x, e: elbo_terms(self.model, p, x, e))
@@ -71,6 +82,13 @@ class Trainer(TrainerBase):
         self._decode_mean = jax.jit(lambda p, z: decode_mean(self.model, p, z))
         self._encode = jax.jit(lambda p, x: encode(self.model, p, x))
         self.state: TrainState | None = None
+
+    def _on(self, batch: int) -> tuple[Placement, Steps]:
+        """The placement and the steps of a global batch of ``batch`` examples: split over the
+        mesh, or replicated and computed whole (``TrainerBase._whole``)."""
+        if self._whole(batch):
+            return self._whole_place, self._whole_steps
+        return self._place, self._steps
 
     @property
     def _state(self) -> TrainState:
@@ -119,26 +137,28 @@ class Trainer(TrainerBase):
         self, data: jax.Array, batches: np.ndarray, seed: int, epoch: int
     ) -> np.ndarray:
         key = self._place.key(epoch_key(seed, epoch))
+        place, steps = self._on(batches.shape[1])
         if self.config.arch == "conv" and self.device.platform == "cpu":
             # XLA:CPU runs convolutions inside a lax.scan several times slower than the same
             # step jitted on its own (figures in the README), so conv models loop over a jitted
             # step there; the updates and the noise are the same as the scanned epoch's.
             state, step_losses = self._state, []
             for i, idx in enumerate(batches):
-                idx_d, i_d = self._place.step_index(idx, i)
-                state, loss_i = self._steps.indexed_step(state, data, idx_d, key, i_d)
-                step_losses.append(self._place.local(loss_i))
+                idx_d, i_d = place.step_index(idx, i)
+                state, loss_i = steps.indexed_step(state, data, idx_d, key, i_d)
+                step_losses.append(place.local(loss_i))
             self.state = state
             return np.asarray(jnp.stack(step_losses))
-        batches_d = self._place.batches(batches)
-        self.state, losses = self._steps.epoch(self._state, data, batches_d, key)
-        return np.asarray(self._place.local(losses))
+        self.state, losses = steps.epoch(self._state, data, place.batches(batches), key)
+        return np.asarray(place.local(losses))
 
     def _stream_rows(self, batch: int) -> slice:
-        return slice(0, batch) if self.mesh is None else local_rows(batch, self.mesh)
+        if self.mesh is None or self._whole(batch):
+            return slice(0, batch)
+        return local_rows(batch, self.mesh)
 
-    def _put_batch(self, x: np.ndarray) -> jax.Array:
-        return self._place.batch(x)
+    def _put_batch(self, x: np.ndarray, batch: int) -> jax.Array:
+        return self._on(batch)[0].batch(x)
 
     def _train_stream(
         self, feed: Prefetcher, batches: np.ndarray, seed: int, epoch: int
@@ -147,18 +167,19 @@ class Trainer(TrainerBase):
         # updates and noise as the resident epoch's step i. Each batch is dropped before the
         # next is asked for (the prefetcher's bound counts it until then).
         key = self._place.key(epoch_key(seed, epoch))
+        place, steps = self._on(batches.shape[1])
         state, step_losses, i = self._state, [], 0
         for x in feed:
-            state, loss_i = self._steps.stream(state, x, key, self._place.number(i))
+            state, loss_i = steps.stream(state, x, key, place.number(i))
             del x
-            step_losses.append(self._place.local(loss_i))
+            step_losses.append(place.local(loss_i))
             i += 1
         self.state = state
         return np.asarray(jnp.stack(step_losses))
 
     def _run_steps(self, xs: np.ndarray, eps: np.ndarray) -> np.ndarray:
-        place = self._place
-        self.state, losses = self._steps.run(self._state, place.steps(xs), place.steps(eps))
+        place, steps = self._on(xs.shape[1])
+        self.state, losses = steps.run(self._state, place.steps(xs), place.steps(eps))
         return np.asarray(place.local(losses))
 
     def _synchronize(self) -> None:

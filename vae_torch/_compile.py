@@ -72,9 +72,11 @@ def make_compiled_step(
     ``torch.compile`` (e.g. ``mode="max-autotune-no-cudagraphs"``).
 
     ``data_parallel``: this process is one rank of a ``torch.distributed`` group and its batch
-    one slice of the global batch; the gradients are averaged over the ranks (one all-reduce of
-    all of them, flattened) before the update, as ``DistributedDataParallel`` would do: DDP's
-    hooks never fire here, because ``torch.func`` computes gradients without ``backward()``.
+    one slice of the global batch (or all of it on every rank, for a batch the ranks do not
+    divide under ``Trainer(uneven="replicate")``); the gradients are averaged over the ranks
+    (one all-reduce of all of them, flattened) before the update, as
+    ``DistributedDataParallel`` would do: DDP's hooks never fire here, because ``torch.func``
+    computes gradients without ``backward()``.
 
     Why this split: compiling only the objective leaves ``backward()`` and the optimizer to eager
     dispatch with graph breaks in between; one graph for the gradients removes that overhead.

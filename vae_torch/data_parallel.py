@@ -68,8 +68,9 @@ def rank_rows(batch: int, world: int, rank: int) -> slice:
 
 
 def global_mean(losses: torch.Tensor, world: int) -> torch.Tensor:
-    """Per-step losses (S,) averaged over the ranks in place (equal slices: the global-batch
-    means); one all-reduce per call, not per step, none for one rank."""
+    """Per-step losses (S,) averaged over the ranks in place (equal slices, or the whole batch
+    on every rank: the global-batch means); one all-reduce per call, not per step, none for one
+    rank."""
     if world > 1:
         dist.all_reduce(losses)
         losses /= world

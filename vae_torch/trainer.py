@@ -5,7 +5,8 @@ Mirrors ``vae_jax.trainer``. The steps are ``vae_torch.train``'s (eager, or comp
 ``vae_torch._compile``). ``Trainer(devices=N)`` is one rank of N processes under
 ``DistributedDataParallel`` (``vae_torch.data_parallel``): each rank steps on its rows of the
 global batch, with the noise of those rows drawn for the whole batch, and DDP averages the
-gradients.
+gradients. A batch the ranks do not divide, with ``uneven="replicate"``, is every rank's whole:
+the average is then of identical gradients.
 """
 
 from __future__ import annotations
@@ -61,8 +62,11 @@ class Trainer(TrainerBase):
         flush_denormal: bool = True,
         devices: int | None = None,
         precision: str = "float32",
+        uneven: str = "refuse",
     ) -> None:
-        super().__init__(config, train, dtype, device, compile, flush_denormal, devices, precision)
+        super().__init__(
+            config, train, dtype, device, compile, flush_denormal, devices, precision, uneven
+        )
         self.world, self.rank = process_group(
             self.devices, self.train_config, self._settings_text()
         )
@@ -178,14 +182,21 @@ class Trainer(TrainerBase):
             batches.shape, seed, epoch, lambda i: data.index_select(0, index[i, rows])
         )
 
+    def _rows(self, batch: int) -> slice:
+        """This rank's rows of a global batch of ``batch``: its slice, or all of them for a
+        batch the ranks do not divide (``uneven="replicate"``: every rank computes it whole)."""
+        if self._whole(batch):
+            return slice(0, batch)
+        return rank_rows(batch, self.world, self.rank)
+
     def _stream_rows(self, batch: int) -> slice:
         # The dynamic binarization is drawn for the whole global batch (``_steps_on``), so every
         # rank then needs all of it.
         if self.train_config.binarize == "dynamic":
             return slice(0, batch)
-        return rank_rows(batch, self.world, self.rank)
+        return self._rows(batch)
 
-    def _put_batch(self, x: np.ndarray) -> torch.Tensor:
+    def _put_batch(self, x: np.ndarray, batch: int) -> torch.Tensor:
         t = torch.from_numpy(x)
         if self.device.type == "cuda":
             # Pinned, so the copy is queued without waiting; on the steps' stream, so it runs
@@ -218,7 +229,7 @@ class Trainer(TrainerBase):
         gen = torch.Generator(device=self.device)
         gen.manual_seed(epoch_seed(seed, epoch))
         steps, batch = shape
-        rows = rank_rows(batch, self.world, self.rank)
+        rows = self._rows(batch)
         dtype = self._uint8_values.dtype
         losses = torch.empty(steps, device=self.device, dtype=dtype)
         dynamic = self.train_config.binarize == "dynamic"
@@ -237,7 +248,7 @@ class Trainer(TrainerBase):
             return global_mean(losses, self.world).cpu().numpy()
 
     def _run_steps(self, xs: np.ndarray, eps: np.ndarray) -> np.ndarray:
-        rows = rank_rows(xs.shape[1], self.world, self.rank)
+        rows = self._rows(xs.shape[1])
         xs_t, eps_t = self._put(xs[:, rows]), self._put(eps[:, rows])
         with self._denormals_flushed():
             losses = torch.stack([self._train_step(xs_t[i], eps_t[i]) for i in range(len(xs))])
