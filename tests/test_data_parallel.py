@@ -4,7 +4,9 @@ JAX needs its device count before it starts, so its N-device checks run in subpr
 host CPU devices; and 2 processes of 1 device joined by ``jax.distributed``); torch runs 2 gloo
 ranks under ``torchrun``. This file is also the script those processes run (``python
 tests/test_data_parallel.py MODE OUT``). Bad configurations are checked in this process where
-they can be: each must raise one clear error before any work.
+they can be: each must raise one clear error before any work. Batches the devices do not divide
+are refused by default and, with ``uneven="replicate"``, computed whole on every device: the
+1-device numbers again (checked in the same subprocesses).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from vae_common.config import VAEConfig
 from vae_common.distributed import free_port, threads_per_process
 from vae_common.errors import ConfigError, DeviceError, UsageError
 from vae_common.spec import init_canonical
+from vae_common.trainer_checks import check_split
 from vae_common.training import TrainConfig
 from vae_tools import parity_dp
 
@@ -73,6 +76,92 @@ def load_epoch(path: Path) -> dict:
 
 STREAMED = {"dynamic": lambda p: p.epoch_train, "none": lambda p: p.train}
 
+# The uneven path (Trainer(uneven="replicate")): batches of ODD examples, which 2 devices do not
+# divide. run_steps: 10 steps of ODD; train_epoch (dynamic binarization) and stream (streamed,
+# none): the epoch's indices cut into batches of ODD; last_batch: the epoch's full batches but
+# the last (split), then ODD of the last one's examples as the epoch's smaller last step
+# (replicated: run_steps with noise drawn in numpy, as vae_tools.run_epochs.train_last_batch).
+ODD = 5
+UNEVEN = ("run_steps", "train_epoch", "stream", "last_batch")
+# Where several JAX processes place an odd batch: given arrays, and streamed batches.
+JAX_PROCESS_UNEVEN = ("run_steps", "stream")
+
+
+def odd_batches(p: parity_dp.Problem) -> np.ndarray:
+    """The indices of ``p.batches`` cut into batches of ODD examples (S', ODD)."""
+    flat = p.batches.reshape(-1)
+    return flat[: len(flat) // ODD * ODD].reshape(-1, ODD)
+
+
+def uneven(cls, p: parity_dp.Problem, case: str, devices, compile: bool = False) -> dict:
+    """``case`` of UNEVEN trained by ``cls`` on ``devices`` (None: one device), replicating
+    the batches ``devices`` does not divide: the losses and the parameters, float64."""
+    train = p.epoch_train if case == "train_epoch" else p.train
+    t = cls(
+        p.config,
+        train,
+        "float64",
+        device="cpu",
+        compile=compile,
+        devices=devices,
+        uneven="replicate",
+    )
+    t.load_state_dict(p.state)
+    if case == "run_steps":
+        losses = t.run_steps(p.xs[:, :ODD], p.eps[:, :ODD])
+    elif case == "last_batch":
+        full = t.train_epoch(t.put_data(p.data), p.batches[:-1], p.seed, p.epoch)
+        noise = np.random.default_rng([p.seed, p.epoch, 1])
+        eps = noise.standard_normal((1, ODD, p.config.latent_dim))
+        last = t.run_steps(p.data[p.batches[-1, :ODD]][None], eps)
+        losses = np.concatenate([full, last])
+    else:
+        stream = case == "stream"
+        data = t.put_data(p.data, stream=True, prefetch=1) if stream else t.put_data(p.data)
+        losses = t.train_epoch(data, odd_batches(p), p.seed, p.epoch)
+    return {
+        "losses": np.asarray(losses, np.float64),
+        "params": {k: np.asarray(v, np.float64) for k, v in t.state_dict().items()},
+    }
+
+
+def refusals(cls, p: parity_dp.Problem) -> dict:
+    """What ``cls(devices=2)`` with the default ``uneven`` does with batches of ODD examples in
+    ``run_steps``, ``train_epoch`` and a streamed ``train_epoch``: each one's ``ConfigError``
+    message (None if it trained), and the steps taken and batches moved to the devices after
+    all three (0 and 0: each refused before any work)."""
+    t = cls(p.config, p.train, "float64", device="cpu", devices=2)
+    t.load_state_dict(p.state)
+    moved, put = [0], t._put_batch
+
+    def counted(host: np.ndarray, global_batch: int):
+        moved[0] += 1
+        return put(host, global_batch)
+
+    t._put_batch = counted
+    odd = odd_batches(p)
+    calls = {
+        "run_steps": lambda: t.run_steps(p.xs[:, :ODD], p.eps[:, :ODD]),
+        "train_epoch": lambda: t.train_epoch(t.put_data(p.data), odd, p.seed, p.epoch),
+        "stream": lambda: t.train_epoch(t.put_data(p.data, stream=True), odd, p.seed, p.epoch),
+    }
+    out: dict = {}
+    for name, call in calls.items():
+        try:
+            call()
+            out[name] = None
+        except ConfigError as exc:
+            out[name] = str(exc)
+    out["steps"], out["moved"] = t.step, moved[0]
+    return out
+
+
+def assert_refused(refused: dict) -> None:
+    for name in ("run_steps", "train_epoch", "stream"):
+        assert f"batch size {ODD} does not split over 2 devices" in refused[name], name
+        assert "uneven='replicate'" in refused[name], name
+    assert (refused["steps"], refused["moved"]) == (0, 0)  # refused before any work
+
 
 def _env(**extra: str) -> dict[str, str]:
     env = dict(
@@ -119,6 +208,22 @@ def test_devices_must_be_a_positive_integer(backend, bad):
     cls = parity_dp._trainer_class(backend, "float64")
     with pytest.raises(ConfigError, match="devices must be None or a positive integer"):
         cls(TINY, dtype="float64", devices=bad)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("bad", ["drop", "Replicate", None, True, 1])
+def test_uneven_must_be_refuse_or_replicate(backend, bad):
+    cls = parity_dp._trainer_class(backend, "float64")
+    with pytest.raises(ConfigError, match=r"uneven must be one of \('refuse', 'replicate'\)"):
+        cls(TINY, dtype="float64", devices=2, uneven=bad)
+
+
+def test_check_split_refuses_only_an_uneven_batch_that_is_not_replicated():
+    check_split(6, 2, "refuse")
+    check_split(5, None, "refuse")  # one device takes any batch
+    check_split(5, 2, "replicate")
+    with pytest.raises(ConfigError, match=r"batch size 5 does not split over 2 devices; use a "):
+        check_split(5, 2, "refuse")
 
 
 def test_jax_more_devices_than_exist_is_refused_at_construction():
@@ -327,10 +432,14 @@ def test_jax_two_devices_equal_one(tmp_path):
     assert r["state_replicated"] is True
     assert r["batch_split"] is True
     assert r["all_reduce_in_epoch"] is True
-    assert "batch size 5 does not split over 2 devices" in r["odd_batch_error"]
-    assert r["odd_batch_step"] == 0  # refused before any step
     assert "3 devices were requested but JAX has 2 cpu" in r["too_many_error"]
     assert r["evaluate_odd_batch"] is True
+    assert_refused(r["refused"])
+    # uneven="replicate": the 1-device numbers, batches of 5 replicated (compiled so), 8 split.
+    assert set(r["uneven_worst"]) == {*UNEVEN, "conv/train_epoch"}
+    for case, figure in r["uneven_worst"].items():
+        assert figure <= F64, (case, figure)
+    assert r["odd_replicated"] is True and r["even_split"] is True
     # Streamed on 2 devices = resident on 1, with and without dynamic binarization.
     assert set(r["stream_worst"]) == {"dynamic", "none"}
     for binarize, figure in r["stream_worst"].items():
@@ -348,14 +457,19 @@ def test_jax_two_processes_equal_one_device(tmp_path):
     _finish(procs)
     p = problem()
     one = parity_dp.train_both_paths("jax", p, "float64", None, "cpu")
+    cls = parity_dp._trainer_class("jax", "float64")
     for i in (0, 1):
         got = parity_dp.load_result(tmp_path / f"rank{i}.npz")
         for path in parity_dp.PATHS:
             assert worst(got[path], one[path]) <= F64, (i, path)
         stream = load_epoch(tmp_path / f"rank{i}.npz.stream.npz")
         assert worst(stream, one["train_epoch"]) <= F64, (i, "stream")
+        for case in JAX_PROCESS_UNEVEN:
+            got_case = load_epoch(tmp_path / f"rank{i}.npz.uneven-{case}.npz")
+            assert worst(got_case, uneven(cls, p, case, None)) <= F64, (i, case)
         flags = json.loads((tmp_path / f"rank{i}.npz.json").read_text())
         assert "different model, training or dtype settings" in flags.pop("settings_error")
+        assert "different model, training or dtype settings" in flags.pop("uneven_error")
         assert "given different weights" in flags.pop("weights_error")
         assert flags == {"mixed_ok": False, "all_ok": True, "agree": True, "disagree": False}
 
@@ -387,9 +501,9 @@ def test_torch_two_ranks_errors_and_compiled_step(tmp_path):
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     checks = json.loads(out.with_suffix(".json").read_text())
     assert checks["mixed_ok"] is False and checks["all_ok"] is True
-    assert "batch size 5 does not split over 2 devices" in checks["odd_batch_error"]
-    assert checks["odd_batch_step"] == 0
+    assert_refused(checks["refused"])
     assert "different model, training or dtype settings" in checks["settings_error"]
+    assert "different model, training or dtype settings" in checks["uneven_error"]
     assert "given different weights" in checks["weights_error"]
     assert "free_bits > 0 is not supported" in checks["free_bits_error"]
     assert checks["threads"] == 1
@@ -404,6 +518,11 @@ def test_torch_two_ranks_errors_and_compiled_step(tmp_path):
     for binarize, train in STREAMED.items():
         streamed = load_epoch(out.with_suffix(f".stream-{binarize}.npz"))
         assert worst(streamed, epoch(cls, p, train(p), None, False)) <= F64, binarize
+    # uneven="replicate": batches of 5 on 2 ranks are the 1-device steps (eager and compiled).
+    for case in UNEVEN + (("compiled",) if compile_too else ()):
+        got_case = load_epoch(out.with_suffix(f".uneven-{case}.npz"))
+        reference = uneven(cls, p, "run_steps" if case == "compiled" else case, None)
+        assert worst(got_case, reference) <= F64, case
 
 
 @pytest.mark.slow
@@ -475,14 +594,26 @@ def _jax_devices(out: Path) -> None:
     compiled = lowered.compile()
     report["batch_split"] = compiled.input_shardings[0][2].spec == P(None, "data")
     report["all_reduce_in_epoch"] = "all-reduce" in compiled.as_text()
-    try:
-        t.run_steps(p.xs[:, :5], p.eps[:, :5])
-    except ConfigError as exc:
-        report["odd_batch_error"] = str(exc)
-    report["odd_batch_step"] = t.step
     report["evaluate_odd_batch"] = bool(np.isfinite(t.evaluate(p.data[:7])["neg_elbo"]))
-    # Streamed data on the mesh: each device gets its rows of every host-formed batch.
     cls = vae_jax.train.Trainer
+    report["refused"] = refusals(cls, p)
+    # uneven="replicate": odd batches whole on both devices, even ones still split.
+    report["uneven_worst"] = {
+        case: worst(uneven(cls, p, case, 2), uneven(cls, p, case, None)) for case in UNEVEN
+    }
+    pc = problem(TINY_CONV)  # the per-step path of conv models on the CPU
+    pc = parity_dp.Problem(**{**pc.__dict__, "batches": pc.batches[:2]})
+    two, one = (uneven(cls, pc, "train_epoch", d) for d in (2, None))
+    report["uneven_worst"]["conv/train_epoch"] = worst(two, one)
+    t = cls(TINY, p.train, "float64", device="cpu", devices=2, uneven="replicate")
+    t.load_state_dict(p.state)
+    place, steps = t._on(ODD)
+    odd = steps.run.lower(t.state, place.steps(p.xs[:, :ODD]), place.steps(p.eps[:, :ODD]))
+    report["odd_replicated"] = odd.compile().input_shardings[0][1].is_fully_replicated
+    even_place, even_steps = t._on(BATCH)
+    even = even_steps.run.lower(t.state, even_place.steps(p.xs), even_place.steps(p.eps))
+    report["even_split"] = even.compile().input_shardings[0][1].spec == P(None, "data")
+    # Streamed data on the mesh: each device gets its rows of every host-formed batch.
     report["stream_worst"] = {
         b: worst(epoch(cls, p, train(p), 2, True), epoch(cls, p, train(p), None, False))
         for b, train in STREAMED.items()
@@ -504,6 +635,8 @@ def _jax_process(out: Path, address: str, rank: int) -> None:
         # Streamed: each process forms and feeds only its own rows of every batch.
         cls = parity_dp._trainer_class("jax", "float64")
         save_epoch(epoch(cls, problem(), problem().epoch_train, 2, True), Path(f"{out}.stream.npz"))
+        for case in JAX_PROCESS_UNEVEN:  # each process feeds the whole odd batch
+            save_epoch(uneven(cls, problem(), case, 2), Path(f"{out}.uneven-{case}.npz"))
         flags = {
             "mixed_ok": distributed.all_ranks_ok(rank == 0),
             "all_ok": distributed.all_ranks_ok(True),
@@ -517,6 +650,12 @@ def _jax_process(out: Path, address: str, rank: int) -> None:
             Trainer(TINY, TrainConfig(lr=1e-3 * (rank + 1)), "float64", device="cpu", devices=2)
         except ConfigError as exc:
             flags["settings_error"] = str(exc)
+        try:
+            Trainer(
+                TINY, dtype="float64", device="cpu", devices=2, uneven=("refuse", "replicate")[rank]
+            )
+        except ConfigError as exc:
+            flags["uneven_error"] = str(exc)
         t = Trainer(TINY, dtype="float64", device="cpu", devices=2)
         try:
             t.load_state_dict(init_canonical(TINY, rank))
@@ -540,17 +679,19 @@ def _torch_ranks(out: Path, mode: str) -> None:
     checks["all_ok"] = distributed.all_ranks_ok(True)
     p = problem()
     Trainer = vae_torch.train.Trainer
+    checks["refused"] = refusals(Trainer, p)
     t = Trainer(TINY, p.train, "float64", device="cpu", devices=2)
     t.load_state_dict(p.state)
-    try:
-        t.run_steps(p.xs[:, :5], p.eps[:, :5])
-    except ConfigError as exc:
-        checks["odd_batch_error"] = str(exc)
-    checks["odd_batch_step"] = t.step
     try:
         Trainer(TINY, TrainConfig(lr=1e-3 * (rank + 1)), "float64", device="cpu", devices=2)
     except ConfigError as exc:
         checks["settings_error"] = str(exc)
+    try:
+        Trainer(
+            TINY, dtype="float64", device="cpu", devices=2, uneven=("refuse", "replicate")[rank]
+        )
+    except ConfigError as exc:
+        checks["uneven_error"] = str(exc)
     try:
         t.load_state_dict(init_canonical(TINY, rank))
     except ConfigError as exc:
@@ -563,10 +704,16 @@ def _torch_ranks(out: Path, mode: str) -> None:
     result = parity_dp.train_both_paths("torch", p, "float64", 2, "cpu", compile=checks["compiled"])
     # Streamed: each rank gets its rows (the whole batch under dynamic binarization).
     streamed = {b: epoch(Trainer, p, train(p), 2, True) for b, train in STREAMED.items()}
+    # Odd batches replicated: every rank all of them; and the compiled step's own all-reduce.
+    odd = {case: uneven(Trainer, p, case, 2) for case in UNEVEN}
+    if checks["compiled"]:
+        odd["compiled"] = uneven(Trainer, p, "run_steps", 2, compile=True)
     if rank == 0:
         parity_dp.save_result(result, out)
         for b, r in streamed.items():
             save_epoch(r, out.with_suffix(f".stream-{b}.npz"))
+        for case, r in odd.items():
+            save_epoch(r, out.with_suffix(f".uneven-{case}.npz"))
         out.with_suffix(".json").write_text(json.dumps(checks))
     distributed.shutdown()
 
