@@ -106,7 +106,7 @@ def no_training(monkeypatch) -> None:
         raise AssertionError("the run went on to load data after it should have refused")
 
     monkeypatch.setattr("vae_common.data.load_dataset", refuse)
-    monkeypatch.setattr("vae_tools.run.prepare_data", refuse)
+    monkeypatch.setattr("vae_tools.run_setup.prepare_data", refuse)
 
 
 # The manifest as commit point, and what --resume repairs.
@@ -387,7 +387,7 @@ def test_the_lock_is_released_on_every_exit_path(tmp_path, small_digits, monkeyp
     def bug(*args):
         raise KeyError("a bug")
 
-    monkeypatch.setattr("vae_tools.run.prepare_data", bug)
+    monkeypatch.setattr("vae_tools.run_setup.prepare_data", bug)
     with pytest.raises(KeyError):
         train_run(out, small_digits, 1)
     assert (out / ".vae-train.lock").read_text() == "", "a released lock names no pid"

@@ -17,13 +17,18 @@ Files in the run directory (the protocol that keeps them consistent is in ``vae_
 - ``.vae-train.lock``: locked while a run uses the directory; names its pid.
 
 Where each part of a run lives (the public names are re-exported here):
+- ``vae_tools.run_setup``: the arguments checked, the settings recorded, the run directory
+  opened and the choice of a fresh run or a resume, and the starting point (restored or fresh);
 - ``vae_tools.run_data``: the images, the validation split and the binarization protocol;
 - ``vae_tools.run_epochs``: the trainer and the epoch loop (the last, smaller batch of every
   epoch; an epoch is committed only if everything it computed is finite);
 - ``vae_tools.run_commit``: the files of each epoch written, and repaired on ``--resume``;
 - ``vae_tools.run_eval``: the evaluation protocol (the validation set per epoch, the test set
   at the end) and ``evaluate_checkpoint``;
-- ``vae_tools.run_plots``: the PNGs of the run's end;
+- ``vae_tools.run_plots``: the PNGs of the run's end; ``vae_tools.run_finish``: the run's end
+  (the plots, the test set, the final commit);
+- ``vae_tools.run_ranks`` (with ``run_agree`` and ``run_settle``): the processes of a
+  data-parallel run, which one writes, and how they agree and stop together;
 - ``vae_tools.run_dir`` (with ``run_manifest`` and ``run_dir_checks``), ``vae_tools.run_state``,
   ``vae_tools.run_metrics`` and ``vae_tools.run_log``: the directory and its commit protocol,
   the train state, the metrics log, and progress and TensorBoard logging.
@@ -32,19 +37,16 @@ Where each part of a run lives (the public names are re-exported here):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import numpy as np
 
 from vae_common.config import VAEConfig
 from vae_common.data import Dataset, DataSource
-from vae_common.errors import DataError, UsageError, VAEError
-from vae_common.state_checks import check_state
 from vae_common.training import TrainConfig
-from vae_tools.run_commit import Job, checkpoint_meta, recorded_data, restore
+from vae_tools.run_commit import Job, checkpoint_meta, recorded_data
 from vae_tools.run_data import (
     BINARIZATIONS,
     STATIC_STREAM,
@@ -57,7 +59,7 @@ from vae_tools.run_data import (
     prepare_data,
     run_data,
 )
-from vae_tools.run_dir import RunDir, check_run_dir, decide, inspect
+from vae_tools.run_dir import check_run_dir
 from vae_tools.run_epochs import (
     BACKENDS,
     LAST_BINARIZE_STREAM,
@@ -66,28 +68,15 @@ from vae_tools.run_epochs import (
     train_epochs,
     train_last_batch,
 )
-from vae_tools.run_eval import (
-    EVAL_BATCH_SIZE,
-    evaluate_checkpoint,
-    final_test,
-    result_lines,
-    test_results,
-)
-from vae_tools.run_log import RunLog, require_tensorboard
-from vae_tools.run_manifest import Manifest
+from vae_tools.run_eval import EVAL_BATCH_SIZE, evaluate_checkpoint, test_results
+from vae_tools.run_finish import finish
+from vae_tools.run_log import RunLog
 from vae_tools.run_metrics import best_epoch
 from vae_tools.run_plots import loss_curve_series, save_run_plots
-from vae_tools.run_ranks import (
-    Ranks,
-    check_split,
-    images_digest,
-    pack_start,
-    ranks_of,
-    unpack_start,
-)
+from vae_tools.run_ranks import images_digest, ranks_of, unpack_start
+from vae_tools.run_settle import settled
+from vae_tools.run_setup import check_arguments, set_up, settings_record, start
 from vae_tools.run_state import RunSettings
-
-T = TypeVar("T")
 
 __all__ = [
     "BACKENDS",
@@ -183,54 +172,25 @@ def train(
         different settings or data.
       run_ranks.RanksStopped: in a process other than the one that failed (several processes).
     """
-    if epochs < 1:
-        raise UsageError(f"epochs must be positive, got {epochs}")
-    if patience < 0:
-        raise UsageError(f"patience must be >= 0, got {patience}")
-    if patience and not settings.val_split:
-        raise UsageError(
-            "early stopping (--patience) watches the validation -ELBO: give --val-split N too"
-        )
-    if tensorboard is not None:
-        require_tensorboard()
+    check_arguments(epochs, patience, settings, tensorboard)
     ranks = ranks_of(backend, devices)
-    record: dict[str, Any] = {
-        "backend": backend,
-        "epochs": epochs,
-        "patience": patience,
-        "test_every_epoch": test_every_epoch,
-        "binarize": binarization(train_config, settings),
-        "config": config.to_dict(),
-        "train": asdict(train_config),
-        "run": asdict(settings),
-    }
+    record = settings_record(
+        backend, config, train_config, settings, epochs, patience, test_every_epoch
+    )
     ranks.check_agree(
         {**record, "devices": devices, "eval_batch_size": eval_batch_size, "resume": resume}
     )
     with contextlib.ExitStack() as stack:
-        error: VAEError | None = None
-        run_dir: RunDir | None = None
-        mode = "fresh"
-        try:
-            if ranks.writer:
-                run_dir = stack.enter_context(RunDir.open(out, overwrite))
-                run_dir.kill_point()
-                mode = decide(run_dir.out, inspect(run_dir.out), resume, overwrite)
-            ds = prepare_data(settings, dataset, config.likelihood)
-            if ds.image_shape != config.input_shape:
-                raise DataError(
-                    f"dataset {ds.name} has images of shape {ds.image_shape} but the model "
-                    f"expects {config.input_shape}"
-                )
-            mode_name = binarization(train_config, settings)
-            data = run_data(settings, ds, mode_name)
-            check_split(len(data.train), settings.batch_size, settings.drop_last, ranks.devices)
-        except VAEError as exc:
-            error = exc
-        ranks.settle(error)
+        setup = settled(
+            ranks,
+            lambda: set_up(
+                stack, out, resume, overwrite, settings, dataset, config, train_config, ranks
+            ),
+        )
+        data = setup.data
         if ranks.world > 1:
             ranks.check_agree({"training images": images_digest(data.train)}, "data")
-        trainer = _settled(
+        trainer = settled(
             ranks,
             lambda: make_trainer(
                 backend,
@@ -243,13 +203,15 @@ def train(
                 ranks.devices,
             ),
         )
-        source = replace(ds.source or DataSource(settings.dataset), binarize=mode_name)
-        job = Job(run_dir, trainer, config, train_config, settings, source)
+        source = replace(
+            setup.dataset.source or DataSource(settings.dataset), binarize=setup.binarize
+        )
+        job = Job(setup.run_dir, trainer, config, train_config, settings, source)
         record["data"] = source.to_dict()
         if flags is not None:
             record["flags"] = flags
-        start = _settled(ranks, lambda: _start(job, mode, record, init_state, ranks))
-        state, optimizer, step, metrics = unpack_start(ranks.broadcast(start))
+        begin = settled(ranks, lambda: start(job, setup.mode, record, init_state, ranks))
+        state, optimizer, step, metrics = unpack_start(ranks.broadcast(begin))
         with ranks.collective("while loading the starting state"):
             trainer.load_state_dict(state)
             if optimizer is not None:
@@ -269,9 +231,9 @@ def train(
             train_epochs(
                 job, data, metrics, epochs, log, eval_batch_size, patience, test_every_epoch, ranks
             )
-            _settled(
+            settled(
                 ranks,
-                lambda: _finish(
+                lambda: finish(
                     job,
                     data,
                     metrics,
@@ -288,94 +250,3 @@ def train(
         finally:
             log.close()
     return metrics
-
-
-def _settled(ranks: Ranks, work: Callable[[], T]) -> T:
-    """``work()`` in every process, settled (``Ranks.settle``): its result where every process
-    succeeded, else the error (or ``RanksStopped``)."""
-    error: VAEError | None = None
-    result: T | None = None
-    try:
-        result = work()
-    except VAEError as exc:
-        error = exc
-    ranks.settle(error)
-    return cast(T, result)
-
-
-def _start(
-    job: Job,
-    mode: str,
-    record: dict[str, Any],
-    init_state: dict[str, np.ndarray] | None,
-    ranks: Ranks,
-) -> bytes | None:
-    """Process 0: restore the run (``mode == "resume"``) or start it afresh (an epoch-0
-    manifest); returns where it starts, packed for ``Ranks.broadcast``. Other processes: None."""
-    if not ranks.writer:
-        return None
-    run_dir, config, settings = job.directory(), job.config, job.settings
-    restored = restore(job, record) if mode == "resume" else None
-    if restored is not None:
-        return pack_start(restored.params, restored.optimizer, restored.step, restored.metrics)
-    # Whatever a run that never committed an epoch left (an appended metrics line) goes, as
-    # with --overwrite.
-    run_dir.remove_run_files()
-    if init_state is None:
-        from vae_common.spec import init_canonical
-
-        init_state = init_canonical(config, settings.seed, settings.dtype)
-    check_state(init_state, config)
-    run_dir.manifest = Manifest(settings=record)
-    run_dir.commit(0, 0)
-    return pack_start(init_state, None, 0, [])
-
-
-def _finish(
-    job: Job,
-    data: RunData,
-    metrics: list[dict[str, Any]],
-    log: RunLog,
-    plots: bool,
-    eval_batch_size: int,
-    patience: int,
-    epochs: int,
-    ranks: Ranks,
-    device: str | None,
-    compile: bool,
-) -> None:
-    """Process 0, once the epochs are done: the plots, the test set (last and best
-    checkpoint) and the final commit. With several processes they run on a 1-device copy of
-    the trainer (evaluation is unsharded; loading the best weights into the data-parallel
-    trainer would wait for the other processes)."""
-    if not ranks.writer:
-        return
-    run_dir, trainer = job.directory(), job.trainer
-    step = trainer.step
-    if ranks.world > 1:
-        single = make_trainer(
-            trainer.backend,
-            job.config,
-            job.train_config,
-            job.settings.dtype,
-            device,
-            compile,
-            job.settings.precision,
-        )
-        single.load_state_dict(trainer.state_dict())
-        job = replace(job, trainer=single)
-    if plots:
-        save_run_plots(run_dir.out, job.trainer, data, metrics, job.settings.seed, run_dir)
-    # Last: the best checkpoint's test figure loads its weights into the trainer.
-    results = final_test(job, data, metrics, eval_batch_size, patience, epochs)
-    for line in result_lines(results):
-        log.note(line)
-    log.scalars(
-        {
-            f"final/{'best_' if name == 'best' else ''}test_neg_elbo": results[name]["neg_elbo"]
-            for name in ("last", "best")
-            if name in results
-        },
-        step,
-    )
-    run_dir.commit(run_dir.manifest.epoch, step, test=results)
