@@ -36,7 +36,7 @@ from run_helpers import assert_manifest_holds  # noqa: E402
 
 from vae_common.checkpoint import load_checkpoint, load_tensors  # noqa: E402
 from vae_common.compare import TOLERANCES, rel_diff  # noqa: E402
-from vae_tools import cli, run_launch  # noqa: E402
+from vae_tools import cli, run_launch, run_launch_torch  # noqa: E402
 from vae_tools.options import train_options  # noqa: E402
 from vae_tools.run_ranks import KILL_RANK_ENV, check_split  # noqa: E402
 
@@ -315,7 +315,7 @@ def test_a_last_batch_the_devices_do_not_divide_is_refused(
 ):
     # --val-split 1 leaves 71 training images: a last batch of 7. (JAX as if it had 2 devices
     # here: the refusal comes before any of them is used.)
-    monkeypatch.setattr(run_launch, "_place_jax", lambda opts: run_launch.Placement("here", 2))
+    monkeypatch.setattr(run_launch, "place_jax", lambda opts: run_launch.Placement("here", 2))
     out = tmp_path / "run"
     argv = train_argv(backend, data, out, "--devices", "2", "--val-split", "1")
     status, _, err = vae(capfd, *argv)
@@ -329,7 +329,7 @@ def test_a_last_batch_the_devices_do_not_divide_is_refused(
 
 def test_more_devices_than_the_host_has_are_refused(data, tmp_path, capfd, monkeypatch):
     out = tmp_path / "run"
-    monkeypatch.setattr(run_launch, "usable_cores", lambda: 2)
+    monkeypatch.setattr(run_launch_torch, "usable_cores", lambda: 2)
     argv = train_argv("torch", data, out, "--devices", "3", "--batch-size", "18")
     status, _, err = vae(capfd, *argv)
     assert status == 2 and "--devices 3 on the CPU starts 3 processes" in err, err
