@@ -54,7 +54,6 @@ class Settling:
     declared here."""
 
     backend: str
-    devices: int | None
     rank: int
     world: int
 
