@@ -403,8 +403,8 @@ def test_the_launcher_names_the_rank_a_signal_killed():
 
 
 def test_the_trainers_data_wait_counts_into_the_share(data, tmp_path, monkeypatch):
-    # A trainer that records the seconds its last epoch waited for its batches (data_wait_s)
-    # has them counted; here every epoch claims 0.25 s of waiting it really spent sleeping.
+    # A trainer whose data_wait_s reports the 0.25 s its last train_epoch spent sleeping has
+    # them counted, each epoch its own wait (a running total would be 0.5 s in epoch 2).
     import time
 
     from vae_tools import run
@@ -413,24 +413,28 @@ def test_the_trainers_data_wait_counts_into_the_share(data, tmp_path, monkeypatc
 
     def waiting_trainer(*args, **kwargs):
         trainer = made(*args, **kwargs)
-        trainer.data_wait_s = 0.0
-        epoch = trainer.train_epoch
 
-        def train_epoch(*a, **k):
-            time.sleep(0.25)
-            losses = epoch(*a, **k)
-            trainer.data_wait_s = 0.25
-            return losses
+        class Waiting(type(trainer)):
+            def train_epoch(self, *a, **k):
+                time.sleep(0.25)
+                return super().train_epoch(*a, **k)
 
-        trainer.train_epoch = train_epoch
+            @property
+            def data_wait_s(self) -> float:
+                return 0.25
+
+        trainer.__class__ = Waiting
         return trainer
 
     monkeypatch.setattr(run, "make_trainer", waiting_trainer)
     out = tmp_path / "run"
     assert cli.main(train_argv("torch", data, out, "--quiet")) == 0
-    for record in metrics(out):  # each epoch its own wait, not a running total
+    records = metrics(out)
+    assert len(records) == EPOCHS
+    for record in records:
         waited = record["data_wait_share"] * record["seconds"]
-        assert 0.25 <= waited <= min(0.5, record["seconds"]), record
+        # 0.25 s and the few milliseconds of forming the batch indices and the last batch.
+        assert 0.25 <= waited < min(0.45, record["seconds"]), record
         assert record["devices"] == 1
 
 

@@ -125,7 +125,7 @@ def train_epochs(
     throughput, ``samples_per_s`` (examples trained / ``seconds``), and ``data_wait_share``
     (the share of ``seconds`` spent forming batches on the host: the epoch's batch indices and
     the last batch's images and noise, plus the seconds ``train_epoch`` waited for its batches,
-    the trainer's ``data_wait_s`` when it keeps one), and ``devices``.
+    the trainer's ``data_wait_s``: streamed data), and ``devices``.
     """
     run_dir, trainer, settings = job.run_dir, job.trainer, job.settings
     ranks = ranks if ranks is not None else Ranks(trainer.backend)
@@ -146,7 +146,7 @@ def train_epochs(
         forming = time.perf_counter() - start
         with ranks.collective(f"in epoch {epoch}", kept):
             losses = trainer.train_epoch(device_data, batches, settings.seed, epoch)
-            forming += _trainer_wait(trainer)
+            forming += trainer.data_wait_s
             sizes = [settings.batch_size] * len(losses)
             if last.size:
                 formed = time.perf_counter()
@@ -243,13 +243,6 @@ def _kept(run_dir: RunDir | None) -> str:
     if committed:
         return f"The last good checkpoint (epoch {committed}) is kept in {run_dir.out}"
     return "No checkpoint was written"
-
-
-def _trainer_wait(trainer: TrainerBase) -> float:
-    """The seconds the trainer's last ``train_epoch`` waited for its batches (its
-    ``data_wait_s``, when it keeps one: streamed data; 0 otherwise)."""
-    value = getattr(trainer, "data_wait_s", None)
-    return 0.0 if value is None else float(value)
 
 
 def _check_finite_tensors(trainer: TrainerBase, epoch: int, kept: str) -> None:
