@@ -45,7 +45,7 @@ def check_devices(devices: Any) -> int | None:
 
 def check_uneven(uneven: Any) -> str:
     """``uneven`` as given; ``ConfigError`` unless it is one of ``UNEVEN``."""
-    if not isinstance(uneven, str) or uneven not in UNEVEN:
+    if uneven not in UNEVEN:
         raise ConfigError(f"uneven must be one of {UNEVEN}, got {uneven!r}")
     return uneven
 
