@@ -46,7 +46,7 @@ def _train(opts: dict[str, Any], placement: Placement) -> int:
     from vae_common.checkpoint import load_checkpoint
     from vae_common.data import load_dataset
     from vae_common.training import TrainConfig
-    from vae_tools import options, run, run_launch, run_ranks
+    from vae_tools import options, run, run_launch
 
     eff = argparse.Namespace(**opts)
     several = placement.joined is not None
@@ -83,10 +83,6 @@ def _train(opts: dict[str, Any], placement: Placement) -> int:
         drop_last=bool(eff.drop_last),
         precision=eff.precision,
     )
-    if placement.devices is not None and not several:
-        # Before any work (run.train checks again; so do the ranks a launch starts).
-        n_train = max(len(ds.train) - eff.val_split, 0)
-        run_ranks.check_split(n_train, eff.batch_size, bool(eff.drop_last), placement.devices)
     if placement.mode == "launch":
         assert placement.devices is not None
         return run_launch.launch_torch(opts, placement.devices)

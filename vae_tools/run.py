@@ -153,8 +153,9 @@ def train(
         every process of a ``torch.distributed`` group of this size calls ``train`` (joined
         before: ``vae_torch.distributed.initialize``). Only process 0 touches ``out`` and
         evaluates the held-out sets (see ``vae_tools.run_ranks``): the rows the other
-        processes return lack the held-out metrics. The batch and the last batch of every
-        epoch must split over the devices.
+        processes return lack the held-out metrics. ``settings.batch_size`` must split over
+        the devices; the last, smaller batch of every epoch need not (the trainer's
+        ``uneven="replicate"``: computed whole on every device).
 
     Raises:
       TrainingError: a loss, a held-out metric, a weight or an Adam moment became NaN or Inf
@@ -168,8 +169,8 @@ def train(
         ``metrics.jsonl``).
       UsageError: ``tensorboard`` without the ``tensorboardX`` package (naming the extra), or
         ``patience`` without a validation split.
-      ConfigError: a batch that does not split over ``devices``, or processes started with
-        different settings or data.
+      ConfigError: a ``batch_size`` that does not split over ``devices``, or processes
+        started with different settings or data.
       run_ranks.RanksStopped: in a process other than the one that failed (several processes).
     """
     check_arguments(epochs, patience, settings, tensorboard)
@@ -201,6 +202,9 @@ def train(
                 compile,
                 settings.precision,
                 ranks.devices,
+                # The last, smaller batch of an epoch, when the devices do not divide it, runs
+                # whole on every device: exactly the 1-device step.
+                "replicate",
             ),
         )
         source = replace(

@@ -9,10 +9,12 @@ trained, checked, evaluated on the validation set and committed by ``vae_tools.r
 - An epoch is committed only if its losses, its held-out metrics, every weight and every Adam
   moment are finite; otherwise ``TrainingError`` names the first bad one and the committed files
   stay.
-- Data-parallel (``Ranks``, ``vae_tools.run_ranks``): every step, the last smaller one too, is
-  split over the devices (``run_ranks.check_split`` refuses a batch that does not split);
-  process 0 alone evaluates and commits, and every process settles each epoch, so a failure on
-  any process stops all of them at that epoch.
+- Data-parallel (``Ranks``, ``vae_tools.run_ranks``): the full batches are split over the
+  devices (``run_ranks.check_split`` refuses a ``batch_size`` that does not split); the run's
+  trainer is made with ``uneven="replicate"``, so a last batch the devices do not divide is
+  computed whole on every device, the 1-device step (one that divides is split too). Process 0
+  alone evaluates and commits, and every process settles each epoch, so a failure on any
+  process stops all of them at that epoch.
 """
 
 from __future__ import annotations
@@ -51,10 +53,12 @@ def make_trainer(
     compile: bool = False,
     precision: str = "float32",
     devices: int | None = None,
+    uneven: str = "refuse",
 ) -> TrainerBase:
     """The backend's ``Trainer`` (imported only when asked for: ``BackendUnavailableError``
     naming the extra to install when its framework is missing), data-parallel over ``devices``
-    devices when given (``vae_tools.run_ranks``)."""
+    devices when given (``vae_tools.run_ranks``), with ``uneven`` for a batch they do not
+    divide (``TrainerBase``)."""
     from vae_tools._backends import import_backend
 
     module = import_backend(backend)
@@ -69,6 +73,7 @@ def make_trainer(
         compile=compile,
         precision=precision,
         devices=devices,
+        uneven=uneven,
     )
 
 
@@ -99,7 +104,8 @@ def train_last_batch(
     The noise is ``default_rng([seed, epoch, LAST_NOISE_STREAM]).standard_normal((b, L))`` in
     the trainer's dtype, and the step goes through ``Trainer.run_steps`` (the KL weight of the
     trainer's step count, as any step): the same arrays, hence the same step, in both backends
-    and on any number of devices that divides b.
+    and on any number of devices (split when they divide b; otherwise computed whole on every
+    device, which a trainer made with ``uneven="replicate"`` does).
     """
     xs, eps = last_batch_arrays(trainer, x, index, seed, epoch, dynamic)
     return float(trainer.run_steps(xs, eps)[0])

@@ -52,7 +52,8 @@ class Placement:
 
 
 def check_batch(opts: dict[str, Any], n: int) -> None:
-    """``UsageError`` unless ``--batch-size`` splits over ``n`` devices."""
+    """``UsageError`` unless ``--batch-size`` splits over ``n`` devices (the last, smaller batch
+    of an epoch need not: the run computes it whole on every device)."""
     if opts["batch_size"] % n:
         raise UsageError(
             f"--batch-size {opts['batch_size']} does not split over {n} devices; use a multiple "

@@ -88,24 +88,16 @@ def ranks_of(backend: str, devices: int | None) -> Ranks:
     return Ranks(backend, devices, rank, world)
 
 
-def check_split(n_train: int, batch_size: int, drop_last: bool, devices: int | None) -> None:
-    """``ConfigError`` unless every step of an epoch splits evenly over ``devices``: the full
-    batches (``batch_size``) and, unless ``drop_last``, the last, smaller batch of the
-    ``n_train % batch_size`` examples they leave over (``vae_tools.run_epochs``)."""
+def check_split(batch_size: int, devices: int | None) -> None:
+    """``ConfigError`` unless the full batches of an epoch (``batch_size``) split evenly over
+    ``devices``. The last, smaller batch need not: the run's trainer computes one the devices
+    do not divide whole on every device (``uneven="replicate"``, ``vae_tools.run_epochs``)."""
     if devices is None or devices == 1:
         return
     if batch_size % devices:
         raise ConfigError(
             f"--batch-size {batch_size} does not split over {devices} devices; use a multiple "
             f"of {devices}"
-        )
-    left = 0 if drop_last else n_train % batch_size
-    if left % devices:
-        raise ConfigError(
-            f"the last batch of every epoch holds the {left} of the {n_train} training examples "
-            f"that the full batches of {batch_size} leave over, which do not split over "
-            f"{devices} devices: give --drop-last (the 1-device run then drops them too), or a "
-            f"--batch-size or --val-split that leaves a multiple of {devices}"
         )
 
 

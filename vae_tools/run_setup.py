@@ -100,7 +100,7 @@ def set_up(
 ) -> Setup:
     """Process 0 opens and locks ``out`` (held until ``stack`` closes) and decides between a
     fresh run and a resume; every process prepares the data and checks that its images fit the
-    model and that its batches split over the devices.
+    model and that its full batches split over the devices.
 
     Raises:
       DataError: the images are not of ``config.input_shape`` (``RunDir.open``, ``decide``,
@@ -120,7 +120,7 @@ def set_up(
         )
     mode_name = binarization(train_config, settings)
     data = run_data(settings, ds, mode_name)
-    check_split(len(data.train), settings.batch_size, settings.drop_last, ranks.devices)
+    check_split(settings.batch_size, ranks.devices)
     return Setup(run_dir, mode, ds, mode_name, data)
 
 
