@@ -23,7 +23,7 @@ import pytest
 
 from vae_common.compare import TOLERANCES, TRAJECTORY_TOLERANCES, rel_diff
 from vae_common.config import VAEConfig
-from vae_common.distributed import free_port, threads_per_process
+from vae_common.distributed import free_port, local_torchrun, threads_per_process
 from vae_common.errors import ConfigError, DeviceError, UsageError
 from vae_common.spec import init_canonical
 from vae_common.trainer_checks import check_split
@@ -481,17 +481,7 @@ def test_torch_two_ranks_errors_and_compiled_step(tmp_path):
     compile_too = shutil.which(os.environ.get("CXX", "g++")) is not None
     out = tmp_path / "torch.npz"
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "1",
-        "--nproc-per-node",
-        "2",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(free_port()),
+        *local_torchrun(2),
         __file__,
         "torch-ranks",
         str(out),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import sys
 import time
 from collections.abc import Mapping
 
@@ -83,6 +84,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def local_torchrun(n: int) -> list[str]:
+    """The command that starts ``n`` torch ranks on this host (append the rank's module and
+    arguments): ``python -m torch.distributed.run`` with one node and a free port of 127.0.0.1
+    for its rendezvous."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(n),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+    ]
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):
@@ -112,6 +132,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "check_timeout",
     "free_port",
+    "local_torchrun",
     "parse_coordinator",
     "state_digest",
     "threads_per_process",

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vae_common.distributed import free_port, threads_per_process
+from vae_common.distributed import local_torchrun, threads_per_process
 from vae_common.errors import DeviceError
 from vae_tools.parity_dp_files import load_problem, load_result, save_problem, save_result
 from vae_tools.parity_dp_train import Problem, jax_device, train_both_paths
@@ -69,20 +69,7 @@ def train_data_parallel(
             cmd = [sys.executable, *worker]
         else:
             env["OMP_NUM_THREADS"] = str(rank_threads(n))
-            cmd = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--nnodes",
-                "1",
-                "--nproc-per-node",
-                str(n),
-                "--master-addr",
-                "127.0.0.1",
-                "--master-port",
-                str(free_port()),
-                *worker,
-            ]
+            cmd = [*local_torchrun(n), *worker]
         try:
             done = subprocess.run(
                 cmd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from vae_common.config import VAEConfig
-from vae_common.distributed import free_port
+from vae_common.distributed import local_torchrun
 from vae_common.errors import DeviceError
 from vae_common.training import TrainConfig
 from vae_tools.bench.workload import Workload
@@ -116,19 +116,7 @@ def launch(backend: str, n: int, device: str) -> dict[str, Any]:
         f"OMP_NUM_THREADS={threads}",
         "processes": n,
         "threads_per_process": threads,
-        "prefix": [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes",
-            "1",
-            "--nproc-per-node",
-            str(n),
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(free_port()),
-        ],
+        "prefix": local_torchrun(n),
         "env": env,
     }
 
