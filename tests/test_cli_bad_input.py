@@ -41,6 +41,7 @@ BAD_FLAGS = [
     (["train", "--backend", "torch", "--out", "unused"], "--devices", "0", "a positive integer"),
     (["train", "--backend", "jax", "--out", "unused"], "--num-processes", "0", "a positive"),
     (["train", "--backend", "jax", "--out", "unused"], "--process-id", "-1", "an integer >= 0"),
+    (["train", "--backend", "jax", "--out", "unused"], "--prefetch", "-1", "an integer >= 0"),
     (["eval", "--backend", "jax", "--checkpoint", "c"], "--iwae-k", "-5", "0 (no IWAE) or an"),
     (["eval", "--backend", "jax", "--checkpoint", "c"], "--iwae-k", "1", "one sample is the ELBO"),
     (

@@ -4,10 +4,11 @@ A 2-device JAX run (2 forced host CPU devices) and a 2-process torch run (2 gloo
 through ``torch.distributed.run``) each write one valid checkpoint, train state and metrics log
 whose every tensor is the 1-device run's to the float64 tolerance (tiny model, float64, 2
 epochs, every epoch ending in a smaller last batch of an odd size, which the devices compute
-whole, each of them). A rank killed
-with SIGKILL ends the whole run with one message naming it; the committed epoch stays intact and
-``--resume --devices 2`` ends on the 1-device numbers. Processes started with different settings
-are refused with one message. Bad configurations are refused before any work (exit status 2).
+whole, each of them). A rank killed with SIGKILL ends the whole run with one message naming it;
+the committed epoch stays intact and ``--resume --devices 2`` ends on the 1-device numbers (both
+resumes stream their training images from the host: ``--stream``). Processes started with
+different settings are refused with one message. Bad configurations are refused before any work
+(exit status 2).
 
 The 1-device references run in this process (one torch thread, as each rank has on this host:
 the thread count alone changes the CPU products' rounding); the data-parallel runs in
@@ -191,8 +192,10 @@ def test_jax_two_devices_write_the_one_device_run_and_resume(
     assert status == 0, err
     assert "jax epoch 1/1 on 2 devices" in err and "samples/s" in err and "data wait" in err
     assert_manifest_holds(out, 1)
-    # A fresh process sets the device count before JAX starts, and resumes on 2 devices.
-    done = vae_process(train_argv("jax", data, out, "--devices", "2", "--resume", "--quiet"))
+    # A fresh process sets the device count before JAX starts, and resumes on 2 devices, its
+    # training images now streamed from the host (not recorded: a resume may choose).
+    argv = train_argv("jax", data, out, "--devices", "2", "--resume", "--quiet", "--stream")
+    done = vae_process(argv)
     assert done.returncode == 0, done.stderr
     assert_manifest_holds(out, EPOCHS)
     assert_same_numbers(out, references["jax"], 2)
@@ -260,7 +263,7 @@ def test_torch_rank_killed_stops_the_run_and_resume_gives_the_one_device_run(
         "checkpoint.safetensors",
     }
     assert_manifest_holds(out, 1)
-    resumed = vae_process([*argv, "--resume", "--quiet"])
+    resumed = vae_process([*argv, "--resume", "--quiet", "--stream", "--prefetch", "1"])
     assert resumed.returncode == 0, resumed.stderr
     assert "checkpoint.safetensors" in resumed.stdout  # process 0's summary, once
     assert resumed.stdout.count("test -ELBO") == 1, resumed.stdout
@@ -374,6 +377,9 @@ def test_the_command_line_of_the_effective_options_gives_them_back(tmp_path):
         "--drop-last",
         "--devices",
         "2",
+        "--stream",
+        "--prefetch",
+        "3",
         "--resize",
         "6,6",
         "--dataset",
@@ -383,6 +389,7 @@ def test_the_command_line_of_the_effective_options_gives_them_back(tmp_path):
     again = train_options(parser.parse_args(["train", *run_launch.train_argv(opts)]), parser)
     assert again == opts
     assert opts["hidden"] == (16, 8) and opts["tensorboard"] == "" and opts["devices"] == 2
+    assert opts["stream"] is True and opts["prefetch"] == 3
 
 
 def test_the_launcher_names_the_rank_a_signal_killed():

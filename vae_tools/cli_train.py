@@ -9,6 +9,7 @@ import argparse
 from vae_common.constants import DEFAULT_HIDDEN
 from vae_common.evaluation import IWAE_CHUNK
 from vae_common.precision import PRECISIONS
+from vae_common.streaming import DEFAULT_PREFETCH
 from vae_tools import commands
 from vae_tools.cli_args import DATASET_HELP, PRECISION_HELP, add_data_args
 from vae_tools.cli_types import (
@@ -127,6 +128,25 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         "writes --out)",
         shown="default: from the environment with --coordinator",
         metavar="I",
+        type=nonnegative_int,
+    )
+    g = p.add_argument_group(
+        "training data in host memory (the same numbers as on the device; not recorded)"
+    )
+    _flag(
+        g,
+        "--stream",
+        "keep the training images on the host and move each batch to the device(s) during the "
+        "previous step, for datasets larger than the device's memory (default: all of them on "
+        "the device once)",
+    )
+    _option(
+        g,
+        "--prefetch",
+        None,
+        "with --stream: batches moved ahead of the step; at most K + 1 are on the device",
+        shown=f"default: {DEFAULT_PREFETCH}",
+        metavar="K",
         type=nonnegative_int,
     )
     p.add_argument("--init", help="start from this checkpoint's weights and config")

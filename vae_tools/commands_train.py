@@ -106,6 +106,8 @@ def _train(opts: dict[str, Any], placement: Placement) -> int:
         log_every=eff.log_every,
         flags=options.recorded_flags_of(opts),
         devices=placement.devices,
+        stream=bool(eff.stream),
+        prefetch=eff.prefetch,
     )
     if not placement.writer:
         return 0

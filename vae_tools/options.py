@@ -53,7 +53,8 @@ def train_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     """The effective options of ``vae train`` (see the module docstring), ``{dest: value}``.
 
     Raises:
-      UsageError: a bad config file, or ``--out``/``--backend`` missing everywhere.
+      UsageError: a bad config file, ``--out``/``--backend`` missing everywhere, or
+        ``--prefetch`` without ``--stream``.
       ResumeError: ``--resume`` with a model or training option that differs from the run's.
       CheckpointError: the run's recorded settings cannot be read.
     """
@@ -86,6 +87,11 @@ def train_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     effective = {**TRAIN_DEFAULTS, **recorded, **wanted}
     if effective["backend"] is None:
         raise UsageError("--backend is required (jax or torch; on the command line or in --config)")
+    if effective["prefetch"] is not None and not effective["stream"]:
+        raise UsageError(
+            f"--prefetch {effective['prefetch']} applies to streamed training data: give "
+            "--stream too, or drop --prefetch"
+        )
     return effective
 
 

@@ -31,6 +31,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "coordinator": None,
     "num_processes": None,
     "process_id": None,
+    "stream": False,
+    "prefetch": None,
     "init": None,
     "resume": False,
     "overwrite": False,
@@ -83,7 +85,8 @@ RESUME_FIXED = (
     "conv_channels",
 )
 # Options that describe one invocation rather than the run: never recorded, never taken from it
-# (the devices and processes a run trains on may change on --resume: the numbers do not).
+# (the devices and processes a run trains on, and whether its training images stay on the host,
+# may change on --resume: the numbers do not).
 NOT_RECORDED = (
     "config",
     "resume",
@@ -95,6 +98,8 @@ NOT_RECORDED = (
     "coordinator",
     "num_processes",
     "process_id",
+    "stream",
+    "prefetch",
 )
 CONFIG_SUFFIXES = (".toml", ".json")
 # Options whose argparse default is this value rather than None (``--layout``, shared with

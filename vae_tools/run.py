@@ -130,6 +130,8 @@ def train(
     log_every: int = 1,
     flags: dict[str, Any] | None = None,
     devices: int | None = None,
+    stream: bool = False,
+    prefetch: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train for ``epochs`` epochs (in total, counting resumed ones); returns the metrics rows.
 
@@ -156,6 +158,10 @@ def train(
         processes return lack the held-out metrics. ``settings.batch_size`` must split over
         the devices; the last, smaller batch of every epoch need not (the trainer's
         ``uneven="replicate"``: computed whole on every device).
+      stream: keep the training images on the host in their dtype (``Trainer.put_data(x,
+        stream=True)``) and move each batch to the device(s) ahead of its step, at most
+        ``prefetch`` (default 2, only with ``stream``) + 1 batches there at once; the same
+        steps as the resident images. Not recorded: a run may resume with or without it.
 
     Raises:
       TrainingError: a loss, a held-out metric, a weight or an Adam moment became NaN or Inf
@@ -169,11 +175,12 @@ def train(
         ``metrics.jsonl``).
       UsageError: ``tensorboard`` without the ``tensorboardX`` package (naming the extra), or
         ``patience`` without a validation split.
-      ConfigError: a ``batch_size`` that does not split over ``devices``, or processes
-        started with different settings or data.
+      ConfigError: a bad ``stream`` or ``prefetch`` (before any work), a ``batch_size`` that
+        does not split over ``devices``, or processes started with different settings or
+        data.
       run_ranks.RanksStopped: in a process other than the one that failed (several processes).
     """
-    check_arguments(epochs, patience, settings, tensorboard)
+    check_arguments(epochs, patience, settings, tensorboard, stream, prefetch)
     ranks = ranks_of(backend, devices)
     record = settings_record(
         backend, config, train_config, settings, epochs, patience, test_every_epoch
@@ -233,7 +240,17 @@ def train(
         )
         try:
             train_epochs(
-                job, data, metrics, epochs, log, eval_batch_size, patience, test_every_epoch, ranks
+                job,
+                data,
+                metrics,
+                epochs,
+                log,
+                eval_batch_size,
+                patience,
+                test_every_epoch,
+                ranks,
+                stream,
+                prefetch,
             )
             settled(
                 ranks,

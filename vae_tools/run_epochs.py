@@ -121,9 +121,14 @@ def train_epochs(
     patience: int,
     test_every_epoch: bool,
     ranks: Ranks | None = None,
+    stream: bool = False,
+    prefetch: int | None = None,
 ) -> None:
     """Epochs ``len(metrics) + 1 .. epochs``, each committed (``metrics`` grows in place), or
     fewer when early stopping ends the run.
+
+    The training images go to the device once, or with ``stream`` stay on the host and go
+    batch by batch (``Trainer.put_data(x, stream=True, prefetch=prefetch)``): the same steps.
 
     With several processes (``ranks``) every process trains each epoch; process 0 alone
     evaluates the held-out sets and commits, and all of them settle every epoch
@@ -137,7 +142,7 @@ def train_epochs(
     ranks = ranks if ranks is not None else Ranks(trainer.backend)
     dynamic = job.train_config.binarize == "dynamic"
     n = len(data.train)
-    device_data = trainer.put_data(data.train)
+    device_data = trainer.put_data(data.train, stream=stream, prefetch=prefetch)
     for epoch in range(len(metrics) + 1, epochs + 1):
         # Process 0 holds the validation metrics: its verdict stops every process.
         if patience and not ranks.ok(not (ranks.writer and epochs_since_best(metrics) >= patience)):

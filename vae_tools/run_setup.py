@@ -17,6 +17,7 @@ from vae_common.config import VAEConfig
 from vae_common.data import Dataset
 from vae_common.errors import DataError, UsageError
 from vae_common.state_checks import check_state
+from vae_common.trainer_checks import check_stream
 from vae_common.training import TrainConfig
 from vae_tools.run_agree import pack_start
 from vae_tools.run_commit import Job, restore
@@ -29,10 +30,17 @@ from vae_tools.run_state import RunSettings
 
 
 def check_arguments(
-    epochs: int, patience: int, settings: RunSettings, tensorboard: str | Path | None
+    epochs: int,
+    patience: int,
+    settings: RunSettings,
+    tensorboard: str | Path | None,
+    stream: bool = False,
+    prefetch: int | None = None,
 ) -> None:
     """``UsageError`` for ``train`` arguments that cannot make a run: ``epochs`` < 1,
-    ``patience`` < 0 or without a validation split, ``tensorboard`` without ``tensorboardX``."""
+    ``patience`` < 0 or without a validation split, ``tensorboard`` without ``tensorboardX``;
+    ``ConfigError`` for a ``stream`` that is not a bool or a bad ``prefetch`` (negative, not an
+    integer, or given without ``stream``: ``vae_common.trainer_checks.check_stream``)."""
     if epochs < 1:
         raise UsageError(f"epochs must be positive, got {epochs}")
     if patience < 0:
@@ -43,6 +51,7 @@ def check_arguments(
         )
     if tensorboard is not None:
         require_tensorboard()
+    check_stream(stream, prefetch)
 
 
 def settings_record(
