@@ -1,8 +1,9 @@
 """Datasets, in numpy only: ``load_dataset``, the one entry point for every source, and the
 bundled digits.
 
-Images are float32 arrays of shape (N, C, H, W), C in {1, 3, 4}. Sources: ``digits``, IDX
-directories (``vae_common.idx``), ``npz:FILE`` (``vae_common.npz``), ``images:DIR``
+Images are float32 arrays of shape (N, C, H, W), C in {1, 3, 4}, or with ``keep_uint8`` the
+stored uint8 pixels of a source that stores them (``Dataset.as_float`` converts). Sources:
+``digits``, IDX directories (``vae_common.idx``), ``npz:FILE`` (``vae_common.npz``), ``images:DIR``
 (``vae_common.images``, read with Pillow) and numpy arrays from Python (``Dataset.from_arrays``,
 ``vae_common.datasets``). Arrays are read as (N, H, W), (N, H, W, C) or (N, C, H, W) by an
 explicit rule (``vae_common.layout.resolve_layout``), never by guessing from the smallest axis.
@@ -28,7 +29,7 @@ from vae_common.batches import (
 from vae_common.datasets import MAX_DATA_BYTES, Dataset, held_out
 from vae_common.errors import DataError
 from vae_common.idx import IDX_DATASETS, IDX_FILES, IDX_MAGIC, load_idx_dir, read_idx
-from vae_common.layout import CHANNELS, resolve_layout, to_nchw, validate_images
+from vae_common.layout import CHANNELS, float_images, resolve_layout, to_nchw, validate_images
 from vae_common.npz import NPZ_ARRAYS, NPZ_SCHEMES, load_npz
 from vae_common.sources import (
     ARRAYS,
@@ -61,6 +62,7 @@ __all__ = [
     "Dataset",
     "batch_indices",
     "binarize",
+    "float_images",
     "check_batches",
     "held_out",
     "last_batch_indices",
@@ -105,6 +107,7 @@ def load_dataset(
     color: str | None = None,
     test_fraction: float | None = None,
     split_seed: int = 0,
+    keep_uint8: bool = False,
 ) -> Dataset:
     """Load a dataset from a spec string, or again from the ``DataSource`` a run recorded.
 
@@ -116,6 +119,12 @@ def load_dataset(
     defaults): ``layout`` for npz files; ``resize`` ``(H, W)`` and ``color`` (``rgb`` or
     ``gray``) for image folders; ``test_fraction`` and ``split_seed`` for a source without a
     test split. An option the source's format does not take is refused.
+
+    ``keep_uint8`` (with a ``DataSource`` too: it changes how the images are held, not which):
+    a source that stores uint8 pixels (IDX files, uint8 npz arrays, image folders) gives them
+    as uint8 (N, C, H, W), pixel k meaning the float32 k / 255 the default gives
+    (``Dataset.as_float``), with no float copy made; float sources (``digits``, float npz
+    arrays) give float32 as always.
 
     Returns:
       the ``Dataset``, its ``source`` recording the resolved layout and the options used.
@@ -145,9 +154,11 @@ def load_dataset(
     if text == "digits":
         return load_digits()
     if kind in IDX_DATASETS:
-        return load_idx_dir(arg, name=text)
+        return load_idx_dir(arg, name=text, keep_uint8=keep_uint8)
     if kind == "npz":
-        return load_npz(arg, source.layout, source.test_fraction, source.split_seed)
+        return load_npz(
+            arg, source.layout, source.test_fraction, source.split_seed, keep_uint8=keep_uint8
+        )
     from vae_common.images import load_image_dir
 
     return load_image_dir(
@@ -157,6 +168,7 @@ def load_dataset(
         test_fraction=source.test_fraction,
         split_seed=source.split_seed,
         name=text,
+        keep_uint8=keep_uint8,
     )
 
 

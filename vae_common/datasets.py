@@ -1,17 +1,18 @@
-"""``Dataset``, a train/test split of float32 (N, C, H, W) images (``Dataset.from_arrays`` for
-numpy arrays), and what every loader shares: the seeded held-out test split (``held_out``), the
-label check and the size limit of one data file (``MAX_DATA_BYTES``).
+"""``Dataset``, a train/test split of float32 (N, C, H, W) images, or of their stored uint8 pixels
+(``Dataset.from_arrays`` for numpy arrays; ``Dataset.as_float`` for the float32 images), and
+what every loader shares: the seeded held-out test split (``held_out``), the label check and
+the size limit of one data file (``MAX_DATA_BYTES``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from vae_common.errors import DataError
-from vae_common.layout import resolve_layout, to_nchw
+from vae_common.layout import float_images, resolve_layout, to_nchw
 from vae_common.sources import ARRAYS, DEFAULT_TEST_FRACTION, SPLIT_STREAM, DataSource
 
 # The largest array a data file may declare, in bytes (2 GiB; Fashion-MNIST's largest file holds
@@ -28,7 +29,10 @@ class Dataset:
       name: how it was specified (e.g. ``"digits"``, ``"fashion-mnist:/data/fmnist"``).
       train, test: float32 arrays (N, C, H, W), C in {1, 3, 4}; values in [0, 1] for every
         loader (uint8 pixels / 255) except float arrays, which keep their values (finite; the
-        run checks them against the likelihood, ``validate_images``).
+        run checks them against the likelihood, ``validate_images``). Loaded with
+        ``keep_uint8`` (``vae_common.data.load_dataset``), a source stored as uint8 gives uint8
+        arrays (N, C, H, W) instead: pixel k means k / 255, the float32 value ``as_float``
+        (``vae_common.layout.float_images``) makes.
       train_labels, test_labels: int64 arrays (N,), or None for a source without labels (both
         or neither).
       source: how it was loaded (``DataSource``); None for a dataset built by hand.
@@ -49,6 +53,14 @@ class Dataset:
         c, h, w = self.train.shape[1:]
         return int(c), int(h), int(w)
 
+    def as_float(self) -> Dataset:
+        """This dataset with float32 images: uint8 splits become k / 255
+        (``vae_common.layout.float_images``, the values the loaders make without
+        ``keep_uint8``); itself when both splits are float already."""
+        if self.train.dtype != np.uint8 and self.test.dtype != np.uint8:
+            return self
+        return replace(self, train=float_images(self.train), test=float_images(self.test))
+
     @classmethod
     def from_arrays(
         cls,
@@ -61,6 +73,7 @@ class Dataset:
         test_fraction: float = DEFAULT_TEST_FRACTION,
         seed: int = 0,
         name: str = ARRAYS,
+        keep_uint8: bool = False,
     ) -> Dataset:
         """A dataset from numpy arrays, checked like the files the loaders read.
 
@@ -74,10 +87,13 @@ class Dataset:
           labels, test_labels: integer labels (N,) of ``train`` and ``test``, or None (with
             ``test`` given, both or neither).
           name: the dataset's name in messages and in the run's records.
+          keep_uint8: uint8 images stay uint8 (N, C, H, W) (``vae_common.layout.to_nchw``); a
+            split of another dtype is converted as always.
 
         Returns:
           a ``Dataset`` in (N, C, H, W), whose ``source`` is ``DataSource("arrays", ...)``. A
-          float32 (N, C, H, W) array is used as it is (not copied).
+          float32 (N, C, H, W) array is used as it is (not copied), and so is a uint8 one with
+          ``keep_uint8``.
 
         Raises:
           DataError naming the array and its shape or dtype.
@@ -114,8 +130,8 @@ class Dataset:
                     f"{'given' if train_y is not None else 'None'}, test_labels "
                     f"{'given' if test_y is not None else 'None'})"
                 )
-        x = to_nchw(train, resolved, f"{name} train images")
-        x_test = to_nchw(test, resolved, f"{name} test images")
+        x = to_nchw(train, resolved, f"{name} train images", keep_uint8)
+        x_test = to_nchw(test, resolved, f"{name} test images", keep_uint8)
         _same_size(x, x_test, f"{name} train images", f"{name} test images")
         return cls(
             name,

@@ -15,6 +15,7 @@ import numpy as np
 
 from vae_common.datasets import MAX_DATA_BYTES, Dataset
 from vae_common.errors import DataError
+from vae_common.layout import float_images
 from vae_common.sources import DataSource
 
 IDX_FILES = {
@@ -84,8 +85,14 @@ def _find_idx(directory: Path, stem: str) -> Path:
     raise DataError(f"{directory} has no {stem} or {stem}.gz (the standard IDX file names)")
 
 
-def load_idx_dir(directory: str | os.PathLike, name: str | None = None) -> Dataset:
-    """The four standard MNIST-format IDX files of ``directory`` (``.gz`` or raw)."""
+def load_idx_dir(
+    directory: str | os.PathLike, name: str | None = None, keep_uint8: bool = False
+) -> Dataset:
+    """The four standard MNIST-format IDX files of ``directory`` (``.gz`` or raw).
+
+    Images (N, 1, H, W): float32 pixels / 255 (``vae_common.layout.float_images``), or with
+    ``keep_uint8`` the stored uint8 pixels (no float copy); labels int64 (N,).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"dataset directory {directory} does not exist")
@@ -108,15 +115,14 @@ def load_idx_dir(directory: str | os.PathLike, name: str | None = None) -> Datas
             f"test images {paths['test_images']} are {test.shape[1]}x{test.shape[2]}; both "
             "splits must have one image size"
         )
+    train, test = train[:, None], test[:, None]
+    if not keep_uint8:
+        train, test = float_images(train), float_images(test)
     return Dataset(
         name or f"idx:{directory}",
-        _to_unit(train),
-        _to_unit(test),
+        train,
+        test,
         arrays["train_labels"].astype(np.int64),
         arrays["test_labels"].astype(np.int64),
         DataSource(name or f"idx:{directory}"),
     )
-
-
-def _to_unit(images: np.ndarray) -> np.ndarray:
-    return (images.astype(np.float32) / 255.0)[:, None, :, :]

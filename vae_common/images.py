@@ -15,7 +15,8 @@ size unless ``resize`` is given, and be all grey (modes 1, L, LA) or all colour 
 PA, CMYK, YCbCr) unless ``color`` converts them; the whole dataset, N * C * H * W bytes, must
 fit in ``vae_common.datasets.MAX_DATA_BYTES``, the limit of one IDX file. Alpha is dropped (RGBA is
 read as RGB, LA as L); 16-bit and float images are refused. Each image is then decoded straight
-into the float32 (N, C, H, W) array of its split (pixels / 255): one float copy, no other.
+into the float32 (N, C, H, W) array of its split (pixels / 255): one float copy, no other; or,
+with ``keep_uint8``, into a uint8 (N, C, H, W) array of the pixels themselves.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def _probe(path: Path, label: int | None) -> _Image:
 
 
 def _decode(image: _Image, mode: str, size: tuple[int, int], out: np.ndarray) -> None:
-    """Decode ``image`` as ``mode`` (L or RGB) at ``size`` (H, W) into ``out`` (C, H, W)."""
+    """Decode ``image`` as ``mode`` (L or RGB) at ``size`` (H, W) into ``out`` (C, H, W):
+    float32 pixels / 255, or the uint8 pixels themselves."""
     from PIL import Image
 
     try:
@@ -128,7 +130,10 @@ def _decode(image: _Image, mode: str, size: tuple[int, int], out: np.ndarray) ->
     except DECODE_ERRORS as exc:
         raise DataError(f"cannot decode image {image.path}: {exc}") from None
     chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    np.divide(chw, np.float32(255.0), out=out, dtype=np.float32)
+    if out.dtype == np.uint8:
+        out[...] = chw
+    else:
+        np.divide(chw, np.float32(255.0), out=out, dtype=np.float32)
 
 
 def _channels(images: list[_Image], color: str | None, directory: Path) -> int:
@@ -169,6 +174,7 @@ def load_image_dir(
     split_seed: int = 0,
     name: str | None = None,
     max_bytes: int = MAX_DATA_BYTES,
+    keep_uint8: bool = False,
 ) -> Dataset:
     """The images of ``directory`` (see the module docstring for its layout).
 
@@ -179,10 +185,12 @@ def load_image_dir(
         ITU-R 601-2 luma), or None: all grey (C = 1) or all colour (C = 3).
       test_fraction, split_seed: the held-out test set when there is no ``test/`` folder.
       max_bytes: the limit on N * C * H * W, checked before any image is decoded.
+      keep_uint8: give the uint8 pixels (N, C, H, W) instead of float32 pixels / 255.
 
     Returns:
-      a ``Dataset`` of float32 (N, C, H, W) images in [0, 1]; labels (and ``classes``) when the
-      images are in class folders, else None; ``source`` records the options.
+      a ``Dataset`` of float32 (N, C, H, W) images in [0, 1] (uint8 with ``keep_uint8``);
+      labels (and ``classes``) when the images are in class folders, else None; ``source``
+      records the options.
 
     Raises:
       DataError naming the folder, or the file at fault (unreadable, corrupt, another format, a
@@ -248,7 +256,7 @@ def load_image_dir(
     mode = TARGET_MODE[channels]
     splits = []
     for idx in (train_idx, test_idx):
-        x = np.empty((len(idx), channels, height, width), np.float32)
+        x = np.empty((len(idx), channels, height, width), np.uint8 if keep_uint8 else np.float32)
         for row, i in enumerate(idx):
             _decode(images[i], mode, (height, width), x[row])
         labels = None

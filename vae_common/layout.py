@@ -1,6 +1,7 @@
 """Image-array layouts: which of (N, H, W), (N, H, W, C) and (N, C, H, W) an array is in, by
-an explicit rule (``resolve_layout``), its conversion to float32 (N, C, H, W) (``to_nchw``) and
-the value check every loaded array passes (``validate_images``).
+an explicit rule (``resolve_layout``), its conversion to float32 (N, C, H, W) (``to_nchw``; uint8
+pixels may be kept as they are stored), uint8 pixels as the float32 values the loaders make
+(``float_images``: k / 255) and the value check every loaded array passes (``validate_images``).
 """
 
 from __future__ import annotations
@@ -70,13 +71,19 @@ def resolve_layout(shape: tuple[int, ...], layout: str = "auto", what: str = "im
     return layout
 
 
-def to_nchw(x: np.ndarray, layout: str, what: str = "images") -> np.ndarray:
+def to_nchw(
+    x: np.ndarray, layout: str, what: str = "images", keep_uint8: bool = False
+) -> np.ndarray:
     """``x`` in the resolved ``layout`` as float32 (N, C, H, W), checked like a data file.
 
     The dtype must be real (bool, integer, unsigned or floating point): uint8 is scaled by
-    1/255, the others are cast as they are (so float images keep their values). The array must
-    hold at least one image and every value must be finite. One float32 array is made (none
-    when ``x`` is float32 (N, C, H, W) already).
+    1/255 (``float_images``), the others are cast as they are (so float images keep their
+    values). The array must hold at least one image and every value must be finite. One
+    float32 array is made (none when ``x`` is float32 (N, C, H, W) already).
+
+    With ``keep_uint8``, a uint8 ``x`` stays uint8 (N, C, H, W), pixel values 0..255 that mean
+    ``float_images``' k / 255: no float copy (a copy in the stored dtype only when the layout
+    moves the channel axis). Other dtypes are converted as above.
 
     Raises:
       DataError naming ``what`` and its shape or dtype.
@@ -93,10 +100,22 @@ def to_nchw(x: np.ndarray, layout: str, what: str = "images") -> np.ndarray:
         x = x[:, None]
     elif layout == "nhwc":
         x = x.transpose(0, 3, 1, 2)
-    out = np.ascontiguousarray(x, dtype=np.float32)
     if x.dtype == np.uint8:
-        out /= np.float32(255.0)
+        # Every uint8 value is finite and k / 255 lies in [0, 1]: nothing to check.
+        return np.ascontiguousarray(x) if keep_uint8 else float_images(x)
+    out = np.ascontiguousarray(x, dtype=np.float32)
     validate_images(out, None, name=what)
+    return out
+
+
+def float_images(x: np.ndarray) -> np.ndarray:
+    """``x`` as the float images the loaders make: uint8 pixels k become float32 k / 255 (the
+    float32 division, correctly rounded: ``vae_common.streaming.UINT8_VALUES``' values), in a
+    new C-contiguous array of ``x``'s shape; any other array is returned as it is."""
+    if x.dtype != np.uint8:
+        return x
+    out = np.ascontiguousarray(x, dtype=np.float32)
+    out /= np.float32(255.0)
     return out
 
 

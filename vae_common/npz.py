@@ -90,6 +90,7 @@ def load_npz(
     layout: str = "auto",
     test_fraction: float | None = None,
     split_seed: int = 0,
+    keep_uint8: bool = False,
 ) -> Dataset:
     """An npz file of images, with or without labels.
 
@@ -103,7 +104,8 @@ def load_npz(
 
     Images (N, H, W), (N, H, W, C) or (N, C, H, W) by ``resolve_layout`` (``layout``, decided
     from the first split and applied to both), converted by ``to_nchw``: uint8 scaled to [0, 1],
-    other real numbers kept as they are (float32); labels integers. The values are checked here
+    other real numbers kept as they are (float32); with ``keep_uint8``, uint8 images stay uint8
+    (N, C, H, W) (pixel k means k / 255); labels integers. The values are checked here
     only for being finite: whether they suit the likelihood (in [0, 1] for Bernoulli) is checked
     where the model is known (``validate_images`` in ``vae_tools.run_data`` and
     ``vae_tools.run_eval``).
@@ -150,7 +152,7 @@ def load_npz(
     else:
         parts = [(arrays[k], f"{path}:{k}") for k in image_keys]
         ys = [None, None] if label_keys is None else [arrays[k] for k in label_keys]
-    images = [to_nchw(x, resolved, what) for x, what in parts]
+    images = [to_nchw(x, resolved, what, keep_uint8) for x, what in parts]
     labels = [None if y is None else y.astype(np.int64) for y in ys]
     if images[0].shape[1:] != images[1].shape[1:]:
         raise DataError(
