@@ -5,8 +5,11 @@ batch). Streaming is not recorded: a run resumes with or without it, to the same
 seconds a streamed epoch waits for its batches (``trainer.data_wait_s``) count into the run's
 ``data_wait_share``. A ``--prefetch`` without ``--stream`` is bad input (exit status 2).
 
-The data loaders give float32 images (IDX files too), so a streamed run keeps those float32
-arrays on the host. In-process: ``vae_tools.cli.main``.
+A streamed run keeps the IDX files' uint8 pixels on the host (``load_dataset(...,
+keep_uint8=True)``), a quarter of the float32 bytes, and its files are still the resident run's:
+the device makes each batch's floats by the loaders' k / 255. A statically binarized run streams
+float32 (the binarization draws from the float images); a validation split is taken from the
+uint8 images and evaluated as float32. In-process: ``vae_tools.cli.main``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from idx_files import write_idx_dir
 
 from vae_common.checkpoint import load_checkpoint, load_tensors
 from vae_common.compare import TOLERANCES, rel_diff
+from vae_common.data import IDX_FILES
 from vae_common.streaming import HostData
 from vae_tools import cli
 
@@ -91,7 +95,7 @@ def resident(data, tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
-def assert_same_run(got: Path, want: Path) -> float:
+def assert_same_run(got: Path, want: Path, n_train: int = N_TRAIN) -> float:
     """Every checkpoint and train-state tensor (weights and Adam's moments), the metadata and
     every per-step loss of ``got`` are ``want``'s within the float64 tolerance; returns the
     worst relative difference."""
@@ -106,7 +110,7 @@ def assert_same_run(got: Path, want: Path) -> float:
     gm, wm = metrics(got), metrics(want)
     assert [(m["epoch"], m["step"]) for m in gm] == [(m["epoch"], m["step"]) for m in wm]
     for a, b in zip(gm, wm, strict=True):
-        assert len(a["train_losses"]) == -(-N_TRAIN // BATCH)
+        assert len(a["train_losses"]) == -(-n_train // BATCH)
         worst[f"epoch {b['epoch']} losses"] = rel_diff(a["train_losses"], b["train_losses"])
     assert all(np.isfinite(v) for v in worst.values())
     assert max(worst.values()) <= F64, worst
@@ -114,10 +118,8 @@ def assert_same_run(got: Path, want: Path) -> float:
     return max(worst.values())
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_a_streamed_run_writes_the_resident_runs_files(
-    backend, data, resident, tmp_path, monkeypatch
-):
+def spy_put_data(monkeypatch) -> list[object]:
+    """What every trainer the run makes returns from ``put_data``, in order."""
     from vae_tools import run
 
     made = run.make_trainer
@@ -135,12 +137,28 @@ def test_a_streamed_run_writes_the_resident_runs_files(
         return trainer
 
     monkeypatch.setattr(run, "make_trainer", spied)
+    return given
+
+
+def stored_pixels(data: Path) -> np.ndarray:
+    """The training images of the IDX files, (N, 1, H, W) uint8, read here from the bytes."""
+    blob = (data / IDX_FILES["train_images"]).read_bytes()
+    n, h, w = np.frombuffer(blob[4:16], ">u4")
+    return np.frombuffer(blob[16:], np.uint8).reshape(int(n), 1, int(h), int(w))
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_a_streamed_run_writes_the_resident_runs_files(
+    backend, data, resident, tmp_path, monkeypatch
+):
+    given = spy_put_data(monkeypatch)
     out = tmp_path / "streamed"
     assert cli.main(train_argv(backend, data, out, "--stream", "--prefetch", "1")) == 0
-    # The training images stayed on the host, as the loader made them (float32).
+    # The training images stayed on the host in the files' dtype: the stored uint8 pixels.
     assert len(given) == 1 and isinstance(given[0], HostData), given
-    assert given[0].prefetch == 1 and given[0].images.dtype == np.float32
+    assert given[0].prefetch == 1 and given[0].images.dtype == np.uint8
     assert given[0].shape == (N_TRAIN, 1, 4, 4)
+    assert np.array_equal(given[0].images, stored_pixels(data))
     assert_same_run(out, resident[backend])
     # Not recorded: the run's flags say nothing of it.
     flags = json.loads((out / "run.json").read_text())["settings"]["flags"]
@@ -209,3 +227,34 @@ def test_prefetch_without_stream_is_refused(data, tmp_path, capsys):
     status, _, err = vae(capsys, *train_argv("torch", data, out, "--config", str(config)))
     assert status == 2 and "--prefetch 1 applies to streamed training data" in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "extra, dtype, n",
+    [
+        # A validation split comes off the uint8 images; the held-out set is evaluated as float.
+        (["--val-split", "5"], np.uint8, N_TRAIN - 5),
+        # Static binarization draws from the float images: the streamed images are float32.
+        (["--binarize", "static"], np.float32, N_TRAIN),
+    ],
+    ids=["val-split", "static"],
+)
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_a_streamed_run_with_a_val_split_or_static_binarization_is_the_resident_run(
+    backend, extra, dtype, n, data, tmp_path, monkeypatch
+):
+    resident = tmp_path / "resident"
+    assert cli.main(train_argv(backend, data, resident, *extra)) == 0
+    given = spy_put_data(monkeypatch)
+    out = tmp_path / "streamed"
+    assert cli.main(train_argv(backend, data, out, *extra, "--stream")) == 0
+    assert len(given) == 1 and isinstance(given[0], HostData), given
+    assert given[0].images.dtype == dtype and given[0].shape == (n, 1, 4, 4)
+    if dtype == np.float32:
+        assert set(np.unique(given[0].images)) <= {0.0, 1.0}
+    assert_same_run(out, resident, n)
+    for a, b in zip(metrics(out), metrics(resident), strict=True):
+        held_out = sorted(k for k in b if k.startswith(("val_", "test_")))
+        assert held_out == sorted(k for k in a if k.startswith(("val_", "test_")))
+        assert all(rel_diff(a[k], b[k]) <= F64 for k in held_out), (a, b)
+        assert any(k.startswith("val_") for k in held_out) == ("--val-split" in extra)

@@ -55,7 +55,9 @@ def _train(opts: dict[str, Any], placement: Placement) -> int:
     # group leave them to run.train, where process 0 alone touches the directory.
     if not several:
         run.check_run_dir(eff.out, resume=eff.resume, overwrite=eff.overwrite)
-    ds = load_dataset(data_source(eff))
+    # Streamed, a source stored as uint8 stays uint8 on the host (run_data.prepare_data makes
+    # floats where the run needs them).
+    ds = load_dataset(data_source(eff), keep_uint8=bool(eff.stream))
     init_state = None
     if eff.init:
         init_state, config, _ = load_checkpoint(eff.init)

@@ -159,9 +159,11 @@ def train(
         the devices; the last, smaller batch of every epoch need not (the trainer's
         ``uneven="replicate"``: computed whole on every device).
       stream: keep the training images on the host in their dtype (``Trainer.put_data(x,
-        stream=True)``) and move each batch to the device(s) ahead of its step, at most
-        ``prefetch`` (default 2, only with ``stream``) + 1 batches there at once; the same
-        steps as the resident images. Not recorded: a run may resume with or without it.
+        stream=True)``; uint8 for a source stored as uint8 unless ``settings.static_binarize``:
+        ``vae_tools.run_data.prepare_data``) and move each batch to the device(s) ahead of its
+        step, at most ``prefetch`` (default 2, only with ``stream``) + 1 batches there at
+        once; the same steps as the resident images. Not recorded: a run may resume with or
+        without it.
 
     Raises:
       TrainingError: a loss, a held-out metric, a weight or an Adam moment became NaN or Inf
@@ -192,7 +194,16 @@ def train(
         setup = settled(
             ranks,
             lambda: set_up(
-                stack, out, resume, overwrite, settings, dataset, config, train_config, ranks
+                stack,
+                out,
+                resume,
+                overwrite,
+                settings,
+                dataset,
+                config,
+                train_config,
+                ranks,
+                stream,
             ),
         )
         data = setup.data

@@ -11,6 +11,11 @@ into training, validation and test sets (``prepare_data``, then ``run_data``).
   ``default_rng([seed, VAL_BINARIZE_STREAM])`` (``vae_common.data.binarize``), so the held-out
   figures are of binary images, and ``vae eval`` redraws exactly those from the checkpoint's
   recorded binarization and seed (``evaluation_images``).
+- A streamed run (``prepare_data(..., keep_uint8=True)``) keeps the training images of a source
+  stored as uint8 in uint8 (``vae_common.data.load_dataset(..., keep_uint8=True)``): each batch
+  becomes float k / 255 on the device, the values the float32 path holds. Static binarization
+  draws from the float images, so a statically binarized run holds float32 training images.
+  The validation and test images are float32 in every case.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from vae_common.data import Dataset, binarize, load_dataset, validate_images
+from vae_common.data import Dataset, binarize, float_images, load_dataset, validate_images
 from vae_common.errors import DataError
 from vae_common.training import TrainConfig
 from vae_tools.run_state import RunSettings
@@ -39,12 +44,23 @@ def binarization(train: TrainConfig, settings: RunSettings) -> str:
     return "dynamic" if train.binarize == "dynamic" else "none"
 
 
-def prepare_data(settings: RunSettings, dataset: Dataset | None, likelihood: str) -> Dataset:
+def prepare_data(
+    settings: RunSettings, dataset: Dataset | None, likelihood: str, keep_uint8: bool = False
+) -> Dataset:
     """Load, validate and (statically) binarize the data of a run: with
     ``settings.static_binarize`` the training and then the test images are binarized by one
-    draw of ``default_rng([seed, STATIC_STREAM])``."""
-    ds = dataset if dataset is not None else load_dataset(settings.dataset)
-    validate_images(ds.train, likelihood, name=f"{ds.name} train images")
+    draw of ``default_rng([seed, STATIC_STREAM])``.
+
+    The test images are float32; so are the training images, unless ``keep_uint8`` and the
+    run does not binarize statically: then a source stored as uint8 (or a given ``dataset``
+    holding uint8) keeps its uint8 training pixels (N, C, H, W), which mean the float32 k / 255
+    (``vae_common.data.float_images``) and always suit the likelihood.
+    """
+    keep = keep_uint8 and not settings.static_binarize
+    ds = dataset if dataset is not None else load_dataset(settings.dataset, keep_uint8=keep)
+    ds = replace(ds, test=float_images(ds.test)) if keep else ds.as_float()
+    if ds.train.dtype != np.uint8:
+        validate_images(ds.train, likelihood, name=f"{ds.name} train images")
     validate_images(ds.test, likelihood, name=f"{ds.name} test images")
     if settings.static_binarize:
         rng = np.random.default_rng([settings.seed, STATIC_STREAM])
@@ -60,7 +76,8 @@ class RunData:
     Attributes:
       name: the dataset's name.
       train: the training images (N, C, H, W): grey levels for dynamic binarization (each
-        batch is drawn on the device), binary for static.
+        batch is drawn on the device), binary for static; float32, or the stored uint8 pixels
+        (k meaning k / 255) of a streamed run (``prepare_data``'s ``keep_uint8``).
       val, val_labels: the validation images (binarized once unless ``none``) and labels, or
         None without a validation split.
       test, test_labels: the test images (binarized once unless ``none``) and labels.
@@ -108,7 +125,9 @@ def run_data(settings: RunSettings, ds: Dataset, mode: str) -> RunData:
         held[order[:val_split]] = True
         train = ds.train[~held]
         train_labels = None if ds.train_labels is None else ds.train_labels[~held]
-        val = evaluation_images(ds.train[held], mode, settings.seed, VAL_BINARIZE_STREAM)
+        val = evaluation_images(
+            float_images(ds.train[held]), mode, settings.seed, VAL_BINARIZE_STREAM
+        )
         val_labels = None if ds.train_labels is None else ds.train_labels[held]
     test = evaluation_images(ds.test, mode, settings.seed, TEST_BINARIZE_STREAM)
     return RunData(ds.name, train, train_labels, val, val_labels, test, ds.test_labels)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vae_common.config import VAEConfig
-from vae_common.data import batch_indices, binarize, last_batch_indices
+from vae_common.data import batch_indices, binarize, float_images, last_batch_indices
 from vae_common.errors import TrainingError, VAEError
 from vae_common.trainer import TrainerBase
 from vae_common.training import TrainConfig
@@ -82,7 +82,7 @@ def last_batch_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The images (1, b, C, H, W) and noise (1, b, L) of the last, smaller batch of an epoch,
     in the trainer's dtype, for ``Trainer.run_steps`` (see ``train_last_batch``)."""
-    xb = np.asarray(x[index])
+    xb = float_images(np.asarray(x[index]))
     if dynamic:
         xb = binarize(xb, np.random.default_rng([seed, epoch, LAST_BINARIZE_STREAM]))
     rng = np.random.default_rng([seed, epoch, LAST_NOISE_STREAM])

@@ -84,7 +84,7 @@ class Setup:
     Attributes:
       run_dir: the run directory, open and locked (None in processes other than process 0).
       mode: ``vae_tools.run_dir.decide``'s decision (``"fresh"`` in the other processes).
-      dataset: the prepared dataset.
+      dataset: the prepared dataset (uint8 training images when streamed: ``prepare_data``).
       binarize: the run's binarization (``vae_tools.run_data.binarization``).
       data: the run's images (``vae_tools.run_data.run_data``).
     """
@@ -106,10 +106,12 @@ def set_up(
     config: VAEConfig,
     train_config: TrainConfig,
     ranks: Ranks,
+    stream: bool = False,
 ) -> Setup:
     """Process 0 opens and locks ``out`` (held until ``stack`` closes) and decides between a
     fresh run and a resume; every process prepares the data and checks that its images fit the
-    model and that its full batches split over the devices.
+    model and that its full batches split over the devices. With ``stream``, the training
+    images of a source stored as uint8 stay uint8 (``prepare_data``'s ``keep_uint8``).
 
     Raises:
       DataError: the images are not of ``config.input_shape`` (``RunDir.open``, ``decide``,
@@ -121,7 +123,7 @@ def set_up(
         run_dir = stack.enter_context(RunDir.open(out, overwrite))
         run_dir.kill_point()
         mode = decide(run_dir.out, inspect(run_dir.out), resume, overwrite)
-    ds = prepare_data(settings, dataset, config.likelihood)
+    ds = prepare_data(settings, dataset, config.likelihood, stream)
     if ds.image_shape != config.input_shape:
         raise DataError(
             f"dataset {ds.name} has images of shape {ds.image_shape} but the model "
