@@ -105,6 +105,7 @@ TARGETS: dict[str, list[str]] = {
     ],
     "vae_common/trainer.py": [
         *REFERENCE_TESTS,
+        "tests/test_trainer_contracts.py",
         "tests/test_train_jax_torch.py",
         "tests/test_api_mirror.py",
         # Slow (subprocesses, minutes): last, so only survivors of everything above pay for it.
@@ -122,6 +123,7 @@ TARGETS: dict[str, list[str]] = {
     ],
     "vae_common/trainer_checks.py": [
         *REFERENCE_TESTS,
+        "tests/test_trainer_contracts.py",
         "tests/test_train_jax_torch.py",
         "tests/test_data_parallel.py",
     ],

@@ -1,0 +1,42 @@
+"""Contracts of the shared trainer plumbing (``vae_common.trainer``, ``trainer_checks``) at
+their edges, in both backends: each test pins an edge a generic mutation run found unpinned.
+
+Tiny models in float64 on the CPU, a few steps each.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vae_common.config import VAEConfig
+from vae_common.spec import init_canonical
+from vae_common.training import TrainConfig
+
+CONFIG = VAEConfig(input_shape=(1, 2, 2), hidden=(3,), latent_dim=2)
+BACKENDS = ["jax", "torch"]
+
+
+def trainer(backend: str):
+    if backend == "jax":
+        from vae_jax.trainer import Trainer
+    else:
+        from vae_torch.trainer import Trainer
+    t = Trainer(CONFIG, TrainConfig(lr=1e-2), "float64", device="cpu")
+    t.load_state_dict(init_canonical(CONFIG, 3, "float64"))
+    return t
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_streamed_epoch_of_one_batch_makes_the_resident_step(backend):
+    """An epoch may be a single batch (S = 1): streamed, it makes the resident data's step
+    (the same loss and weights)."""
+    x = np.random.default_rng(0).uniform(0, 1, (5, 1, 2, 2))
+    batches = np.array([[4, 0, 2]])
+    resident, streamed = trainer(backend), trainer(backend)
+    want = resident.train_epoch(resident.put_data(x), batches, 7, 1)
+    got = streamed.train_epoch(streamed.put_data(x, stream=True), batches, 7, 1)
+    assert got.shape == (1,)
+    np.testing.assert_allclose(got, want, rtol=1e-15, atol=0)
+    for name, value in resident.state_dict().items():
+        np.testing.assert_allclose(streamed.state_dict()[name], value, rtol=1e-15, err_msg=name)
