@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vae_common.config import VAEConfig
+from vae_common.errors import ConfigError
 from vae_common.spec import init_canonical
 from vae_common.training import TrainConfig
 
@@ -40,3 +41,18 @@ def test_a_streamed_epoch_of_one_batch_makes_the_resident_step(backend):
     np.testing.assert_allclose(got, want, rtol=1e-15, atol=0)
     for name, value in resident.state_dict().items():
         np.testing.assert_allclose(streamed.state_dict()[name], value, rtol=1e-15, err_msg=name)
+
+
+def test_streamed_data_of_another_model_is_refused_naming_both():
+    """Data streamed for a Gaussian model is not checked for a Bernoulli one: ConfigError
+    naming the shape and likelihood it was checked for and the trainer's."""
+    from vae_torch.trainer import Trainer
+
+    gaussian = Trainer(CONFIG.replace(likelihood="gaussian"), dtype="float64", device="cpu")
+    data = gaussian.put_data(np.full((4, 1, 2, 2), 2.0), stream=True)
+    with pytest.raises(ConfigError) as info:
+        trainer("torch").train_epoch(data, np.array([[0, 1]]), 0, 1)
+    assert str(info.value).startswith(
+        "the streamed data was checked for input shape (1, 2, 2) and likelihood 'gaussian', but "
+        "this trainer's model has (1, 2, 2) and 'bernoulli'"
+    )
