@@ -112,4 +112,22 @@ def test_an_idx_directory_records_the_spec_it_was_loaded_by(tmp_path):
     assert named.name == named.source.spec == f"fashion-mnist:{directory}"
     plain = load_idx_dir(directory)
     assert plain.name == plain.source.spec == f"idx:{directory}"
+    # Float32 k / 255 unless keep_uint8 is asked for.
+    assert plain.train.dtype == plain.test.dtype == np.float32
+    assert load_idx_dir(directory, keep_uint8=True).train.dtype == np.uint8
     assert load_dataset(named.source).source == named.source
+
+
+@pytest.mark.parametrize("uint8_split", ["train", "test"])
+def test_as_float_converts_a_uint8_split_whichever_it_is(uint8_split):
+    """Each uint8 split becomes float32 k / 255, also when the other split is float already;
+    a dataset of float splits is returned as it is."""
+    pixels = np.arange(8, dtype=np.uint8).reshape(2, 1, 2, 2) * 30
+    floats = np.full((3, 1, 2, 2), 0.25, np.float32)
+    splits = {"train": floats, "test": floats, uint8_split: pixels}
+    got = Dataset("d", splits["train"], splits["test"]).as_float()
+    converted = getattr(got, uint8_split)
+    assert converted.dtype == np.float32
+    np.testing.assert_array_equal(converted, pixels.astype(np.float32) / np.float32(255))
+    plain = Dataset("d", floats, floats)
+    assert plain.as_float() is plain
