@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,16 @@ def train_run(
         plots=plots,
         **options,
     )
+
+
+def train_args(backend: str, dataset: str, out: Path, *extra: str, **options: Any) -> list[str]:
+    """``vae train`` arguments: each option as its flag (``latent_dim=2`` -> ``--latent-dim 2``,
+    ``quiet=True`` -> ``--quiet``), then ``--out`` and ``extra``."""
+    argv = ["train", "--backend", backend, "--dataset", dataset]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return [*argv, "--out", str(out), *extra]
 
 
 def read_metrics(out: Path) -> list[dict]:

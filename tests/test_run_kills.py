@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from idx_files import write_idx_dir
-from run_helpers import assert_manifest_holds, assert_same_run, file_epoch, sha256
+from run_helpers import assert_manifest_holds, assert_same_run, file_epoch, sha256, train_args
 
 from vae_common.checkpoint import load_checkpoint, load_tensors
 from vae_tools.run_dir import KILL_ENV
@@ -116,27 +116,18 @@ def references(server, data, tmp_path_factory) -> dict[str, Path]:
 
 
 def train_argv(backend: str, data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--backend",
+    return train_args(
         backend,
-        "--dataset",
         f"idx:{data}",
-        "--epochs",
-        str(EPOCHS),
-        "--batch-size",
-        "32",
-        "--hidden",
-        "16",
-        "--latent-dim",
-        "2",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--out",
-        str(out),
+        out,
         *extra,
-    ]
+        epochs=EPOCHS,
+        batch_size=32,
+        hidden=16,
+        latent_dim=2,
+        device="cpu",
+        quiet=True,
+    )
 
 
 def strict_json_lines(path: Path) -> list[dict]:

@@ -34,7 +34,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
 
 from idx_files import write_idx_dir  # noqa: E402
-from run_helpers import assert_manifest_holds  # noqa: E402
+from run_helpers import assert_manifest_holds, train_args  # noqa: E402
 
 from vae_common.checkpoint import load_checkpoint, load_tensors  # noqa: E402
 from vae_common.compare import TOLERANCES, rel_diff  # noqa: E402
@@ -56,32 +56,20 @@ def data(tmp_path_factory) -> Path:
 
 
 def train_argv(backend: str, data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--backend",
+    return train_args(
         backend,
-        "--dataset",
         f"idx:{data}",
-        "--epochs",
-        str(EPOCHS),
-        "--batch-size",
-        str(BATCH),
-        "--hidden",
-        "6",
-        "--latent-dim",
-        "2",
-        "--dtype",
-        "float64",
-        "--lr",
-        "0.01",
-        "--seed",
-        "3",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
+        out,
         *extra,
-    ]
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        hidden=6,
+        latent_dim=2,
+        dtype="float64",
+        lr=0.01,
+        seed=3,
+        device="cpu",
+    )
 
 
 def child_env(**extra: str) -> dict[str, str]:

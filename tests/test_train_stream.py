@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from idx_files import write_idx_dir
+from run_helpers import train_args
 
 from vae_common.checkpoint import load_checkpoint, load_tensors
 from vae_common.compare import TOLERANCES, rel_diff
@@ -39,35 +40,22 @@ def data(tmp_path_factory) -> Path:
 
 
 def train_argv(backend: str, data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--backend",
+    return train_args(
         backend,
-        "--dataset",
         f"idx:{data}",
-        "--epochs",
-        str(EPOCHS),
-        "--batch-size",
-        str(BATCH),
-        "--hidden",
-        "6",
-        "--latent-dim",
-        "2",
-        "--dtype",
-        "float64",
-        "--binarize",
-        "dynamic",
-        "--lr",
-        "0.01",
-        "--seed",
-        "4",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--out",
-        str(out),
+        out,
         *extra,
-    ]
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        hidden=6,
+        latent_dim=2,
+        dtype="float64",
+        binarize="dynamic",
+        lr=0.01,
+        seed=4,
+        device="cpu",
+        quiet=True,
+    )
 
 
 def vae(capsys, *argv: str) -> tuple[int, str, str]:
