@@ -13,6 +13,8 @@ _EPOCH_SEED = (
     "np.random.SeedSequence([seed, epoch]).generate_state({}, np.uint64)[0] >> np.uint64(1)"
 )
 
+_NPZ_LABELS = "ys = [arrays[label_keys[{}]][train_idx], arrays[label_keys[{}]][test_idx]]"
+
 EQUIVALENT: list[dict[str, str]] = [
     *(
         {
@@ -89,4 +91,21 @@ EQUIVALENT: list[dict[str, str]] = [
         "new": 'found = "more" if len(data) >= expected else f"{header + len(data)} bytes"',
         "reason": "the line runs only when len(data) != expected, where > and >= agree",
     },
+    {
+        "file": "vae_common/npz.py",
+        "old": "key = image_keys[0]",
+        "new": "key = image_keys[ -1]",
+        "reason": "the line runs only when image_keys holds one key (the single-array scheme), "
+        "whose first and last elements are the same",
+    },
+    *(
+        {
+            "file": "vae_common/npz.py",
+            "old": _NPZ_LABELS.format("0", "0"),
+            "new": _NPZ_LABELS.format(*mutated),
+            "reason": "the line runs only in the single-array scheme, whose label_keys is the "
+            "one key ('y',): element 0 is element -1",
+        }
+        for mutated in ((" -1", "0"), ("0", " -1"))
+    ),
 ]

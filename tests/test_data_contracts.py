@@ -19,6 +19,7 @@ from vae_common.datasets import Dataset
 from vae_common.errors import DataError
 from vae_common.idx import load_idx_dir
 from vae_common.layout import resolve_layout
+from vae_common.npz import load_npz
 from vae_common.sources import DataSource
 
 
@@ -131,3 +132,12 @@ def test_as_float_converts_a_uint8_split_whichever_it_is(uint8_split):
     np.testing.assert_array_equal(converted, pixels.astype(np.float32) / np.float32(255))
     plain = Dataset("d", floats, floats)
     assert plain.as_float() is plain
+
+
+def test_an_npz_split_that_is_a_scalar_is_refused_beside_its_labels(tmp_path):
+    """A 0-d image array (no N axis) next to its labels is a DataError naming both shapes."""
+    path = tmp_path / "bad.npz"
+    x = np.zeros((3, 2, 2), np.uint8)
+    np.savez(path, x_train=x, y_train=np.arange(3), x_test=np.uint8(7), y_test=np.arange(1))
+    with pytest.raises(DataError, match=r"x_test must be \(N, H, W\).* got \(\) and \(1,\)"):
+        load_npz(path)
