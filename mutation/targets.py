@@ -27,6 +27,7 @@ TORCH_TRAINING_TESTS = [
     "tests/test_shared_contracts.py",
     "tests/test_train_jax_torch.py",
     "tests/test_reference_eval_data.py",
+    "tests/test_trainer_contracts.py",
     "tests/test_data_parallel.py",
 ]
 

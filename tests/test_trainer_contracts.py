@@ -56,3 +56,44 @@ def test_streamed_data_of_another_model_is_refused_naming_both():
         "the streamed data was checked for input shape (1, 2, 2) and likelihood 'gaussian', but "
         "this trainer's model has (1, 2, 2) and 'bernoulli'"
     )
+
+
+# -- torch's Adam: fused where this build has the kernel ---------------------------------------
+
+
+def test_torch_adam_is_fused_where_the_build_has_the_kernel():
+    """This torch build has a fused CPU Adam (float64 too): the trainer's optimizer uses it, with
+    the configured settings."""
+    from vae_torch.train import make_optimizer
+    from vae_torch.trainer import Trainer
+
+    t = Trainer(CONFIG, TrainConfig(lr=0.25, b1=0.5, b2=0.75, adam_eps=1e-3), "float64", "cpu")
+    group = make_optimizer(t.model, t.train_config).param_groups[0]
+    assert group["fused"] is True
+    assert (group["lr"], group["betas"], group["eps"]) == (0.25, (0.5, 0.75), 1e-3)
+    assert t.optimizer.param_groups[0]["fused"] is True
+
+
+@pytest.mark.parametrize("error", [RuntimeError, ValueError])
+def test_torch_adam_falls_back_to_the_default_kernel_where_fused_is_refused(monkeypatch, error):
+    """Where torch refuses ``fused=True`` (RuntimeError or ValueError, by build and device),
+    ``make_optimizer`` builds the default Adam; asking for fused alone raises torch's error."""
+    import torch
+
+    from vae_torch import train
+    from vae_torch.model import build_model
+
+    real = torch.optim.Adam
+
+    def adam(params, fused=None, **kwargs):
+        if fused:
+            raise error("no fused kernel here")
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", adam)
+    model = build_model(CONFIG, "float64")
+    group = train.make_optimizer(model, TrainConfig(lr=0.5)).param_groups[0]
+    assert not group["fused"] and group["lr"] == 0.5
+    with pytest.raises(error, match="no fused kernel"):
+        train._adam(model, TrainConfig(), fused=True)
+    assert not train._adam(model, TrainConfig(), fused=False).param_groups[0]["fused"]
