@@ -20,6 +20,7 @@ JAX_TRAINING_TESTS = [
     "tests/test_jax_donation.py",
     "tests/test_train_jax_torch.py",
     "tests/test_reference_eval_data.py",
+    "tests/test_trainer_contracts.py",
     "tests/test_data_parallel.py",
 ]
 TORCH_TRAINING_TESTS = [

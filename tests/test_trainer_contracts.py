@@ -97,3 +97,16 @@ def test_torch_adam_falls_back_to_the_default_kernel_where_fused_is_refused(monk
     with pytest.raises(error, match="no fused kernel"):
         train._adam(model, TrainConfig(), fused=True)
     assert not train._adam(model, TrainConfig(), fused=False).param_groups[0]["fused"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_trainer_defaults(backend):
+    """Built from a config (on the CPU) alone: float32, no compilation, denormals flushed (JAX
+    accepts the switch for symmetry), one device, float32 products, uneven batches refused."""
+    if backend == "jax":
+        from vae_jax.trainer import Trainer
+    else:
+        from vae_torch.trainer import Trainer
+    t = Trainer(CONFIG, device="cpu")
+    got = (t.dtype, t.compile, t.flush_denormal, t.devices, t.precision, t.uneven)
+    assert got == ("float32", False, True, None, "float32", "refuse")
