@@ -125,4 +125,13 @@ EQUIVALENT: list[dict[str, str]] = [
         }
         for mutated in ((" -1", "0"), ("0", " -1"))
     ),
+    {
+        "file": "vae_jax/data_parallel.py",
+        "old": "return jax.make_array_from_process_local_data(NamedSharding(self.mesh, _spec(0)), "
+        "x, shape)",
+        "new": "return jax.make_array_from_process_local_data(NamedSharding(self.mesh, "
+        "_spec( -1)), x, shape)",
+        "reason": "_spec(-1) is _spec(0): [None] * -1 is the empty list, so both are "
+        "PartitionSpec('data'), the batch split along axis 0",
+    },
 ]
