@@ -136,6 +136,7 @@ TARGETS: dict[str, list[str]] = {
     ],
     "vae_jax/input_checks.py": [
         "tests/test_input_checks.py",
+        "tests/test_loss_setting_contracts.py",
         "tests/test_losses.py",
         *REFERENCE_TESTS,
         "tests/test_state_checks.py",
@@ -150,6 +151,7 @@ TARGETS: dict[str, list[str]] = {
     ],
     "vae_torch/input_checks.py": [
         "tests/test_input_checks.py",
+        "tests/test_loss_setting_contracts.py",
         "tests/test_losses.py",
         *REFERENCE_TESTS,
         "tests/test_state_checks.py",

@@ -1,0 +1,97 @@
+"""The losses' settings given as arrays (``vae_jax.input_checks``, ``vae_torch.input_checks``):
+a 0-d array is that number, any other shape is refused, in both backends alike (``std``,
+``beta``, ``free_bits``; JAX also when traced).
+
+Each test pins an edge a generic mutation run found unpinned; values against
+``vae_common.reference``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import vae_jax
+import vae_jax.losses
+import vae_torch
+import vae_torch.losses
+from vae_common import reference
+from vae_common.config import VAEConfig
+from vae_common.errors import ConfigError
+from vae_common.spec import init_canonical
+
+X = np.random.default_rng(0).uniform(0, 1, (3, 1, 2, 2))
+MEAN = np.random.default_rng(1).uniform(0, 1, (3, 1, 2, 2))
+
+
+def gaussian(backend: str, std):
+    if backend == "jax":
+        return np.asarray(vae_jax.losses.gaussian_log_likelihood(X, MEAN, jnp.asarray(std)))
+    got = vae_torch.losses.gaussian_log_likelihood(
+        torch.as_tensor(X), torch.as_tensor(MEAN), torch.tensor(std, dtype=torch.float64)
+    )
+    return got.numpy()
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_a_0d_array_std_is_the_number(backend):
+    want = reference.gaussian_log_likelihood(X, MEAN, 0.7)
+    np.testing.assert_allclose(gaussian(backend, 0.7), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("std, shape", [([0.7], "(1,)"), ([[0.7, 0.7]], "(1, 2)")])
+def test_an_std_of_any_other_shape_is_refused(backend, std, shape):
+    """One element or several: an array std is refused naming its shape (not read as its
+    first element)."""
+    message = f"std must be a number (a scalar), got an array of shape {shape}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        gaussian(backend, std)
+
+
+CONFIG = VAEConfig(input_shape=(1, 2, 2), hidden=(3,), latent_dim=2)
+EPS = np.random.default_rng(2).standard_normal((3, 2))
+
+
+def objective(backend: str, beta, free_bits, jit: bool = False) -> float:
+    state = init_canonical(CONFIG, 0, "float64")
+    if backend == "jax":
+        model = vae_jax.build_model(CONFIG, "float64")
+        params = vae_jax.from_canonical(model, state)
+        # free_bits is read by a Python branch of the objective: never traced (under jit a
+        # numpy constant, which jnp operations would stage).
+        floor = np.asarray(free_bits) if jit else jnp.asarray(free_bits)
+        fn = lambda b: vae_jax.losses.objective(model, params, X, EPS, b, floor)  # noqa: E731
+        return float((jax.jit(fn) if jit else fn)(jnp.asarray(beta)))
+    model = vae_torch.build_model(CONFIG, "float64")
+    vae_torch.from_canonical(model, state)
+    as_t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    with torch.no_grad():
+        value = vae_torch.losses.objective(
+            model, None, torch.as_tensor(X), torch.as_tensor(EPS), as_t(beta), as_t(free_bits)
+        )
+    return float(value)
+
+
+@pytest.mark.parametrize("backend, jit", [("jax", False), ("jax", True), ("torch", False)])
+def test_0d_array_beta_and_free_bits_are_the_numbers(backend, jit):
+    """The objective with beta and free_bits given as 0-d arrays is the numpy objective with
+    those numbers (beta traced under jax.jit too)."""
+    state = init_canonical(CONFIG, 0, "float64")
+    want = reference.mlp_objective_and_grads(state, CONFIG, X, EPS, 0.8, 0.05)[0]
+    assert objective(backend, 0.8, 0.05, jit) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("backend, jit", [("jax", False), ("jax", True), ("torch", False)])
+@pytest.mark.parametrize("name", ["beta", "free_bits"])
+def test_shaped_beta_or_free_bits_are_refused(backend, jit, name):
+    values = {"beta": 0.8, "free_bits": 0.05}
+    values[name] = [values[name]]
+    message = f"{name} must be a number (a scalar), got an array of shape (1,)"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        objective(backend, values["beta"], values["free_bits"], jit)
