@@ -65,6 +65,9 @@ RECORD_KEYS = {
     "gflops",
     "flush_denormal",
     "ratio_to_reference",
+    "ceiling_fraction",
+    "gemm_adam_ceiling_fraction",
+    "xla_gemm_ceiling_fraction",
 }
 HOST_KEYS = {
     "torch",
@@ -76,6 +79,9 @@ HOST_KEYS = {
     "peak_gflops",
     "flops_per_sample",
     "gemm_ceiling_samples_per_s",
+    "gemm_adam_ceiling_samples_per_s",
+    "xla_gemm_ceiling_samples_per_s",
+    "adam_floor_s",
     "config",
 }
 
@@ -361,6 +367,40 @@ def test_gemm_ceiling_is_for_mlps_and_positive():
     assert host.matmul_peak_gflops("cpu", size=64) > 0
 
 
+def test_the_other_ceilings_time_what_they_say(monkeypatch):
+    mlp = VAEConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=2)
+    # XLA's products: the same shapes, each through one jitted JAX dot.
+    shapes = bench.gemm_shapes(mlp, 32)
+    seconds = host.matmul_seconds(shapes, "cpu", "float32", repeats=2, loops=2, library="jax")
+    assert len(seconds) == len(shapes) and all(s > 0 for s in seconds)
+    # The Adam floor is added to the products' seconds once per step.
+    fixed = [1e-4] * len(shapes)
+    monkeypatch.setattr(host, "matmul_seconds", lambda *a, **k: fixed)
+    assert bench.gemm_ceiling(mlp, 32, "cpu") == pytest.approx(32 / sum(fixed))
+    assert bench.gemm_ceiling(mlp, 32, "cpu", plus_seconds=1e-3) == pytest.approx(
+        32 / (sum(fixed) + 1e-3)
+    )
+    assert host.adam_floor_seconds(mlp, "cpu", repeats=2, loops=2) > 0
+
+
+def test_adam_floor_times_real_adam_steps(monkeypatch):
+    # The timed loop calls a torch Adam of the model's parameter shapes (fused where it can).
+    made = []
+    real = torch.optim.Adam
+
+    def adam(params, **kwargs):
+        made.append(([tuple(p.shape) for p in params], kwargs))
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", adam)
+    mlp = VAEConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=2)
+    host.adam_floor_seconds(mlp, "cpu", repeats=1, loops=1)
+    from vae_common.spec import param_spec
+
+    assert made[-1][0] == [tuple(s.shape) for s in param_spec(mlp)]
+    assert made[-1][1].get("fused") or made[-1][1].get("foreach")
+
+
 # -- report.py -----------------------------------------------------------------------------------
 
 
@@ -404,15 +444,41 @@ def test_format_table_rows_and_ceiling():
         "samples/s",
         "x",
         "ref",
+        "of",
+        "ceiling",
         "GFLOP/s",
         "compile",
         "s",
         "spread",
     ]
-    assert lines[2].split() == ["reference", "eager", "64", "1,000", "1.00", "1.5", "0.25", "10.0%"]
+    assert lines[2].split() == [
+        "reference",
+        "eager",
+        "64",
+        "1,000",
+        "1.00",
+        "-",
+        "1.5",
+        "0.25",
+        "10.0%",
+    ]
     assert lines[3].split()[:5] == ["jax", "epoch", "64", "2,500", "2.50"]
     assert "GEMM-only ceiling, batch 64: 4,000 samples/s = 4.00 x ref" in lines[4]
     assert "3.28 MFLOP per training sample; measured matmul peak 137 GFLOP/s" in lines[5]
+
+
+def test_format_table_fraction_column_and_other_ceilings():
+    result = json.loads(json.dumps(RESULT))
+    result["records"][1]["ceiling_fraction"] = 0.625
+    result["host"].update(
+        adam_floor_s=2e-4,
+        gemm_adam_ceiling_samples_per_s={"64": 3000.0},
+        xla_gemm_ceiling_samples_per_s={"64": 3500.0},
+    )
+    lines = bench.format_table(result).splitlines()
+    assert lines[3].split()[:6] == ["jax", "epoch", "64", "2,500", "2.50", "0.62"]
+    assert "with one fused Adam update (0.200 ms): 3,000 samples/s" in lines[5]
+    assert "as XLA runs them (one jitted dot each): 3,500 samples/s" in lines[6]
 
 
 def test_write_json_is_strict_json(tmp_path):
@@ -489,9 +555,18 @@ def test_run_bench_json_schema_on_a_tiny_setting(tmp_path):
             x for x in records if x["backend"] == "reference" and x["batch_size"] == r["batch_size"]
         )
         assert r["ratio_to_reference"] == pytest.approx(r["samples_per_s"] / ref["samples_per_s"])
+        for key, field in bench_run.CEILINGS.items():
+            ceiling = result["host"][key][str(r["batch_size"])]
+            assert r[field] == pytest.approx(r["samples_per_s"] / ceiling)
     host_info = result["host"]
     assert HOST_KEYS <= set(host_info)
-    assert set(host_info["gemm_ceiling_samples_per_s"]) == {"16", "32"}
+    for key in bench_run.CEILINGS:
+        assert set(host_info[key]) == {"16", "32"}
+    # With one Adam update added per step, the bound is lower than the products' alone.
+    for b in ("16", "32"):
+        with_adam = host_info["gemm_adam_ceiling_samples_per_s"][b]
+        assert 0 < with_adam < host_info["gemm_ceiling_samples_per_s"][b]
+    assert host_info["adam_floor_s"] > 0
     assert VAEConfig.from_dict(host_info["config"]) == TINY
 
 

@@ -1,6 +1,16 @@
-"""What the figures were measured on: versions and settings, the matmul peak, the GEMM ceiling.
+"""What the figures were measured on: versions and settings, the matmul peak, the ceilings.
 
-The peak and the ceiling are timed with torch; without torch installed they are None.
+Three bounds on a training step's speed, each timed on its own in the same run as the rows:
+
+- ``gemm_ceiling``: the step's matrix products alone, timed in torch (its BLAS is the fastest
+  GEMM on the usual CPUs); the issue's "ceiling" that every row's ``ceiling_fraction`` refers to.
+- ``adam_floor_seconds``: one update of torch's fused Adam over the model's parameters, the
+  least an Adam step can cost (one pass reading parameters, gradients and both moments and
+  writing three of them); ``gemm_ceiling`` with it added is the bound a step with Adam can reach.
+- ``gemm_ceiling(..., library="jax")``: the same products as XLA runs them, one jitted dot each:
+  what JAX's own GEMMs allow on this machine (often slower than torch's BLAS on the CPU).
+
+Timed with torch (or JAX); without the library installed they are None.
 """
 
 from __future__ import annotations
@@ -72,11 +82,19 @@ def host_info(device: str) -> dict[str, Any]:
 
 
 def matmul_seconds(
-    shapes: Sequence[tuple[int, int, int]], device: str, dtype: str, repeats: int, loops: int
+    shapes: Sequence[tuple[int, int, int]],
+    device: str,
+    dtype: str,
+    repeats: int,
+    loops: int,
+    library: str = "torch",
 ) -> list[float] | None:
     """Best-of-``repeats`` seconds of one (m, k) @ (k, n) torch product for each ``(m, k, n)``
     in ``shapes`` (each timed over ``loops`` back-to-back calls, the device synchronised around
-    them); None without torch."""
+    them); None without torch. ``library="jax"``: the same, each product one jitted JAX dot on
+    JAX's device for ``device`` (its CPU for an XPU); None without JAX."""
+    if library == "jax":
+        return _jax_matmul_seconds(shapes, device, dtype, repeats, loops)
     try:
         import torch
 
@@ -104,6 +122,35 @@ def matmul_seconds(
     return seconds
 
 
+def _jax_matmul_seconds(
+    shapes: Sequence[tuple[int, int, int]], device: str, dtype: str, repeats: int, loops: int
+) -> list[float] | None:
+    try:
+        import jax
+        import jax.numpy as jnp
+
+        from vae_jax.device import select_device
+    except ImportError:
+        return None
+    dev = select_device("cpu" if device == "xpu" else device)
+    dot = jax.jit(jnp.matmul)
+    seconds = []
+    for m, k, n in shapes:
+        a = jax.device_put(jnp.ones((m, k), dtype), dev)
+        b = jax.device_put(jnp.ones((k, n), dtype), dev)
+        for _ in range(2):
+            dot(a, b).block_until_ready()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(loops):
+                out = dot(a, b)
+            out.block_until_ready()
+            best = min(best, (time.perf_counter() - t0) / loops)
+        seconds.append(best)
+    return seconds
+
+
 def matmul_peak_gflops(device: str, dtype: str = "float32", size: int = 2048) -> float | None:
     """Measured dense (size x size) matmul throughput in GFLOP/s (torch, best of 5), the
     ceiling for achieved GFLOP/s; None without torch."""
@@ -125,16 +172,60 @@ def gemm_shapes(config: VAEConfig, batch_size: int) -> list[tuple[int, int, int]
 
 
 def gemm_ceiling(
-    config: VAEConfig, batch_size: int, device: str, dtype: str = "float32", repeats: int = 7
+    config: VAEConfig,
+    batch_size: int,
+    device: str,
+    dtype: str = "float32",
+    repeats: int = 7,
+    library: str = "torch",
+    plus_seconds: float = 0.0,
 ) -> float | None:
     """Samples/s if a training step cost nothing but its matrix products (MLP only, else None):
-    every product of ``gemm_shapes`` timed on its own in torch, best of ``repeats`` loops,
-    summed.
+    every product of ``gemm_shapes`` timed on its own in ``library`` (torch, or ``"jax"``: XLA's
+    dots), best of ``repeats`` loops, summed, plus ``plus_seconds`` per step (e.g.
+    ``adam_floor_seconds``).
 
     A contender whose products run no faster than they do alone cannot beat it; with Adam and
     the elementwise work on top, it tells what ratio to the reference this machine allows.
     """
     if config.arch != "mlp":
         return None
-    seconds = matmul_seconds(gemm_shapes(config, batch_size), device, dtype, repeats, loops=20)
-    return None if seconds is None else batch_size / sum(seconds)
+    shapes = gemm_shapes(config, batch_size)
+    seconds = matmul_seconds(shapes, device, dtype, repeats, loops=20, library=library)
+    return None if seconds is None else batch_size / (sum(seconds) + plus_seconds)
+
+
+def adam_floor_seconds(
+    config: VAEConfig, device: str, dtype: str = "float32", repeats: int = 7, loops: int = 50
+) -> float | None:
+    """Seconds of one ``torch.optim.Adam`` update over parameters of the model's shapes (its
+    fused kernel where this torch build has one for the device, else the foreach one), best of
+    ``repeats`` loops of ``loops`` back-to-back steps, the device synchronised around them; None
+    without torch. Independent of the batch size."""
+    try:
+        import torch
+
+        from vae_torch.device import select_device, synchronize
+        from vae_torch.model import resolve_dtype
+    except ImportError:
+        return None
+    dev = select_device(device)
+    dt = resolve_dtype(dtype)
+    params = [torch.zeros(s.shape, device=dev, dtype=dt) for s in param_spec(config)]
+    for p in params:
+        p.grad = torch.full_like(p, 1e-3)
+    try:
+        optimizer = torch.optim.Adam(params, lr=1e-3, fused=True)
+        optimizer.step()
+    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
+        optimizer = torch.optim.Adam(params, lr=1e-3, foreach=True)
+        optimizer.step()
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(dev)
+        t0 = time.perf_counter()
+        for _ in range(loops):
+            optimizer.step()
+        synchronize(dev)
+        best = min(best, (time.perf_counter() - t0) / loops)
+    return best

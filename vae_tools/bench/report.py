@@ -8,7 +8,17 @@ from typing import Any
 
 from vae_common.checkpoint import atomic_write_bytes
 
-COLUMNS = ("backend", "mode", "batch", "samples/s", "x ref", "GFLOP/s", "compile s", "spread")
+COLUMNS = (
+    "backend",
+    "mode",
+    "batch",
+    "samples/s",
+    "x ref",
+    "of ceiling",
+    "GFLOP/s",
+    "compile s",
+    "spread",
+)
 
 
 def _reference_rate(result: dict[str, Any], batch: str) -> float | None:
@@ -23,12 +33,13 @@ def _reference_rate(result: dict[str, Any], batch: str) -> float | None:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """One row per record (``x ref`` is ``-`` without a reference row), then the GEMM-only
-    ceiling per batch size, a line per data-parallel record (``dp_lines``) and a line on the
-    host."""
+    """One row per record (``x ref`` is ``-`` without a reference row, ``of ceiling`` the
+    record's ``ceiling_fraction``, ``-`` without one), then the ceilings per batch size, a line
+    per data-parallel record (``dp_lines``) and a line on the host."""
     rows = [COLUMNS]
     for r in result["records"]:
         ratio = r.get("ratio_to_reference")
+        fraction = r.get("ceiling_fraction")
         rows.append(
             (
                 r["backend"],
@@ -36,6 +47,7 @@ def format_table(result: dict[str, Any]) -> str:
                 str(r["batch_size"]),
                 f"{r['samples_per_s']:,.0f}",
                 f"{ratio:.2f}" if ratio else "-",
+                f"{fraction:.2f}" if fraction else "-",
                 f"{r['gflops']:.1f}",
                 f"{r['compile_s']:.2f}",
                 f"{100 * r['spread']:.1f}%",
@@ -57,8 +69,9 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append(
                 f"GEMM-only ceiling, batch {batch}: {ceiling:,.0f} samples/s"
                 + (f" = {ceiling / ref:.2f} x ref" if ref else "")
-                + " (the step's matrix products alone, nothing else)"
+                + " (the step's matrix products alone, nothing else, timed in torch)"
             )
+        lines.extend(_other_ceilings(h, batch))
     lines.extend(dp_lines(result["records"]))
     lines.extend(precision_lines(result["records"]))
     peak = h.get("peak_gflops")
@@ -69,6 +82,23 @@ def format_table(result: dict[str, Any]) -> str:
         + (f"; measured matmul peak {peak:.0f} GFLOP/s" if peak else "")
     )
     return "\n".join(lines)
+
+
+def _other_ceilings(host: dict[str, Any], batch: str) -> list[str]:
+    """The ceiling with one fused Adam pass and the one of XLA's products, where measured."""
+    lines = []
+    adam = (host.get("gemm_adam_ceiling_samples_per_s") or {}).get(batch)
+    if adam:
+        lines.append(
+            f"  with one fused Adam update ({1e3 * host['adam_floor_s']:.3f} ms): {adam:,.0f} "
+            "samples/s (the bound for a step that also updates its weights)"
+        )
+    xla = (host.get("xla_gemm_ceiling_samples_per_s") or {}).get(batch)
+    if xla:
+        lines.append(
+            f"  the same products as XLA runs them (one jitted dot each): {xla:,.0f} samples/s"
+        )
+    return lines
 
 
 def precision_lines(records: list[dict[str, Any]]) -> list[str]:

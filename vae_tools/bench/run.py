@@ -17,7 +17,7 @@ from vae_common.precision import precision_note
 from vae_common.training import TrainConfig
 from vae_tools.bench import data_parallel as dp
 from vae_tools.bench.contenders import MODES, make_contender
-from vae_tools.bench.host import gemm_ceiling, host_info, matmul_peak_gflops
+from vae_tools.bench.host import adam_floor_seconds, gemm_ceiling, host_info, matmul_peak_gflops
 from vae_tools.bench.timing import measure_interleaved
 from vae_tools.bench.workload import Workload, default_config, flops_per_sample, make_data
 
@@ -154,7 +154,12 @@ def run_bench(
     Returns:
       ``{"records": [one dict per contender and batch size], "host": {...}}``; every record's
       ``ratio_to_reference`` is its samples/s over the reference row's of the same batch size
-      (None without one). A data-parallel record also has ``devices``, ``per_device_batch``,
+      (None without one), and ``ceiling_fraction``, ``gemm_adam_ceiling_fraction`` and
+      ``xla_gemm_ceiling_fraction`` its samples/s over the host's ceilings of that batch size
+      (``vae_tools.bench.host``; None for a conv model or a ceiling not measured). The host
+      holds ``gemm_ceiling_samples_per_s``, ``gemm_adam_ceiling_samples_per_s``,
+      ``xla_gemm_ceiling_samples_per_s`` (each ``{str(batch): samples/s}`` or None) and
+      ``adam_floor_s``. A data-parallel record also has ``devices``, ``per_device_batch``,
       ``single_device_mode``, ``single_device_samples_per_s``, ``efficiency`` (its samples/s
       over N x the 1-device row's), ``interleaved`` (with the 1-device rows), ``launch``,
       ``processes``, ``threads_per_process`` (None: JAX's own pool), ``host_cores`` (the cores
@@ -171,6 +176,7 @@ def run_bench(
     config = config or default_config(arch)
     data = make_data(config, samples, seed) if data is None else data
     uses_torch = any(b in ("torch", "reference") for b, _ in chosen)
+    uses_jax = any(b == "jax" for b, _ in chosen)
     if dtype == "float64" and any(b == "jax" for b, _ in chosen):
         from vae_jax.device import enable_float64
 
@@ -230,10 +236,55 @@ def run_bench(
     host["usable_cores"] = usable_cores()
     host["flops_per_sample"] = flops
     host["peak_gflops"] = matmul_peak_gflops(device, dtype) if uses_torch else None
-    host["gemm_ceiling_samples_per_s"] = (
-        {str(b): gemm_ceiling(config, b, device, dtype) for b in batch_sizes}
-        if uses_torch
-        else None
-    )
+    host.update(_ceilings(config, batch_sizes, device, dtype, uses_torch, uses_jax))
+    for r in records:
+        r.update(_fractions(r, host))
     host["config"] = config.to_dict()
     return {"records": records, "host": host}
+
+
+# The host's ceilings (``vae_tools.bench.host``) and the record field of each one's fraction.
+CEILINGS = {
+    "gemm_ceiling_samples_per_s": "ceiling_fraction",
+    "gemm_adam_ceiling_samples_per_s": "gemm_adam_ceiling_fraction",
+    "xla_gemm_ceiling_samples_per_s": "xla_gemm_ceiling_fraction",
+}
+
+
+def _ceilings(
+    config: VAEConfig,
+    batch_sizes: Sequence[int],
+    device: str,
+    dtype: str,
+    uses_torch: bool,
+    uses_jax: bool,
+) -> dict[str, Any]:
+    """The three ceilings per batch size (``{str(batch): samples/s}``, None where not measured:
+    the torch ones without a torch row, XLA's without a JAX row) and the Adam floor."""
+    adam_s = adam_floor_seconds(config, device, dtype) if uses_torch else None
+    out: dict[str, Any] = {"adam_floor_s": adam_s}
+    for key, on, kwargs in (
+        ("gemm_ceiling_samples_per_s", uses_torch, {}),
+        (
+            "gemm_adam_ceiling_samples_per_s",
+            uses_torch and adam_s is not None,
+            {"plus_seconds": adam_s or 0.0},
+        ),
+        ("xla_gemm_ceiling_samples_per_s", uses_jax, {"library": "jax"}),
+    ):
+        out[key] = (
+            {str(b): gemm_ceiling(config, b, device, dtype, **kwargs) for b in batch_sizes}
+            if on
+            else None
+        )
+    return out
+
+
+def _fractions(record: dict[str, Any], host: dict[str, Any]) -> dict[str, float | None]:
+    """``record``'s samples/s over each ceiling of its batch size (None where there is none:
+    a conv model, a ceiling not measured)."""
+    out: dict[str, float | None] = {}
+    for key, field in CEILINGS.items():
+        ceiling = (host.get(key) or {}).get(str(record["batch_size"]))
+        out[field] = record["samples_per_s"] / ceiling if ceiling else None
+    return out
