@@ -6,20 +6,17 @@ runs on the CPU against a stand-in for ``torch.cuda``'s graph API that records t
 the captured step and replays them on the same tensors.
 """
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from graph_standin import CPU_GRAPHS, RecordedGraph
 
 import vae_common.data
 from vae_common.config import VAEConfig
@@ -200,62 +197,6 @@ def test_torch_compile_losses_are_the_eager_trainers():
     np.testing.assert_allclose(got, trainer_losses("torch", w), rtol=1e-10)
 
 
-class RecordedGraph:
-    """Stands in for ``torch.cuda.CUDAGraph`` on the CPU.
-
-    The capture records every ATen call made inside ``graph(g)`` with its argument and result
-    tensors; ``replay`` makes the same calls again on the same tensors and writes each result
-    into the tensor the capture produced it in, as a CUDA graph replays its kernels on fixed
-    addresses. So, as on a GPU, the captured step sees new data only through tensors that
-    outlive it, and whatever it initialises inside the capture is initialised again at every
-    replay. (The recording runs the calls once; a real capture only records them.)
-    """
-
-    def __init__(self):
-        self.calls = []
-
-    def replay(self):
-        with torch.no_grad():  # the recorded calls include autograd's; run them as kernels
-            for func, args, kwargs, out in self.calls:
-                fresh = func(*args, **kwargs)
-                for old, new in zip(tree_leaves(out), tree_leaves(fresh), strict=True):
-                    # In-place calls and views already wrote to, or alias, the captured memory.
-                    if isinstance(old, torch.Tensor) and old.numel() and not _same_memory(old, new):
-                        old.copy_(new)
-
-
-def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-
-
-class _Recorder(TorchDispatchMode):
-    def __init__(self, graph: RecordedGraph):
-        super().__init__()
-        self.graph = graph
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if func.namespace != "profiler":  # profiler annotations, not kernels
-            self.graph.calls.append((func, args, kwargs, out))
-        return out
-
-
-class _Stream:
-    def wait_stream(self, other):
-        # One CPU thread runs everything in order: there is nothing to wait for.
-        pass
-
-
-CPU_GRAPHS = types.SimpleNamespace(
-    CUDAGraph=RecordedGraph,
-    graph=_Recorder,
-    Stream=_Stream,
-    stream=lambda s: contextlib.nullcontext(),
-    current_stream=_Stream,
-)
-
-
 def test_recorded_graph_replays_on_new_inputs():
     a, b = torch.ones(3), torch.full((3,), 2.0)
     graph = RecordedGraph()
@@ -272,12 +213,17 @@ def test_torch_cudagraph_losses_are_the_trainers():
     np.testing.assert_allclose(got, trainer_losses("torch", w), rtol=1e-12)
 
 
-def test_torch_cudagraph_refuses_what_it_cannot_replay():
-    with pytest.raises(DeviceError, match="cuda"):
+def test_torch_cudagraph_follows_the_trainer_under_kl_warm_up_and_binarization():
+    # The contender is Trainer(compile="cudagraph"): the KL weight and the binarization of each
+    # step are the eager Trainer's.
+    w = tiny_workload(warmup_steps=5, binarize="dynamic")
+    got = contender_losses(contenders.torch_cudagraph(w, graphs=CPU_GRAPHS))
+    np.testing.assert_allclose(got, trainer_losses("torch", w), rtol=1e-12)
+
+
+def test_torch_cudagraph_is_refused_off_cuda():
+    with pytest.raises(DeviceError, match="needs a CUDA device, got 'cpu'"):
         bench.make_contender("torch", "cudagraph", tiny_workload())
-    for train in ({"warmup_steps": 3}, {"binarize": "dynamic"}):
-        with pytest.raises(ConfigError, match="cudagraph"):
-            contenders.torch_cudagraph(tiny_workload(**train), graphs=CPU_GRAPHS)
 
 
 def test_reference_step_is_the_summed_negative_elbo():

@@ -26,6 +26,7 @@ from vae_common.state_checks import check_optimizer_state, check_state, check_st
 from vae_common.streaming import HostData, Prefetcher
 from vae_common.trainer_checks import (
     check_arguments,
+    check_compile,
     check_devices,
     check_host_data,
     check_split,
@@ -45,8 +46,16 @@ class TrainerBase(InferenceBase):
       train: optimizer and objective settings (``TrainConfig()`` when None).
       dtype: ``"float32"`` or ``"float64"`` (checked against the device).
       device: a device name for the backend's ``select_device`` (None: the backend's default).
-      compile: torch: compute each step's loss and gradients in one compiled graph; JAX compiles
-        every step with ``jax.jit`` anyway and accepts it for symmetry.
+      compile: ``False``, ``True`` or ``"cudagraph"`` (``ConfigError`` for anything else).
+        torch: ``True`` computes each step's loss and gradients in one compiled graph;
+        ``"cudagraph"`` (CUDA only) captures the whole eager step (forward, backward and the
+        capturable Adam update) as one CUDA graph per batch shape and replays it
+        (``vae_torch._cuda_graph``). JAX compiles every step with ``jax.jit`` anyway and accepts
+        ``True`` for symmetry, and ``"cudagraph"`` on a CUDA device only, where XLA already
+        runs the kernels of its compiled steps through CUDA graphs wherever its command
+        buffers apply (``--xla_gpu_enable_command_buffer``), so it changes nothing. Off CUDA,
+        ``"cudagraph"`` raises ``DeviceError`` naming the device, with the same text in both
+        backends.
       flush_denormal: torch on the CPU: flush denormals to zero while training; XLA always does.
       devices: data parallelism over this many devices (None: one device, no collectives).
         JAX shards every batch over a mesh of ``devices`` devices (``vae_jax.distributed``);
@@ -81,7 +90,7 @@ class TrainerBase(InferenceBase):
         train: TrainConfig | None = None,
         dtype: str = "float32",
         device: Any = None,
-        compile: bool = False,
+        compile: bool | str = False,
         flush_denormal: bool = True,
         devices: int | None = None,
         precision: str = "float32",
@@ -91,7 +100,7 @@ class TrainerBase(InferenceBase):
         self.config = config
         self.dtype = dtype
         self.precision = check_precision(precision, dtype)
-        self.compile = bool(compile)
+        self.compile = check_compile(compile)
         self.flush_denormal = bool(flush_denormal)
         self.devices = check_devices(devices)
         self.uneven = check_uneven(uneven)

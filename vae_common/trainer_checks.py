@@ -1,4 +1,5 @@
-"""The argument checks of ``vae_common.trainer.TrainerBase``: its constructor's arguments,
+"""The argument checks of ``vae_common.trainer.TrainerBase``: its constructor's arguments (the
+``compile`` modes among them),
 ``put_data``'s stream settings, the streamed data given to ``train_epoch``, ``run_steps``'s
 arrays and the split of a batch over the devices of a data-parallel run (``uneven``).
 """
@@ -12,10 +13,13 @@ import numpy as np
 from vae_common import checks
 from vae_common.config import VAEConfig
 from vae_common.constants import DTYPES
-from vae_common.errors import ConfigError, ShapeError
+from vae_common.errors import ConfigError, DeviceError, ShapeError
 from vae_common.streaming import DEFAULT_PREFETCH, check_prefetch
 from vae_common.training import TrainConfig
 
+# The accepted values of ``TrainerBase(compile=...)``: eager steps, compiled steps, and steps
+# replayed as CUDA graphs.
+COMPILE_MODES = (False, True, "cudagraph")
 # What a data-parallel trainer does with a batch its devices do not divide (``TrainerBase``).
 UNEVEN = ("refuse", "replicate")
 
@@ -41,6 +45,25 @@ def check_devices(devices: Any) -> int | None:
     ):
         raise ConfigError(f"devices must be None or a positive integer, got {devices!r}")
     return None if devices is None else int(devices)
+
+
+def check_compile(compile: Any) -> bool | str:
+    """``compile`` as given; ``ConfigError`` naming it unless it is one of ``COMPILE_MODES``
+    (``False``, ``True`` or ``"cudagraph"``; not another truthy value such as 1 or ``"yes"``)."""
+    if isinstance(compile, bool):
+        return compile
+    if isinstance(compile, str) and compile == "cudagraph":
+        return "cudagraph"
+    raise ConfigError(f"compile must be False, True or 'cudagraph', got {compile!r}")
+
+
+def cuda_graph_refused(device: str) -> DeviceError:
+    """The error both trainers raise for ``compile="cudagraph"`` on ``device`` (its name: the
+    torch device type, JAX's platform), which is not a CUDA device."""
+    return DeviceError(
+        f"compile='cudagraph' replays the training step as a CUDA graph and needs a CUDA "
+        f"device, got {device!r}; use compile=True or compile=False there"
+    )
 
 
 def check_uneven(uneven: Any) -> str:

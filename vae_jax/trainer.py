@@ -20,6 +20,7 @@ from vae_common.config import VAEConfig
 from vae_common.distributed import state_digest
 from vae_common.streaming import Prefetcher
 from vae_common.trainer import TrainerBase
+from vae_common.trainer_checks import cuda_graph_refused
 from vae_common.training import EXP_AVG, EXP_AVG_SQ, TrainConfig, split_optimizer_state
 from vae_jax.convert import from_canonical, to_canonical
 from vae_jax.data_parallel import Placement, Steps, jit_steps, require_same
@@ -41,7 +42,7 @@ class Trainer(TrainerBase):
         train: TrainConfig | None = None,
         dtype: str = "float32",
         device: Any = None,
-        compile: bool = False,
+        compile: bool | str = False,
         flush_denormal: bool = True,
         devices: int | None = None,
         precision: str = "float32",
@@ -60,6 +61,8 @@ class Trainer(TrainerBase):
                 d for d in self.mesh.devices.flat if d.process_index == jax.process_index()
             )
         check_dtype(self.device, dtype)
+        if self.compile == "cudagraph" and not _is_cuda(self.device):
+            raise cuda_graph_refused(str(self.device.platform))
         self._processes = process_count()
         if self.mesh is not None and self._processes > 1:
             require_same(
@@ -207,6 +210,12 @@ class Trainer(TrainerBase):
         put = self._place.put
         bound = self._iwae(self._place.local(self._state.params), put(x), put(eps))
         return np.asarray(bound, np.float64)
+
+
+def _is_cuda(device: Any) -> bool:
+    """Whether a JAX device is an NVIDIA GPU under CUDA (not ROCm, not the CPU or a TPU)."""
+    version = str(getattr(getattr(device, "client", None), "platform_version", "")).lower()
+    return device.platform in ("gpu", "cuda") and "rocm" not in version
 
 
 __all__ = ["Trainer"]

@@ -2,7 +2,8 @@
 on the device, no host sync per step (losses are collected on the device and read once per epoch).
 
 Mirrors ``vae_jax.trainer``. The steps are ``vae_torch.train``'s (eager, or compiled by
-``vae_torch._compile``). ``Trainer(devices=N)`` is one rank of N processes under
+``vae_torch._compile``, or the eager step replayed as a CUDA graph by ``vae_torch._cuda_graph``
+for ``compile="cudagraph"``). ``Trainer(devices=N)`` is one rank of N processes under
 ``DistributedDataParallel`` (``vae_torch.data_parallel``): each rank steps on its rows of the
 global batch, with the noise of those rows drawn for the whole batch, and DDP averages the
 gradients. A batch the ranks do not divide, with ``uneven="replicate"``, is every rank's whole:
@@ -13,16 +14,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from vae_common.config import VAEConfig
 from vae_common.distributed import state_digest
-from vae_common.errors import DeviceError
+from vae_common.errors import ConfigError, DeviceError
 from vae_common.streaming import UINT8_VALUES, Prefetcher
 from vae_common.trainer import TrainerBase
+from vae_common.trainer_checks import cuda_graph_refused
 from vae_common.training import (
     EXP_AVG,
     EXP_AVG_SQ,
@@ -32,6 +34,7 @@ from vae_common.training import (
     split_optimizer_state,
 )
 from vae_torch._compile import make_compiled_step, require_compiler
+from vae_torch._cuda_graph import GraphedStep, mark_capturable
 from vae_torch.convert import from_canonical, to_canonical
 from vae_torch.data_parallel import global_mean, process_group, rank_rows, require_same
 from vae_torch.device import check_dtype, select_device, synchronize
@@ -51,6 +54,11 @@ class Trainer(TrainerBase):
     __doc__ = TrainerBase.__doc__
 
     backend = "torch"
+    # The CUDA-graph API of ``compile="cudagraph"``: None for ``torch.cuda`` (CUDA devices
+    # only). A subclass may set a stand-in with the same names (``CUDAGraph``, ``graph``,
+    # ``Stream``, ``stream``, ``current_stream``), which then runs on any device: the tests
+    # replay the captured step on the CPU that way.
+    _graph_api: ClassVar[Any] = None
 
     def __init__(
         self,
@@ -58,7 +66,7 @@ class Trainer(TrainerBase):
         train: TrainConfig | None = None,
         dtype: str = "float32",
         device: Any = None,
-        compile: bool = False,
+        compile: bool | str = False,
         flush_denormal: bool = True,
         devices: int | None = None,
         precision: str = "float32",
@@ -84,16 +92,38 @@ class Trainer(TrainerBase):
         # uint8 pixel k -> the model dtype's k / 255 (streamed batches), on the device.
         dtype_t = next(self.model.parameters()).dtype
         self._uint8_values = torch.as_tensor(UINT8_VALUES).to(self.device, dtype_t)
-        self.optimizer = make_optimizer(self.model, self.train_config)
-        if self.compile:
+        self._graphs = self._cuda_graph_api()
+        self.optimizer = self._new_optimizer()
+        if self.compile is True:
             require_compiler({self.device.type})
         self._eager_step = make_train_step(self.model, self.train_config, self.precision)
         self._compiled_step: Callable[..., torch.Tensor] | None = None
         self._step_count = 0
-        if self.world > 1 and not self.compile:
+        if self.world > 1 and self.compile is False:
             # The compiled step all-reduces its own gradients (torch.func bypasses DDP's
             # hooks), so only the eager step goes through DDP.
             self._eager_step = _ddp_step(self.model, self.train_config, self.precision, self.device)
+
+    def _cuda_graph_api(self) -> Any:
+        """The graph API of ``compile="cudagraph"`` (None for the other modes); refused off CUDA
+        (unless a stand-in is set) and for more than one process."""
+        if self.compile != "cudagraph":
+            return None
+        if self.world > 1:
+            raise ConfigError(
+                f"compile='cudagraph' runs on one device; got devices={self.devices} (use "
+                "compile=True or False for data-parallel training)"
+            )
+        if self._graph_api is not None:
+            return self._graph_api
+        if self.device.type != "cuda":
+            raise cuda_graph_refused(str(self.device.type))
+        return torch.cuda
+
+    def _new_optimizer(self) -> torch.optim.Adam:
+        """A fresh ``make_optimizer``, marked capturable for CUDA graphs."""
+        optimizer = make_optimizer(self.model, self.train_config)
+        return mark_capturable(optimizer) if self._graphs is not None else optimizer
 
     def _put(self, a: Any) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), device=self.device).to(
@@ -101,7 +131,13 @@ class Trainer(TrainerBase):
         )
 
     def _train_step(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        if self.compile:
+        if self._graphs is not None:
+            if self._compiled_step is None:
+                self._compiled_step = GraphedStep(
+                    self.model, self.optimizer, self.train_config, self.precision, self._graphs
+                )
+            value = self._compiled_step(x, eps, beta_at(self.train_config, self._step_count))
+        elif self.compile:
             if self._compiled_step is None:
                 self._compiled_step = make_compiled_step(
                     self.model,
@@ -134,8 +170,9 @@ class Trainer(TrainerBase):
         if self.world > 1:
             require_same(state_digest(state), "were given different weights")
         from_canonical(self.model, state)
-        self.optimizer = make_optimizer(self.model, self.train_config)
-        self._compiled_step = None  # bound to the optimizer it was made with
+        self.optimizer = self._new_optimizer()
+        # Bound to the optimizer it was made with (a CUDA graph: to its very state tensors).
+        self._compiled_step = None
         self._step_count = 0
 
     def _state_dict(self) -> dict[str, np.ndarray]:
@@ -169,6 +206,8 @@ class Trainer(TrainerBase):
                 "exp_avg_sq": torch.as_tensor(nu[name], dtype=p.dtype, device=p.device).clone(),
             }
         self._step_count = step
+        if self._graphs is not None:
+            self._compiled_step = None  # its graphs update the state tensors just replaced
 
     def _put_data(self, x: np.ndarray) -> torch.Tensor:
         return self._put(x)

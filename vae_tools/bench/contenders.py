@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 
 from vae_common.data import check_batches
-from vae_common.errors import ConfigError, DeviceError
-from vae_common.training import epoch_seed
+from vae_common.errors import ConfigError
 from vae_tools.bench.workload import Workload
 
 EpochFn = Callable[[int], np.ndarray]
@@ -81,10 +80,14 @@ def jax_step(w: Workload) -> EpochFn:
     return run_epoch
 
 
-def _torch_trainer(w: Workload, compile: bool = False) -> tuple[Any, Any]:
+def _torch_trainer(w: Workload, compile: bool | str = False, graphs: Any = None) -> tuple[Any, Any]:
     from vae_torch.train import Trainer
 
-    trainer = Trainer(
+    cls: type[Any] = Trainer
+    if graphs is not None:
+        # A stand-in for torch.cuda's graph API (the tests'): a Trainer that replays with it.
+        cls = type("Trainer", (Trainer,), {"_graph_api": graphs})
+    trainer = cls(
         w.config,
         w.train,
         w.dtype,
@@ -112,84 +115,23 @@ def torch_compile(w: Workload) -> EpochFn:
 
 
 def torch_cudagraph(w: Workload, graphs: Any = None) -> EpochFn:
-    """The library's eager step (``vae_torch.train.make_train_step``, the Trainer's model and
-    fused Adam) captured once in a CUDA graph and replayed for every batch.
-
-    Per step only the batch indices and the noise are written into the graph's static input
-    tensors; the noise comes from a generator seeded with ``epoch_seed(seed, epoch)`` in the
-    order ``Trainer.train_epoch`` draws it, so the losses are the Trainer's.
+    """``Trainer(compile="cudagraph").train_epoch``: the library's eager step (forward, backward,
+    fused Adam marked capturable) captured once as a CUDA graph after a warm-up and replayed for
+    every batch, the batch, noise and KL weight written into the graph's static tensors
+    (``vae_torch._cuda_graph``); the first epoch includes the capture.
 
     Not yet run on a GPU: the tests run it on the CPU through a stand-in for the graph API that
     records the captured kernels and replays them on the same tensors, which checks the data,
     the noise and the optimizer state, but not CUDA's capture rules.
 
     Args:
-      w: the workload; needs a constant KL weight (no warm-up) and no dynamic binarization,
-        since the graph replays one fixed step.
-      graphs: the graph API: ``torch.cuda`` (the default, which needs ``w.device == "cuda"``),
-        or an object with the same ``CUDAGraph``, ``graph``, ``Stream``, ``stream`` and
-        ``current_stream`` (the tests pass one that records and replays the CPU kernels).
+      w: the workload (needs ``w.device == "cuda"`` unless ``graphs`` is given).
+      graphs: the graph API: None for ``torch.cuda``, or an object with the same ``CUDAGraph``,
+        ``graph``, ``Stream``, ``stream`` and ``current_stream`` (the tests pass one that
+        records and replays the CPU kernels).
     """
-    import torch
-
-    from vae_torch.train import make_train_step
-
-    if w.train.warmup_steps or w.train.binarize != "none":
-        raise ConfigError(
-            "mode 'cudagraph' replays one fixed step: it needs warmup_steps=0 and binarize='none'"
-        )
-    if graphs is None:
-        if w.device != "cuda":
-            raise DeviceError(f"mode 'cudagraph' needs --device cuda, got {w.device!r}")
-        graphs = torch.cuda
-    trainer, data = _torch_trainer(w)
-    model, optimizer = trainer.model, trainer.optimizer
-    # Capture is refused unless the optimizer is marked capturable (fused Adam already keeps its
-    # step counts on the device and reads them there, so the update itself is unchanged).
-    for group in optimizer.param_groups:
-        group["capturable"] = True
-    step = make_train_step(model, w.train, w.precision)
-    idx = torch.arange(w.batch_size, device=trainer.device)
-    eps = torch.zeros(w.batch_size, w.config.latent_dim, dtype=data.dtype, device=trainer.device)
-    initial = [p.detach().clone() for p in model.parameters()]
-
-    def body() -> torch.Tensor:
-        return step(optimizer, data.index_select(0, idx), eps, 0)
-
-    # Warm-up on a side stream, as torch's CUDA-graph recipe has it: Adam's state and the
-    # libraries' lazy handles are created here, outside the graph, which would otherwise
-    # record (and re-run at every replay) their initialisation.
-    side = graphs.Stream()
-    side.wait_stream(graphs.current_stream())
-    with graphs.stream(side):
-        for _ in range(3):
-            body()
-    graphs.current_stream().wait_stream(side)
-    graph = graphs.CUDAGraph()
-    with graphs.graph(graph):
-        loss = body()
-    # Back to the initial weights and a fresh Adam state, in place (the graph reads and writes
-    # these very tensors): the warm-up stepped them.
-    with torch.no_grad():
-        for p, p0 in zip(model.parameters(), initial, strict=True):
-            p.copy_(p0)
-        for state in optimizer.state.values():
-            for tensor in state.values():
-                tensor.zero_()
-
-    def run_epoch(epoch: int) -> np.ndarray:
-        gen = torch.Generator(device=trainer.device)
-        gen.manual_seed(epoch_seed(w.seed, epoch))
-        index = torch.as_tensor(w.batches(epoch), device=trainer.device)
-        losses = torch.empty(len(index), dtype=data.dtype, device=trainer.device)
-        for i in range(len(index)):
-            idx.copy_(index[i])
-            torch.randn(eps.shape, generator=gen, dtype=eps.dtype, device=eps.device, out=eps)
-            graph.replay()
-            losses[i] = loss
-        return losses.cpu().numpy()
-
-    return run_epoch
+    trainer, data = _torch_trainer(w, compile="cudagraph", graphs=graphs)
+    return lambda epoch: trainer.train_epoch(data, w.batches(epoch), w.seed, epoch)
 
 
 def reference_step(model: Any, optimizer: Any, x: Any) -> float:
