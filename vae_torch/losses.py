@@ -74,7 +74,7 @@ def _bernoulli_terms(x: Array, logits: Array) -> Array:
     # (1 - x) * l - log_sigmoid(l): one kernel forward and one backward (sigmoid(l) - x), stable
     # for any logit, with derivative sigmoid(l) everywhere, also at the kink l = 0 where the
     # max/abs form written out gets 0 or 1 instead of 1/2. It equals JAX's
-    # x * l - logaddexp(0, l) up to rounding (parity tests, float64). F.softplus is not used: it
+    # x * l - softplus(l) up to rounding (parity tests, float64). F.softplus is not used: it
     # switches to the identity above 20, which differs from JAX's by 1e-11.
     return -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
 
