@@ -8,6 +8,8 @@ warm-up, dynamic binarization, an odd-sized last batch, resumes and reloads. The
 ``cuda`` runs the real graph API and is skipped without a GPU.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -15,12 +17,16 @@ from graph_standin import CPU_GRAPHS, CaptureError, RecordedGraph
 
 import vae_jax
 import vae_torch
+import vae_torch.trainer
+from vae_common.checkpoint import load_checkpoint
 from vae_common.config import VAEConfig
 from vae_common.data import batch_indices
 from vae_common.errors import ConfigError, DeviceError
 from vae_common.spec import init_canonical
 from vae_common.trainer_checks import COMPILE_MODES, check_compile
 from vae_common.training import TrainConfig
+from vae_tools import cli
+from vae_torch._cuda_graph import GraphedStep
 
 CONFIG = VAEConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=2)
 N = 70  # batches of 16: 4 full steps per epoch, and a last batch of 6 left for run_steps
@@ -214,3 +220,123 @@ def test_cuda_graphed_steps_are_the_eager_steps_in_float32_on_the_gpu():
     np.testing.assert_allclose(got, want, rtol=1e-5)
     for k in w_want:
         np.testing.assert_allclose(w_got[k], w_want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+# -- vae train --cuda-graph ----------------------------------------------------------------------
+
+
+def vae(capsys, *argv):
+    capsys.readouterr()
+    status = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def train_args(out, *extra):
+    return (
+        "train",
+        "--backend",
+        "torch",
+        "--dataset",
+        "digits",
+        "--hidden",
+        "16",
+        "--latent-dim",
+        "2",
+        "--dtype",
+        "float64",
+        "--warmup-steps",
+        "10",
+        "--binarize",
+        "dynamic",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    )
+
+
+@pytest.fixture
+def stand_in_cuda(monkeypatch):
+    """``vae train --cuda-graph`` on the CPU: the device check passes and the torch Trainer
+    replays through the stand-in graph API; returns the batch shapes captured, in order."""
+    monkeypatch.setattr(vae_torch.trainer, "on_cuda", lambda device: True)
+    monkeypatch.setattr(vae_torch.trainer.Trainer, "_graph_api", CPU_GRAPHS)
+    captured = []
+
+    class Spy(GraphedStep):
+        def _capture(self, x, eps, beta):
+            captured.append(tuple(x.shape))
+            return super()._capture(x, eps, beta)
+
+    monkeypatch.setattr(vae_torch.trainer, "GraphedStep", Spy)
+    return captured
+
+
+def flags_of(out):
+    return json.loads((out / "run.json").read_text())["settings"]["flags"]
+
+
+@pytest.mark.slow
+def test_vae_train_cuda_graph_is_the_eager_run_and_resumes(tmp_path, capsys, stand_in_cuda):
+    # Digits' 1,500 training images in batches of 128: 11 graphed steps and an odd last batch
+    # of 92 (its own graph) per epoch, KL warm-up over 10 steps, dynamic binarization.
+    eager, graphed = tmp_path / "eager", tmp_path / "graphed"
+    assert vae(capsys, *train_args(eager, "--epochs", "2"))[0] == 0
+    status, _, err = vae(capsys, *train_args(graphed, "--epochs", "1", "--cuda-graph"))
+    assert status == 0, err
+    assert stand_in_cuda == [(128, 1, 8, 8), (92, 1, 8, 8)]
+    assert flags_of(graphed)["cuda_graph"] is True and flags_of(eager)["cuda_graph"] is False
+    # --resume takes --cuda-graph from the run's record.
+    status, _, err = vae(capsys, "train", "--out", str(graphed), "--resume", "--epochs", "2")
+    assert status == 0, err
+    assert stand_in_cuda[2:] == [(128, 1, 8, 8), (92, 1, 8, 8)]  # a new trainer: new graphs
+    assert flags_of(graphed)["cuda_graph"] is True
+    want, _, _ = load_checkpoint(eager / "checkpoint.safetensors")
+    got, _, _ = load_checkpoint(graphed / "checkpoint.safetensors")
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    # The recorded flags round-trip: a run started from run.json replays too.
+    copy = tmp_path / "copy"
+    status, _, err = vae(
+        capsys, "train", "--config", str(graphed / "run.json"), "--out", str(copy), "--epochs", "1"
+    )
+    assert status == 0, err
+    assert flags_of(copy) == {**flags_of(graphed), "epochs": 1}
+
+
+def test_runs_recorded_before_cuda_graph_still_resume(tmp_path, capsys):
+    out = tmp_path / "old"
+    assert vae(capsys, *train_args(out, "--epochs", "1"))[0] == 0
+    record = json.loads((out / "run.json").read_text())
+    del record["settings"]["flags"]["cuda_graph"]  # as written before the flag existed
+    (out / "run.json").write_text(json.dumps(record))
+    status, _, err = vae(capsys, "train", "--out", str(out), "--resume", "--epochs", "2")
+    assert status == 0, err
+    assert flags_of(out)["cuda_graph"] is False
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ("--cuda-graph",),
+            "vae train: error: --cuda-graph needs a CUDA device, got 'cpu' (torch, --device cpu)",
+        ),
+        (
+            ("--cuda-graph", "--compile"),
+            "vae train: error: give --compile (a compiled step) or --cuda-graph",
+        ),
+        (
+            ("--cuda-graph", "--devices", "2"),
+            "vae train: error: --cuda-graph replays torch's step on one device, got --devices 2",
+        ),
+    ],
+    ids=["cpu", "with-compile", "devices"],
+)
+def test_vae_train_cuda_graph_refusals_exit_2_before_any_work(tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    status, stdout, err = vae(capsys, *train_args(out, "--epochs", "1", "--device", "cpu", *extra))
+    assert status == 2 and stdout == ""
+    assert err.startswith(message) and err.count("\n") == 1
+    assert not out.exists()

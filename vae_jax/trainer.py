@@ -61,7 +61,7 @@ class Trainer(TrainerBase):
                 d for d in self.mesh.devices.flat if d.process_index == jax.process_index()
             )
         check_dtype(self.device, dtype)
-        if self.compile == "cudagraph" and not _is_cuda(self.device):
+        if self.compile == "cudagraph" and not on_cuda(self.device):
             raise cuda_graph_refused(str(self.device.platform))
         self._processes = process_count()
         if self.mesh is not None and self._processes > 1:
@@ -212,7 +212,7 @@ class Trainer(TrainerBase):
         return np.asarray(bound, np.float64)
 
 
-def _is_cuda(device: Any) -> bool:
+def on_cuda(device: Any) -> bool:
     """Whether a JAX device is an NVIDIA GPU under CUDA (not ROCm, not the CPU or a TPU)."""
     version = str(getattr(getattr(device, "client", None), "platform_version", "")).lower()
     return device.platform in ("gpu", "cuda") and "rocm" not in version

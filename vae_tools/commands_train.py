@@ -5,11 +5,12 @@ come from ``vae_tools.options``; the work from ``vae_tools.run``). Each returns 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from typing import TYPE_CHECKING, Any
 
 from vae_common.data import DataSource
-from vae_common.errors import UsageError
+from vae_common.errors import DeviceError, UsageError
 from vae_tools.cli_args import config_from_args, data_source
 
 if TYPE_CHECKING:
@@ -53,6 +54,9 @@ def _train(opts: dict[str, Any], placement: Placement) -> int:
     # The run directory's refusals (a file, unwritable, locked, someone else's files) come
     # before the data is loaded; run.train makes them again under its lock. Processes of a
     # group leave them to run.train, where process 0 alone touches the directory.
+    compile = compile_mode(eff)
+    if compile == "cudagraph":
+        check_cuda_graph(eff.backend, eff.device, placement.devices)
     if not several:
         run.check_run_dir(eff.out, resume=eff.resume, overwrite=eff.overwrite)
     # Streamed, a source stored as uint8 stays uint8 on the host (run_data.prepare_data makes
@@ -97,7 +101,7 @@ def _train(opts: dict[str, Any], placement: Placement) -> int:
         eff.epochs,
         resume=bool(eff.resume),
         device=eff.device,
-        compile=bool(eff.compile),
+        compile=compile,
         init_state=init_state,
         dataset=ds,
         progress=not eff.quiet and placement.writer,
@@ -131,6 +135,40 @@ def _train(opts: dict[str, Any], placement: Placement) -> int:
         if results.get("stopped_early"):
             print(f"stopped early after epoch {last['epoch']} (--patience {eff.patience})")
     return 0
+
+
+def compile_mode(eff: argparse.Namespace) -> bool | str:
+    """The ``Trainer(compile=...)`` of ``--compile`` and ``--cuda-graph``: ``"cudagraph"``,
+    True or False; ``UsageError`` for both flags at once."""
+    if eff.cuda_graph and eff.compile:
+        raise UsageError(
+            "give --compile (a compiled step) or --cuda-graph (the eager step replayed as a CUDA "
+            "graph), not both"
+        )
+    return "cudagraph" if eff.cuda_graph else bool(eff.compile)
+
+
+def check_cuda_graph(backend: str, device: str | None, devices: int | None) -> None:
+    """Before any work: ``vae train --cuda-graph`` needs the backend's device (``--device``, or
+    its default) to be a CUDA device (``DeviceError``), and torch one process
+    (``UsageError`` for ``--devices`` N > 1)."""
+    from vae_tools._backends import import_backend
+
+    if backend == "torch" and devices is not None and devices > 1:
+        raise UsageError(
+            f"--cuda-graph replays torch's step on one device, got --devices {devices}; drop "
+            "one of them (--compile works with --devices)"
+        )
+    module = import_backend(backend)
+    trainer_module = importlib.import_module(f"{module.__name__}.trainer")
+    chosen = module.select_device(device)
+    if not trainer_module.on_cuda(chosen):
+        name = chosen.type if backend == "torch" else chosen.platform
+        raise DeviceError(
+            f"--cuda-graph needs a CUDA device, got {name!r} ({backend}, --device "
+            f"{device or 'default'}); train on CUDA (--device cuda), or drop --cuda-graph (a "
+            "resumed run that recorded it: cuda-graph = false in a --config file)"
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

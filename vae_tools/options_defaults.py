@@ -27,6 +27,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "precision": "float32",
     "device": None,
     "compile": False,
+    "cuda_graph": False,
     "devices": None,
     "coordinator": None,
     "num_processes": None,

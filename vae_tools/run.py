@@ -117,7 +117,7 @@ def train(
     epochs: int,
     resume: bool = False,
     device: str | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     init_state: dict[str, np.ndarray] | None = None,
     dataset: Dataset | None = None,
     progress: bool = True,

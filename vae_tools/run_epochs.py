@@ -50,7 +50,7 @@ def make_trainer(
     train: TrainConfig,
     dtype: str,
     device: str | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     precision: str = "float32",
     devices: int | None = None,
     uneven: str = "refuse",

@@ -27,7 +27,7 @@ def finish(
     epochs: int,
     ranks: Ranks,
     device: str | None,
-    compile: bool,
+    compile: bool | str,
 ) -> None:
     """Process 0, once the epochs are done: the plots, the test set (last and best
     checkpoint) and the final commit. With several processes they run on a 1-device copy of

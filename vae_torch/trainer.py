@@ -116,7 +116,7 @@ class Trainer(TrainerBase):
             )
         if self._graph_api is not None:
             return self._graph_api
-        if self.device.type != "cuda":
+        if not on_cuda(self.device):
             raise cuda_graph_refused(str(self.device.type))
         return torch.cuda
 
@@ -318,6 +318,11 @@ class Trainer(TrainerBase):
     def _batch_iwae(self, x: np.ndarray, eps: np.ndarray) -> np.ndarray:
         bound = negative_iwae_bound(self.model, None, self._put(x), self._put(eps))
         return bound.double().cpu().numpy()
+
+
+def on_cuda(device: torch.device) -> bool:
+    """Whether ``device`` is a CUDA device (where ``compile="cudagraph"`` runs)."""
+    return device.type == "cuda"
 
 
 __all__ = ["Trainer"]
