@@ -6,7 +6,8 @@ Three bounds on a training step's speed, each timed on its own in the same run a
   GEMM on the usual CPUs); the issue's "ceiling" that every row's ``ceiling_fraction`` refers to.
 - ``adam_floor_seconds``: one update of torch's fused Adam over the model's parameters, the
   least an Adam step can cost (one pass reading parameters, gradients and both moments and
-  writing three of them); ``gemm_ceiling`` with it added is the bound a step with Adam can reach.
+  writing three of them); added to ``gemm_ceiling``'s seconds per step, it gives the bound a
+  step that also updates its weights can reach (``vae_tools.bench.run``).
 - ``gemm_ceiling(..., library="jax")``: the same products as XLA runs them, one jitted dot each:
   what JAX's own GEMMs allow on this machine (often slower than torch's BLAS on the CPU).
 
@@ -178,12 +179,10 @@ def gemm_ceiling(
     dtype: str = "float32",
     repeats: int = 7,
     library: str = "torch",
-    plus_seconds: float = 0.0,
 ) -> float | None:
     """Samples/s if a training step cost nothing but its matrix products (MLP only, else None):
     every product of ``gemm_shapes`` timed on its own in ``library`` (torch, or ``"jax"``: XLA's
-    dots), best of ``repeats`` loops, summed, plus ``plus_seconds`` per step (e.g.
-    ``adam_floor_seconds``).
+    dots), best of ``repeats`` loops, summed.
 
     A contender whose products run no faster than they do alone cannot beat it; with Adam and
     the elementwise work on top, it tells what ratio to the reference this machine allows.
@@ -192,7 +191,7 @@ def gemm_ceiling(
         return None
     shapes = gemm_shapes(config, batch_size)
     seconds = matmul_seconds(shapes, device, dtype, repeats, loops=20, library=library)
-    return None if seconds is None else batch_size / (sum(seconds) + plus_seconds)
+    return None if seconds is None else batch_size / sum(seconds)
 
 
 def adam_floor_seconds(

@@ -260,24 +260,32 @@ def _ceilings(
     uses_jax: bool,
 ) -> dict[str, Any]:
     """The three ceilings per batch size (``{str(batch): samples/s}``, None where not measured:
-    the torch ones without a torch row, XLA's without a JAX row) and the Adam floor."""
+    the torch ones without a torch row, XLA's without a JAX row) and the Adam floor. The one
+    with Adam adds the floor to the very products' seconds of the GEMM-only one (not a second
+    timing), so it is always the lower of the two."""
+    torch_gemm = (
+        {str(b): gemm_ceiling(config, b, device, dtype) for b in batch_sizes}
+        if uses_torch
+        else None
+    )
     adam_s = adam_floor_seconds(config, device, dtype) if uses_torch else None
-    out: dict[str, Any] = {"adam_floor_s": adam_s}
-    for key, on, kwargs in (
-        ("gemm_ceiling_samples_per_s", uses_torch, {}),
-        (
-            "gemm_adam_ceiling_samples_per_s",
-            uses_torch and adam_s is not None,
-            {"plus_seconds": adam_s or 0.0},
-        ),
-        ("xla_gemm_ceiling_samples_per_s", uses_jax, {"library": "jax"}),
-    ):
-        out[key] = (
-            {str(b): gemm_ceiling(config, b, device, dtype, **kwargs) for b in batch_sizes}
-            if on
-            else None
-        )
-    return out
+    with_adam = None
+    if torch_gemm is not None and adam_s is not None:
+        with_adam = {
+            b: None if rate is None else int(b) / (int(b) / rate + adam_s)
+            for b, rate in torch_gemm.items()
+        }
+    xla_gemm = (
+        {str(b): gemm_ceiling(config, b, device, dtype, library="jax") for b in batch_sizes}
+        if uses_jax
+        else None
+    )
+    return {
+        "gemm_ceiling_samples_per_s": torch_gemm,
+        "adam_floor_s": adam_s,
+        "gemm_adam_ceiling_samples_per_s": with_adam,
+        "xla_gemm_ceiling_samples_per_s": xla_gemm,
+    }
 
 
 def _fractions(record: dict[str, Any], host: dict[str, Any]) -> dict[str, float | None]:
