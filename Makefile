@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast test-min demo bench gpu-check lint clean
+.PHONY: setup test test-fast test-min demo bench gpu-check gpu-run lint clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,12 @@ bench: setup
 # without it JAX runs on the CPU and the report says so). Exit 1 if a check fails.
 gpu-check: setup
 	XLA_PYTHON_CLIENT_PREALLOCATE=false $(BIN)/vae check --device cuda --json runs/check/cuda.json
+
+# Everything the README's GPU figures need in one run, each step under its own time limit
+# (versions, `vae check`, a short `vae train --cuda-graph`, a summary against the targets):
+# runs/gpu/summary.txt. .ci/gpu_run also runs from a plain checkout without this venv.
+gpu-run: setup
+	PYTHON=$(BIN)/python bash .ci/gpu_run runs/gpu cuda
 
 # The same four packages the pre-commit hook checks; mypy's settings are in pyproject.toml.
 TYPED_PACKAGES := vae_common vae_jax vae_torch vae_tools
