@@ -126,6 +126,15 @@ EQUIVALENT: list[dict[str, str]] = [
         for mutated in ((" -1", "0"), ("0", " -1"))
     ),
     {
+        "file": "vae_torch/train.py",
+        "old": "optimizer.zero_grad(set_to_none=True)",
+        "new": "optimizer.zero_grad(set_to_none=False)",
+        "reason": "every parameter enters the objective, so each backward (DDP's all-reduce "
+        "too) writes a gradient for all of them: into None, or added to a zero tensor, and "
+        "0.0 + g is g (a gradient of -0.0 becomes +0.0, which Adam's moments and update treat "
+        "alike); the same gradients reach Adam, only the memory held between steps differs",
+    },
+    {
         "file": "vae_jax/data_parallel.py",
         "old": "return jax.make_array_from_process_local_data(NamedSharding(self.mesh, _spec(0)), "
         "x, shape)",

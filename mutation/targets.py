@@ -29,6 +29,8 @@ TORCH_TRAINING_TESTS = [
     "tests/test_train_jax_torch.py",
     "tests/test_reference_eval_data.py",
     "tests/test_trainer_contracts.py",
+    # matmul_precision's process-wide TF32 switches (a minute: bf16 and compiled steps too).
+    "tests/test_precision.py",
     "tests/test_data_parallel.py",
 ]
 
