@@ -53,11 +53,21 @@ def require_compiler(device_types: Iterable[str]) -> None:
         )
 
 
+# How many distinct call keys (``_call_key``) get a compiled graph of their own, run without
+# guard evaluation; calls of further keys share one guarded compiled function.
+OWN_GRAPHS = 4
+# Calls of a key made with guards evaluated before they are skipped: the first compiles, the
+# second proves the guards of the first accept the next call too (nothing it guards on changes
+# from call to call).
+GUARDED_CALLS = 2
+
+
 def make_compiled_step(
     model: VAE,
     optimizer: torch.optim.Optimizer,
     free_bits: float = 0.0,
     data_parallel: bool = False,
+    skip_guards: bool = True,
     **options: Any,
 ) -> Callable[..., torch.Tensor]:
     """A training step whose forward and backward pass are one graph compiled by
@@ -70,6 +80,17 @@ def make_compiled_step(
     Returns ``step(x, eps, beta) -> loss`` (a 0-d tensor, no sync); ``beta`` may change between
     calls without recompiling (it enters the graph as a tensor). ``options`` go to
     ``torch.compile`` (e.g. ``mode="max-autotune-no-cudagraphs"``).
+
+    ``skip_guards``: each call key (the shapes, dtypes and devices of x and eps, and the
+    ambient autocast and TF32 settings: ``_call_key``) gets a compiled function of its own, up
+    to ``OWN_GRAPHS`` keys, so that each holds exactly one graph; after ``GUARDED_CALLS``
+    guarded calls of a key, its calls run under
+    ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``, which skips the guard checks
+    (with one graph there is nothing left to tell apart). The dispatch on the exact key, here
+    in Python, is what keeps another shape (an epoch's last, smaller batch) or another precision
+    from ever running a graph made for different inputs. The numbers are the guarded path's:
+    the same compiled code runs either way. False: one guarded compiled function for every call
+    (torch's automatic dynamic shapes after a second shape).
 
     ``data_parallel``: this process is one rank of a ``torch.distributed`` group and its batch
     one slice of the global batch (or all of it on every rank, for a batch the ranks do not
@@ -105,7 +126,29 @@ def make_compiled_step(
         grads, value = value_and_grads(dict(zip(names, params, strict=True)))
         return value, [grads[name] for name in names]
 
-    compiled = torch.compile(_own_code(gradients), fullgraph=True, **options)
+    def compile_gradients() -> Callable[..., Any]:
+        return torch.compile(_own_code(gradients), fullgraph=True, **options)
+
+    shared = compile_gradients()
+    own: dict[tuple[Any, ...], list[Any]] = {}  # key -> [compiled function, guarded calls]
+
+    def gradients_of(
+        x: torch.Tensor, eps: torch.Tensor, beta_t: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if not skip_guards:
+            return shared(params, x, eps, beta_t)
+        key = _call_key(x, eps)
+        entry = own.get(key)
+        if entry is None:
+            if len(own) >= OWN_GRAPHS:
+                return shared(params, x, eps, beta_t)
+            entry = own[key] = [compile_gradients(), 0]
+        fn, calls = entry
+        if calls < GUARDED_CALLS:
+            entry[1] = calls + 1
+            return fn(params, x, eps, beta_t)
+        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+            return fn(params, x, eps, beta_t)
 
     def step(x: torch.Tensor, eps: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         states = [_adam_state(optimizer, p) for p in params]
@@ -113,7 +156,7 @@ def make_compiled_step(
         # No autograd graph around the step: func.grad differentiates on its own, and the
         # parameters are then updated in place.
         with torch.no_grad():
-            value, grads = compiled(params, x, eps, beta_t)
+            value, grads = gradients_of(x, eps, beta_t)
             if data_parallel:
                 grads = _average_over_ranks(grads)
             adam_update(
@@ -138,6 +181,36 @@ def make_compiled_step(
         return value
 
     return step
+
+
+def _call_key(x: torch.Tensor, eps: torch.Tensor) -> tuple[Any, ...]:
+    """What tells the compiled gradients' graphs apart, read on the host: the shape, dtype,
+    device and strides of the batch and the noise, and the process-wide settings torch.compile
+    guards a graph on (autocast on the batch's device type and its dtype, TF32 and reduced-
+    precision reductions, deterministic algorithms, grad mode, default dtype, thread count)."""
+    kind = x.device.type
+    return (
+        tuple(x.shape),
+        x.stride(),
+        x.dtype,
+        x.device,
+        tuple(eps.shape),
+        eps.stride(),
+        eps.dtype,
+        eps.device,
+        torch.is_autocast_enabled(kind),
+        torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
+        torch.get_float32_matmul_precision(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.is_grad_enabled(),
+        torch.get_default_dtype(),
+        torch.get_num_threads(),
+    )
 
 
 def _average_over_ranks(grads: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -177,4 +250,4 @@ def _adam_state(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict:
     return state
 
 
-__all__ = ["cpu_compiler", "make_compiled_step", "require_compiler"]
+__all__ = ["GUARDED_CALLS", "OWN_GRAPHS", "cpu_compiler", "make_compiled_step", "require_compiler"]
