@@ -21,6 +21,8 @@ JAX_TRAINING_TESTS = [
     "tests/test_train_jax_torch.py",
     "tests/test_reference_eval_data.py",
     "tests/test_trainer_contracts.py",
+    # compile="cudagraph": accepted on CUDA only (on_cuda), one refusal text in both.
+    "tests/test_cuda_graph.py",
     "tests/test_data_parallel.py",
 ]
 TORCH_TRAINING_TESTS = [
@@ -29,6 +31,8 @@ TORCH_TRAINING_TESTS = [
     "tests/test_train_jax_torch.py",
     "tests/test_reference_eval_data.py",
     "tests/test_trainer_contracts.py",
+    # The CUDA-graph step through the stand-in graph API, and its refusals (seconds).
+    "tests/test_cuda_graph.py",
     # matmul_precision's process-wide TF32 switches (a minute: bf16 and compiled steps too).
     "tests/test_precision.py",
     "tests/test_data_parallel.py",
