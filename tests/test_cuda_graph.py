@@ -9,6 +9,7 @@ warm-up, dynamic binarization, an odd-sized last batch, resumes and reloads. The
 """
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import torch
 from graph_standin import CPU_GRAPHS, CaptureError, RecordedGraph
 
 import vae_jax
+import vae_jax.trainer
 import vae_torch
 import vae_torch.trainer
 from vae_common.checkpoint import load_checkpoint
@@ -193,6 +195,21 @@ def test_cudagraph_is_refused_off_cuda_with_one_message_in_both_backends():
         "compile='cudagraph' replays the training step as a CUDA graph and needs a CUDA device, "
         "got 'cpu'; use compile=True or compile=False there"
     )
+
+
+def test_which_jax_devices_count_as_cuda():
+    # JAX says "gpu" for NVIDIA and AMD GPUs alike; the platform version tells them apart.
+    def device(platform, version):
+        return types.SimpleNamespace(
+            platform=platform, client=types.SimpleNamespace(platform_version=version)
+        )
+
+    assert vae_jax.trainer.on_cuda(device("gpu", "PJRT C API\ncuda 12080"))
+    assert not vae_jax.trainer.on_cuda(device("gpu", "PJRT C API\nrocm 60342"))
+    assert not vae_jax.trainer.on_cuda(device("cpu", "cpu"))
+    assert not vae_jax.trainer.on_cuda(device("tpu", "PJRT C API\nTFRT TPU v5"))
+    assert vae_torch.trainer.on_cuda(torch.device("cuda", 1))
+    assert not vae_torch.trainer.on_cuda(torch.device("cpu"))
 
 
 def test_the_graphed_trainer_marks_its_optimizers_capturable():

@@ -55,7 +55,8 @@ class TrainerBase(InferenceBase):
         runs the kernels of its compiled steps through CUDA graphs wherever its command
         buffers apply (``--xla_gpu_enable_command_buffer``), so it changes nothing. Off CUDA,
         ``"cudagraph"`` raises ``DeviceError`` naming the device, with the same text in both
-        backends.
+        backends. The CUDA-graph step has not yet run on a GPU: its tests replay the captured
+        kernels on the CPU through a stand-in for ``torch.cuda``'s graph API.
       flush_denormal: torch on the CPU: flush denormals to zero while training; XLA always does.
       devices: data parallelism over this many devices (None: one device, no collectives).
         JAX shards every batch over a mesh of ``devices`` devices (``vae_jax.distributed``);

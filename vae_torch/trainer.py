@@ -106,7 +106,8 @@ class Trainer(TrainerBase):
 
     def _cuda_graph_api(self) -> Any:
         """The graph API of ``compile="cudagraph"`` (None for the other modes); refused off CUDA
-        (unless a stand-in is set) and for more than one process."""
+        (unless a stand-in is set) and for more than one process. Not yet run on a GPU: only
+        the CPU stand-in of the tests has replayed it."""
         if self.compile != "cudagraph":
             return None
         if self.world > 1:
