@@ -28,7 +28,7 @@ from vae_common.spec import init_canonical
 from vae_common.trainer_checks import COMPILE_MODES, check_compile
 from vae_common.training import TrainConfig
 from vae_tools import cli
-from vae_torch._cuda_graph import GraphedStep
+from vae_torch._cuda_graph import MAX_GRAPHS, GraphedStep
 
 CONFIG = VAEConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=2)
 N = 70  # batches of 16: 4 full steps per epoch, and a last batch of 6 left for run_steps
@@ -112,6 +112,20 @@ def test_the_odd_batch_never_replays_the_full_batchs_graph():
         eps = rng.standard_normal((2, b, CONFIG.latent_dim))
         np.testing.assert_array_equal(graphed.run_steps(xs, eps), eager.run_steps(xs, eps))
     assert graphed._compiled_step.shapes == [(16, 1, 8, 8), (15, 1, 8, 8)]
+    assert_same_state(eager, graphed)
+
+
+def test_shapes_past_the_graph_limit_take_the_eager_step():
+    train = TrainConfig(warmup_steps=4)
+    eager, graphed = make(vae_torch.Trainer, train), make(GraphTrainer, train, compile="cudagraph")
+    rng = np.random.default_rng(4)
+    assert MAX_GRAPHS == 4
+    sizes = (9, 10, 11, 12, 13, 14, 9, 13)  # 13 and 14: past the four graphs
+    for b in sizes:
+        xs = rng.random((2, b, 1, 8, 8))
+        eps = rng.standard_normal((2, b, CONFIG.latent_dim))
+        np.testing.assert_array_equal(graphed.run_steps(xs, eps), eager.run_steps(xs, eps))
+    assert [s[0] for s in graphed._compiled_step.shapes] == [9, 10, 11, 12]
     assert_same_state(eager, graphed)
 
 

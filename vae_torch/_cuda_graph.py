@@ -33,6 +33,9 @@ from vae_torch.train import autocast, matmul_precision
 # optimizer's state and the libraries' lazily made handles and workspaces are created there,
 # outside the graph (which would otherwise record, and re-run at every replay, their set-up).
 WARMUP_STEPS = 3
+# Batch shapes captured at most (each graph holds its own memory pool); batches of further
+# shapes take the eager step.
+MAX_GRAPHS = 4
 
 OptimizerT = TypeVar("OptimizerT", bound=torch.optim.Optimizer)
 
@@ -63,7 +66,8 @@ def mark_capturable(optimizer: OptimizerT) -> OptimizerT:
 class GraphedStep:
     """``step(x, eps, beta) -> loss``: one Adam step of ``optimizer`` on the batch x (B, C, H, W)
     with noise eps (B, L) and KL weight ``beta`` (a host float, already checked), replayed from
-    the graph captured for x's shape, dtype and device (captured on the first batch of each).
+    the graph captured for x's shape, dtype and device (captured on the first batch of each,
+    for up to ``MAX_GRAPHS`` shapes; a batch of a further shape takes the same step eagerly).
 
     The loss is a fresh 0-d device tensor (a copy of the graph's output; no host sync). The
     numbers are those of ``vae_torch.train.make_train_step``'s step on the same batch.
@@ -99,6 +103,9 @@ class GraphedStep:
         key = (tuple(x.shape), x.dtype, x.device, tuple(eps.shape), eps.dtype)
         captured = self._captured.get(key)
         if captured is None:
+            if len(self._captured) >= MAX_GRAPHS:
+                self.optimizer.zero_grad(set_to_none=True)
+                return self._body(x, eps, beta)
             captured = self._capture(x, eps, beta)
             self._captured[key] = captured
         captured.x.copy_(x)
@@ -108,7 +115,8 @@ class GraphedStep:
         return captured.loss.clone()
 
     def _body(self, x: torch.Tensor, eps: torch.Tensor, beta: Any) -> torch.Tensor:
-        # make_train_step's step, with the KL weight read from a 0-d tensor (``beta``).
+        # make_train_step's step after its zero_grad, the KL weight a 0-d tensor (captured) or
+        # a float (eager).
         kind = x.device.type
         with matmul_precision(kind, self.precision):
             with autocast(kind, self.precision):
@@ -186,4 +194,4 @@ def _restore(
                     v.copy_(state0[k])
 
 
-__all__ = ["WARMUP_STEPS", "GraphedStep", "mark_capturable"]
+__all__ = ["MAX_GRAPHS", "WARMUP_STEPS", "GraphedStep", "mark_capturable"]
