@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from vae_common.errors import ConfigError
+from vae_common.trainer_checks import cuda_graph_refused
 from vae_common.training import TrainConfig
 from vae_torch.losses import objective
 from vae_torch.model import VAE
@@ -52,6 +54,25 @@ class _Captured:
     # The gradients the capture allocated (in the graph's own memory pool); kept so that
     # nothing else is ever placed there while the graph lives.
     grads: list[torch.Tensor]
+
+
+def graph_api(compile: bool | str, devices: int | None, device: torch.device, standin: Any) -> Any:
+    """The graph API of ``Trainer(compile=compile)``: None unless ``compile == "cudagraph"``;
+    then ``standin`` when one is set (the tests' CPU replay), else ``torch.cuda`` on a CUDA
+    device. Refused for data-parallel training (``devices`` > 1: ``ConfigError``) and off CUDA
+    (``DeviceError``, the text JAX's trainer gives). Not yet run on a GPU."""
+    if compile != "cudagraph":
+        return None
+    if devices is not None and devices > 1:
+        raise ConfigError(
+            f"compile='cudagraph' runs on one device; got devices={devices} (use "
+            "compile=True or False for data-parallel training)"
+        )
+    if standin is not None:
+        return standin
+    if device.type != "cuda":
+        raise cuda_graph_refused(str(device.type))
+    return torch.cuda
 
 
 def mark_capturable(optimizer: OptimizerT) -> OptimizerT:

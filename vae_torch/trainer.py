@@ -21,21 +21,22 @@ import torch
 
 from vae_common.config import VAEConfig
 from vae_common.distributed import state_digest
-from vae_common.errors import ConfigError, DeviceError
+from vae_common.errors import DeviceError
 from vae_common.streaming import UINT8_VALUES, Prefetcher
 from vae_common.trainer import TrainerBase
-from vae_common.trainer_checks import cuda_graph_refused
 from vae_common.training import (
-    EXP_AVG,
-    EXP_AVG_SQ,
     TrainConfig,
     beta_at,
     epoch_seed,
-    split_optimizer_state,
 )
 from vae_torch._compile import make_compiled_step, require_compiler
-from vae_torch._cuda_graph import GraphedStep, mark_capturable
-from vae_torch.convert import from_canonical, to_canonical
+from vae_torch._cuda_graph import GraphedStep, graph_api, mark_capturable
+from vae_torch.convert import (
+    adam_state_from_canonical,
+    adam_state_to_canonical,
+    from_canonical,
+    to_canonical,
+)
 from vae_torch.data_parallel import global_mean, process_group, rank_rows, require_same
 from vae_torch.device import check_dtype, select_device, synchronize
 from vae_torch.distributed import local_device
@@ -92,7 +93,7 @@ class Trainer(TrainerBase):
         # uint8 pixel k -> the model dtype's k / 255 (streamed batches), on the device.
         dtype_t = next(self.model.parameters()).dtype
         self._uint8_values = torch.as_tensor(UINT8_VALUES).to(self.device, dtype_t)
-        self._graphs = self._cuda_graph_api()
+        self._graphs = graph_api(self.compile, self.devices, self.device, self._graph_api)
         self.optimizer = self._new_optimizer()
         if self.compile is True:
             require_compiler({self.device.type})
@@ -103,23 +104,6 @@ class Trainer(TrainerBase):
             # The compiled step all-reduces its own gradients (torch.func bypasses DDP's
             # hooks), so only the eager step goes through DDP.
             self._eager_step = _ddp_step(self.model, self.train_config, self.precision, self.device)
-
-    def _cuda_graph_api(self) -> Any:
-        """The graph API of ``compile="cudagraph"`` (None for the other modes); refused off CUDA
-        (unless a stand-in is set) and for more than one process. Not yet run on a GPU: only
-        the CPU stand-in of the tests has replayed it."""
-        if self.compile != "cudagraph":
-            return None
-        if self.world > 1:
-            raise ConfigError(
-                f"compile='cudagraph' runs on one device; got devices={self.devices} (use "
-                "compile=True or False for data-parallel training)"
-            )
-        if self._graph_api is not None:
-            return self._graph_api
-        if not on_cuda(self.device):
-            raise cuda_graph_refused(str(self.device.type))
-        return torch.cuda
 
     def _new_optimizer(self) -> torch.optim.Adam:
         """A fresh ``make_optimizer``, marked capturable for CUDA graphs."""
@@ -183,29 +167,10 @@ class Trainer(TrainerBase):
         return self._step_count
 
     def _optimizer_state_dict(self) -> dict[str, np.ndarray]:
-        out = {}
-        for name, p in self.model.named_parameters():
-            st = self.optimizer.state.get(p, {})
-            for prefix, key in ((EXP_AVG, "exp_avg"), (EXP_AVG_SQ, "exp_avg_sq")):
-                value = st.get(key)
-                out[prefix + name] = (
-                    np.zeros(tuple(p.shape), self.dtype)
-                    if value is None
-                    else value.detach().cpu().numpy().copy()
-                )
-        return dict(sorted(out.items(), key=lambda kv: kv[0].startswith(EXP_AVG_SQ)))
+        return adam_state_to_canonical(self.model, self.optimizer)
 
     def _load_optimizer_state_dict(self, tensors: dict[str, np.ndarray], step: int) -> None:
-        mu, nu = split_optimizer_state(tensors, self.config)
-        group = self.optimizer.param_groups[0]
-        on_device = bool(group.get("fused") or group.get("capturable"))
-        for name, p in self.model.named_parameters():
-            step_t = torch.tensor(float(step), dtype=torch.float32)
-            self.optimizer.state[p] = {
-                "step": step_t.to(p.device) if on_device else step_t,
-                "exp_avg": torch.as_tensor(mu[name], dtype=p.dtype, device=p.device).clone(),
-                "exp_avg_sq": torch.as_tensor(nu[name], dtype=p.dtype, device=p.device).clone(),
-            }
+        adam_state_from_canonical(self.model, self.optimizer, tensors, step)
         self._step_count = step
         if self._graphs is not None:
             self._compiled_step = None  # its graphs update the state tensors just replaced
