@@ -197,3 +197,37 @@ def test_the_jax_mesh_steps_donate_the_state():
     assert got == {
         f"{m}/{s}": True for m in ("mlp", "conv") for s in ("run_steps", "train_epoch", "stream")
     }
+
+
+# -- torch: what construction requires of the host ---------------------------------------------
+
+
+def test_torch_only_a_compiled_trainer_needs_a_cpu_compiler(monkeypatch):
+    """Without the C++ compiler torch.compile builds CPU kernels with (``$CXX`` naming none),
+    ``compile=True`` is refused at construction naming it, and the eager trainer neither asks
+    for one nor fails: it builds and takes a step."""
+    from vae_common.errors import DeviceError
+    from vae_torch.trainer import Trainer
+
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    with pytest.raises(DeviceError, match=r"'no-such-c\+\+-compiler' was not found"):
+        Trainer(CONFIG, dtype="float64", device="cpu", compile=True)
+    t = Trainer(CONFIG, TrainConfig(lr=1e-2), "float64", device="cpu")
+    t.load_state_dict(init_canonical(CONFIG, 3, "float64"))
+    t.run_steps(np.full((1, 2) + CONFIG.input_shape, 0.5), np.zeros((1, 2, 2)))
+    assert t.step == 1
+
+
+def test_torch_only_bf16_needs_autocast_on_the_device(monkeypatch):
+    """On a device whose torch build has no autocast, ``precision="bf16"`` is refused at
+    construction naming the device type; float32 and tf32 do not use autocast and build."""
+    import torch
+
+    from vae_common.errors import DeviceError
+    from vae_torch.trainer import Trainer
+
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda kind: False)
+    with pytest.raises(DeviceError, match=r"precision 'bf16' needs torch.autocast on cpu"):
+        Trainer(CONFIG, device="cpu", precision="bf16")
+    for precision in ("float32", "tf32"):
+        assert Trainer(CONFIG, device="cpu", precision=precision).precision == precision
