@@ -135,13 +135,6 @@ EQUIVALENT: list[dict[str, str]] = [
         "alike); the same gradients reach Adam, only the memory held between steps differs",
     },
     {
-        "file": "vae_torch/trainer.py",
-        "old": "group = self.optimizer.param_groups[0]",
-        "new": "group = self.optimizer.param_groups[ -1]",
-        "reason": "the trainer's optimizer (make_optimizer, capturable or not) has one parameter "
-        "group holding every parameter of the model: element 0 is element -1",
-    },
-    {
         "file": "vae_jax/data_parallel.py",
         "old": "return jax.make_array_from_process_local_data(NamedSharding(self.mesh, _spec(0)), "
         "x, shape)",
