@@ -135,6 +135,12 @@ EQUIVALENT: list[dict[str, str]] = [
         "alike); the same gradients reach Adam, only the memory held between steps differs",
     },
     {
+        "file": "vae_common/data.py",
+        "old": "x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)",
+        "new": "x = (bunch.data.astype(np.float32) / 16.0).reshape(- 2, 1, 8, 8)",
+        "reason": "numpy (2.4) infers a dimension given as any negative number, as for -1",
+    },
+    {
         "file": "vae_jax/data_parallel.py",
         "old": "return jax.make_array_from_process_local_data(NamedSharding(self.mesh, _spec(0)), "
         "x, shape)",

@@ -141,3 +141,38 @@ def test_an_npz_split_that_is_a_scalar_is_refused_beside_its_labels(tmp_path):
     np.savez(path, x_train=x, y_train=np.arange(3), x_test=np.uint8(7), y_test=np.arange(1))
     with pytest.raises(DataError, match=r"x_test must be \(N, H, W\).* got \(\) and \(1,\)"):
         load_npz(path)
+
+
+# -- load_dataset's spec and the bundled digits ------------------------------------------------
+
+
+def test_the_digits_split_is_the_documented_seed_0_permutation():
+    """``digits`` (a record carries no seed for it) is scikit-learn's 1797 images / 16, permuted
+    by ``default_rng(0)``, the last 297 held out: every run and every reload sees that split."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    order = np.random.default_rng(0).permutation(1797)
+    x = bunch.data.astype(np.float32).reshape(1797, 1, 8, 8)[order] / np.float32(16)
+    ds = load_dataset("digits")
+    np.testing.assert_array_equal(ds.test, x[1500:])
+    np.testing.assert_array_equal(ds.test_labels, bunch.target[order][1500:])
+    np.testing.assert_array_equal(ds.train_labels, bunch.target[order][:1500])
+
+
+def test_load_dataset_takes_its_options_by_keyword_only():
+    """``load_dataset("npz:f", "nhwc")`` is a TypeError: an option is never taken by position."""
+    with pytest.raises(TypeError, match="positional"):
+        load_dataset("digits", "auto")
+
+
+@pytest.mark.parametrize("spec", ["mnist:", "npz:", "images:"])
+def test_a_spec_without_its_argument_is_an_unknown_dataset(spec):
+    """A kind with nothing after the colon is refused as an unknown dataset naming the spec:
+    given as a string (before its options are looked at, even a bad one) and as a recorded
+    DataSource (not read as the current directory or an empty file name)."""
+    unknown = re.escape(f"unknown dataset {spec!r}; use digits")
+    with pytest.raises(DataError, match=unknown):
+        load_dataset(spec, layout="bad")
+    with pytest.raises(DataError, match=unknown):
+        load_dataset(DataSource(spec))
