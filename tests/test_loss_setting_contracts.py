@@ -1,6 +1,7 @@
 """The losses' settings given as arrays (``vae_jax.input_checks``, ``vae_torch.input_checks``):
-a 0-d array is that number, any other shape is refused, in both backends alike (``std``,
-``beta``, ``free_bits``; JAX also when traced).
+a 0-d array is that number, checked like it, any other shape is refused, in both backends alike
+(``std``, ``beta``, ``free_bits``; JAX also when traced); and arrays of a dtype that is not
+floating point (inputs, torch parameters) refused naming the dtype.
 
 Each test pins an edge a generic mutation run found unpinned; values against
 ``vae_common.reference``.
@@ -22,7 +23,7 @@ import vae_torch
 import vae_torch.losses
 from vae_common import reference
 from vae_common.config import VAEConfig
-from vae_common.errors import ConfigError
+from vae_common.errors import CheckpointError, ConfigError, ShapeError
 from vae_common.spec import init_canonical
 
 X = np.random.default_rng(0).uniform(0, 1, (3, 1, 2, 2))
@@ -95,3 +96,46 @@ def test_shaped_beta_or_free_bits_are_refused(backend, jit, name):
     message = f"{name} must be a number (a scalar), got an array of shape (1,)"
     with pytest.raises(ConfigError, match=re.escape(message)):
         objective(backend, values["beta"], values["free_bits"], jit)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("std", [0.0, -1.0, float("nan")])
+def test_a_0d_array_std_outside_its_range_is_refused(backend, std):
+    """A concrete 0-d std is checked like the number: finite and > 0."""
+    with pytest.raises(ConfigError, match=re.escape(f"finite positive number, got {std!r}")):
+        gaussian(backend, std)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("dtype", ["int64", "bool", "complex64"])
+def test_images_of_a_dtype_that_is_not_floating_point_are_refused(backend, dtype):
+    """x given as the backend's own array of an integer, bool or complex dtype is a ShapeError
+    naming the dtype (not cast to the model's dtype)."""
+    message = (
+        "x must be floating point (float16, bfloat16, float32, float64; not integer, bool or "
+        f"complex), got dtype {dtype}"
+    )
+    x = X.astype(dtype)
+    with pytest.raises(ShapeError, match=re.escape(message)):
+        if backend == "jax":
+            model = vae_jax.build_model(CONFIG, "float64")
+            params = vae_jax.from_canonical(model, init_canonical(CONFIG, 0, "float64"))
+            vae_jax.loss(model, params, jnp.asarray(x), EPS)
+        else:
+            model = vae_torch.build_model(CONFIG, "float64")
+            vae_torch.losses.loss(model, None, torch.as_tensor(x), torch.as_tensor(EPS))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.complex128])
+def test_torch_params_of_a_dtype_that_is_not_floating_point_are_named(dtype):
+    """A params mapping holding a tensor of another dtype is a CheckpointError naming that
+    tensor, its dtype and the model's."""
+    model = vae_torch.build_model(CONFIG, "float64")
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    name = next(iter(params))
+    params[name] = params[name].to(dtype)
+    got = str(dtype).removeprefix("torch.")
+    with pytest.raises(
+        CheckpointError, match=re.escape(f"{name!r} has shape (3, 4) and dtype {got};")
+    ):
+        vae_torch.losses.loss(model, params, torch.as_tensor(X), torch.as_tensor(EPS))
