@@ -176,3 +176,43 @@ def test_a_spec_without_its_argument_is_an_unknown_dataset(spec):
         load_dataset(spec, layout="bad")
     with pytest.raises(DataError, match=unknown):
         load_dataset(DataSource(spec))
+
+
+# -- Dataset and held_out at their edges -----------------------------------------------------------
+
+
+def test_a_dataset_is_frozen():
+    """A Dataset's arrays cannot be swapped under the source that records how they were loaded."""
+    import dataclasses
+
+    x = np.zeros((3, 1, 2, 2), np.float32)
+    ds = Dataset.from_arrays(x, x)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ds.train = x[:1]
+
+
+def test_from_arrays_takes_its_options_by_keyword_only():
+    x = np.zeros((3, 1, 2, 2), np.float32)
+    with pytest.raises(TypeError, match="positional"):
+        Dataset.from_arrays(x, x, "nchw")
+
+
+def test_splits_of_two_image_sizes_are_refused_naming_both_sizes():
+    with pytest.raises(
+        DataError, match=re.escape("are (1, 2, 2) (C, H, W) but d test images are (1, 3, 3);")
+    ):
+        Dataset.from_arrays(np.zeros((4, 1, 2, 2)), np.zeros((2, 1, 3, 3)), name="d")
+
+
+@pytest.mark.parametrize(
+    "n, fraction, n_test",
+    [(2, 0.9, 1), (3, 0.9, 2), (3, 0.01, 1), (10, 0.25, 2), (10, 0.35, 4), (10, 0.95, 9)],
+)
+def test_held_out_keeps_at_least_one_example_on_each_side(n, fraction, n_test):
+    """round(n * fraction) examples are held out (Python's rounding: 2.5 -> 2), but at least one
+    and at most n - 1; the two parts split range(n)."""
+    from vae_common.datasets import held_out
+
+    train, test = held_out(n, fraction, seed=0)
+    assert (len(train), len(test)) == (n - n_test, n_test)
+    assert sorted(np.concatenate([train, test]).tolist()) == list(range(n))
