@@ -816,7 +816,8 @@ def _check_dp_records(records, n, modes):
 def test_bench_devices_2_records_for_both_backends(tmp_path, monkeypatch, capsys):
     # The host figures (matmul peak, GEMM ceiling) are tested above; skipped here for time.
     monkeypatch.setattr(bench_run, "matmul_peak_gflops", lambda *a: None)
-    monkeypatch.setattr(bench_run, "gemm_ceiling", lambda *a: None)
+    monkeypatch.setattr(bench_run, "gemm_ceiling", lambda *a, **k: None)
+    monkeypatch.setattr(bench_run, "adam_floor_seconds", lambda *a, **k: None)
     out = tmp_path / "b.json"
     code = main(
         [

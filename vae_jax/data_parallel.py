@@ -200,7 +200,11 @@ class Placement:
     def batch(self, x: np.ndarray) -> jax.Array:
         """This process's rows x of a streamed batch, in their stored dtype: on the device, or
         the global batch on the mesh (each device its slice: ``local_rows``; ``whole``: x is
-        the whole batch, replicated)."""
+        the whole batch, replicated). Sent as rows (B, C*H*W), the layout of the resident
+        epoch's gathered rows: given (B, C, H, W), XLA keeps the step's per-pixel sums in that
+        shape and adds the pixels in another order than the scanned epoch does (a float64 loss
+        one ulp apart, seen on a statically binarized run)."""
+        x = x.reshape(len(x), -1)
         if self.mesh is None:
             return jax.device_put(x, self.device)
         if self.whole:

@@ -209,10 +209,11 @@ def _stream_step_fn(
     def step(state: TrainState, x: jax.Array, key: Any, i: Any) -> tuple[TrainState, jax.Array]:
         if x.dtype == jnp.uint8:
             x = jnp.asarray(UINT8_VALUES, model.dtype)[x]
+        # Images given as rows (B, C*H*W) are shaped as the resident epoch shapes its gathered
+        # rows, so that XLA compiles both alike (see ``Placement.batch``).
+        x = x.astype(model.dtype).reshape((x.shape[0],) + model.config.input_shape)
         key_i = jax.random.fold_in(key, i)
-        return _batch_update(
-            model, train, state, x.astype(model.dtype), key_i, batch_sharding, precision
-        )
+        return _batch_update(model, train, state, x, key_i, batch_sharding, precision)
 
     return step
 
