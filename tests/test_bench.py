@@ -63,7 +63,9 @@ RECORD_KEYS = {
     "flush_denormal",
     "ratio_to_reference",
     "ceiling_fraction",
+    "gemm_best_of_fraction",
     "gemm_adam_ceiling_fraction",
+    "onednn_gemm_ceiling_fraction",
     "xla_gemm_ceiling_fraction",
 }
 HOST_KEYS = {
@@ -76,7 +78,9 @@ HOST_KEYS = {
     "peak_gflops",
     "flops_per_sample",
     "gemm_ceiling_samples_per_s",
+    "gemm_best_of_samples_per_s",
     "gemm_adam_ceiling_samples_per_s",
+    "onednn_gemm_ceiling_samples_per_s",
     "xla_gemm_ceiling_samples_per_s",
     "adam_floor_s",
     "config",
@@ -325,6 +329,72 @@ def test_the_other_ceilings_time_what_they_say(monkeypatch):
     assert host.adam_floor_seconds(mlp, "cpu", repeats=2, loops=2) > 0
 
 
+def test_the_gemm_only_epoch_runs_every_product_of_every_step(monkeypatch):
+    mlp = VAEConfig(input_shape=(1, 8, 8), hidden=(16,), latent_dim=2)
+    shapes = bench.gemm_shapes(mlp, 32)
+    products, _ = host._torch_products(shapes, "cpu", "float32", "torch")
+    for product, (m, k, n) in zip(products, shapes, strict=True):
+        a, b = product.args
+        assert (a.shape, b.shape) == ((m, k), (k, n))
+        torch.testing.assert_close(product(), a @ b, rtol=0, atol=0)
+    calls: list[object] = []
+    monkeypatch.setattr(
+        host,
+        "_torch_products",
+        lambda shapes, *a: (
+            [lambda i=i: calls.append(i) for i in range(len(shapes))],
+            lambda: calls.append("sync"),
+        ),
+    )
+    host.gemm_only_epoch(mlp, 32, 3, "cpu")(0)
+    assert calls == [*range(len(shapes))] * 3 + ["sync"]
+    conv = VAEConfig(
+        input_shape=(1, 8, 8), hidden=(), latent_dim=2, arch="conv", conv_channels=(2,)
+    )
+    assert host.gemm_only_epoch(conv, 32, 3, "cpu") is None
+
+
+def test_onednn_products_are_a_times_w_transposed():
+    made = host._torch_products([(5, 7, 3)], "cpu", "float32", "onednn")
+    if made is None:
+        assert not torch.backends.mkldnn.is_available(), "x86 torch builds have oneDNN"
+        pytest.skip("this torch build has no oneDNN")
+    (product,), _ = made
+    a, w = product.args[:2]
+    assert (a.shape, w.shape) == ((5, 7), (3, 7))
+    torch.testing.assert_close(product(), a @ w.T)
+    # oneDNN's linear is float32 here, and a CPU library.
+    assert host._torch_products([(5, 7, 3)], "cpu", "float64", "onednn") is None
+    with pytest.raises(ConfigError, match="unknown GEMM library 'blas'"):
+        host._torch_products([(5, 7, 3)], "cpu", "float32", "blas")
+
+
+def test_the_ceiling_is_timed_in_the_rows_rounds(monkeypatch):
+    # The GEMM-only epoch is the last of the contenders measure_interleaved times together, and
+    # the ceiling (and every row's ceiling_fraction) is its median epoch's samples/s.
+    seen = []
+    real = bench_run.measure_interleaved
+
+    def spied(rounds, untimed, repeats):
+        out = real(rounds, untimed, repeats)
+        seen.append((list(rounds), [dict(t) for t in out]))
+        return out
+
+    monkeypatch.setattr(bench_run, "measure_interleaved", spied)
+    result = bench.run_bench(
+        config=TINY, samples=64, batch_sizes=(16,), repeats=2, modes={"torch": ["eager"]}
+    )
+    ((rounds, timings),) = seen
+    assert len(rounds) == 2 and not isinstance(rounds[-1], dp.LastLosses)
+    ceiling = result["host"]["gemm_ceiling_samples_per_s"]["16"]
+    assert ceiling == pytest.approx(64 / timings[-1]["median_s"])
+    (record,) = result["records"]
+    assert record["median_epoch_s"] == timings[0]["median_s"]
+    assert record["ceiling_fraction"] == pytest.approx(
+        timings[-1]["median_s"] / timings[0]["median_s"]
+    )
+
+
 def test_adam_floor_times_real_adam_steps(monkeypatch):
     # The timed loop calls a torch Adam of the model's parameter shapes (fused where it can).
     made = []
@@ -414,13 +484,18 @@ def test_format_table_fraction_column_and_other_ceilings():
     result["records"][1]["ceiling_fraction"] = 0.625
     result["host"].update(
         adam_floor_s=2e-4,
+        gemm_best_of_samples_per_s={"64": 4500.0},
         gemm_adam_ceiling_samples_per_s={"64": 3000.0},
+        onednn_gemm_ceiling_samples_per_s={"64": 8000.0},
         xla_gemm_ceiling_samples_per_s={"64": 3500.0},
     )
     lines = bench.format_table(result).splitlines()
     assert lines[3].split()[:6] == ["jax", "epoch", "64", "2,500", "2.50", "0.62"]
-    assert "with one fused Adam update (0.200 ms): 3,000 samples/s" in lines[5]
-    assert "as XLA runs them (one jitted dot each): 3,500 samples/s" in lines[6]
+    assert "timed in the rows' interleaved rounds" in lines[4]
+    assert "each product timed alone, best of its loops: 4,500 samples/s" in lines[5]
+    assert "with one fused Adam update (0.200 ms): 3,000 samples/s" in lines[6]
+    assert "through torch's oneDNN matmul, best of loops: 8,000 samples/s" in lines[7]
+    assert "as XLA runs them (one jitted dot each), best of loops: 3,500 samples/s" in lines[8]
 
 
 def test_write_json_is_strict_json(tmp_path):

@@ -1,30 +1,39 @@
 """What the figures were measured on: versions and settings, the matmul peak, the ceilings.
 
-Three bounds on a training step's speed, each timed on its own in the same run as the rows:
+Bounds on a training step's speed, each measured in the same run as the rows:
 
-- ``gemm_ceiling``: the step's matrix products alone, timed in torch (its BLAS is the fastest
-  GEMM on the usual CPUs); the issue's "ceiling" that every row's ``ceiling_fraction`` refers to.
+- ``gemm_only_epoch``: the step's matrix products alone, in torch, as an epoch of such steps
+  timed in the same interleaved rounds as the rows (``vae_tools.bench.run``): the issue's
+  "ceiling" that every row's ``ceiling_fraction`` refers to. The ceiling and the rows thus
+  share every slow spell of the host and are the same statistic (the median timed epoch).
+- ``gemm_ceiling``: the same products, each timed alone, best of several loops, summed: the
+  products at their fastest (hot caches, no other work between them). An optimistic bound,
+  kept beside the interleaved one (``gemm_best_of_fraction``).
 - ``adam_floor_seconds``: one update of torch's fused Adam over the model's parameters, the
   least an Adam step can cost (one pass reading parameters, gradients and both moments and
-  writing three of them); added to ``gemm_ceiling``'s seconds per step, it gives the bound a
-  step that also updates its weights can reach (``vae_tools.bench.run``).
-- ``gemm_ceiling(..., library="jax")``: the same products as XLA runs them, one jitted dot each:
-  what JAX's own GEMMs allow on this machine (often slower than torch's BLAS on the CPU).
+  writing three of them); added to the ceiling's seconds per step, it gives the bound a step
+  that also updates its weights can reach.
+- ``gemm_ceiling(..., library="jax")``: the products as XLA runs them, one jitted dot each;
+  ``library="onednn"``: through torch's oneDNN matmul instead of its BLAS (MKL on x86). Which
+  GEMM library is fastest depends on the machine: on an AMD EPYC (Zen 5) MKL's SGEMM runs at
+  about half the speed of oneDNN's and of XLA's (the README's speed section has the figures).
 
 Timed with torch (or JAX); without the library installed they are None.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from vae_common.config import VAEConfig
+from vae_common.errors import ConfigError
 from vae_common.spec import param_spec
 
 
@@ -92,10 +101,63 @@ def matmul_seconds(
 ) -> list[float] | None:
     """Best-of-``repeats`` seconds of one (m, k) @ (k, n) torch product for each ``(m, k, n)``
     in ``shapes`` (each timed over ``loops`` back-to-back calls, the device synchronised around
-    them); None without torch. ``library="jax"``: the same, each product one jitted JAX dot on
-    JAX's device for ``device`` (its CPU for an XPU); None without JAX."""
+    them); None without torch. ``library="onednn"``: each through torch's oneDNN matmul (None
+    where this torch or device has none: ``_torch_products``). ``library="jax"``: each product
+    one jitted JAX dot on JAX's device for ``device`` (its CPU for an XPU); None without JAX."""
     if library == "jax":
         return _jax_matmul_seconds(shapes, device, dtype, repeats, loops)
+    made = _torch_products(shapes, device, dtype, library)
+    if made is None:
+        return None
+    products, sync = made
+    seconds = []
+    for product in products:
+        for _ in range(2):
+            product()
+        best = float("inf")
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(loops):
+                product()
+            sync()
+            best = min(best, (time.perf_counter() - t0) / loops)
+        seconds.append(best)
+    return seconds
+
+
+def gemm_only_epoch(
+    config: VAEConfig, batch_size: int, steps: int, device: str, dtype: str = "float32"
+) -> Callable[[int], None] | None:
+    """``run_epoch(epoch)`` of a step that is nothing but the MLP's matrix products: ``steps``
+    times every product of ``gemm_shapes`` in turn (torch, each on contiguous operands of its
+    own), the device synchronised at the end; None for a conv model or without torch. Timed
+    like a row, it is the GEMM-only ceiling (``vae_tools.bench.run``)."""
+    if config.arch != "mlp":
+        return None
+    made = _torch_products(gemm_shapes(config, batch_size), device, dtype, "torch")
+    if made is None:
+        return None
+    products, sync = made
+
+    def run_epoch(epoch: int) -> None:
+        for _ in range(steps):
+            for product in products:
+                product()
+        sync()
+
+    return run_epoch
+
+
+def _torch_products(
+    shapes: Sequence[tuple[int, int, int]], device: str, dtype: str, library: str
+) -> tuple[list[Callable[[], Any]], Callable[[], None]] | None:
+    """One zero-argument product per ``(m, k, n)`` (random operands of their own) and the
+    device's synchronisation, in torch: ``a @ b`` (``library="torch"``: torch's BLAS, MKL on
+    x86 CPUs) or ``library="onednn"``: oneDNN's matmul, through the
+    ``torch.ops.mkldnn._linear_pointwise`` op that inductor itself runs CPU linear layers with
+    (a private op, hence the checks: None off the CPU, for float64, or where this torch build
+    lacks it). None without torch."""
     try:
         import torch
 
@@ -105,22 +167,25 @@ def matmul_seconds(
         return None
     dev = select_device(device)
     dt = resolve_dtype(dtype)
-    seconds = []
-    for m, k, n in shapes:
-        a = torch.randn(m, k, device=dev, dtype=dt)
-        b = torch.randn(k, n, device=dev, dtype=dt)
-        for _ in range(2):
-            a @ b
-        best = float("inf")
-        for _ in range(repeats):
-            synchronize(dev)
-            t0 = time.perf_counter()
-            for _ in range(loops):
-                a @ b
-            synchronize(dev)
-            best = min(best, (time.perf_counter() - t0) / loops)
-        seconds.append(best)
-    return seconds
+    products: list[Callable[[], Any]] = []
+    if library == "onednn":
+        linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+        if dev.type != "cpu" or dt != torch.float32 or linear is None:
+            return None
+        if not torch.backends.mkldnn.is_available():
+            return None
+        for m, k, n in shapes:
+            a = torch.randn(m, k, device=dev, dtype=dt)
+            w = torch.randn(n, k, device=dev, dtype=dt)  # a @ w.T, as a linear layer computes
+            products.append(functools.partial(linear, a, w, None, "none", [], ""))
+    elif library == "torch":
+        for m, k, n in shapes:
+            a = torch.randn(m, k, device=dev, dtype=dt)
+            b = torch.randn(k, n, device=dev, dtype=dt)
+            products.append(functools.partial(torch.mm, a, b))
+    else:
+        raise ConfigError(f"unknown GEMM library {library!r}; choose torch, onednn or jax")
+    return products, lambda: synchronize(dev)
 
 
 def _jax_matmul_seconds(
@@ -181,8 +246,8 @@ def gemm_ceiling(
     library: str = "torch",
 ) -> float | None:
     """Samples/s if a training step cost nothing but its matrix products (MLP only, else None):
-    every product of ``gemm_shapes`` timed on its own in ``library`` (torch, or ``"jax"``: XLA's
-    dots), best of ``repeats`` loops, summed.
+    every product of ``gemm_shapes`` timed on its own in ``library`` (torch, ``"onednn"``:
+    torch's oneDNN matmul, or ``"jax"``: XLA's dots), best of ``repeats`` loops, summed.
 
     A contender whose products run no faster than they do alone cannot beat it; with Adam and
     the elementwise work on top, it tells what ratio to the reference this machine allows.

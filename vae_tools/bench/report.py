@@ -69,7 +69,8 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append(
                 f"GEMM-only ceiling, batch {batch}: {ceiling:,.0f} samples/s"
                 + (f" = {ceiling / ref:.2f} x ref" if ref else "")
-                + " (the step's matrix products alone, nothing else, timed in torch)"
+                + " (the step's matrix products alone, nothing else, in torch, timed in the"
+                " rows' interleaved rounds)"
             )
         lines.extend(_other_ceilings(h, batch))
     lines.extend(dp_lines(result["records"]))
@@ -85,18 +86,32 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def _other_ceilings(host: dict[str, Any], batch: str) -> list[str]:
-    """The ceiling with one fused Adam pass and the one of XLA's products, where measured."""
+    """The products at their fastest, the ceiling with one fused Adam pass, and those of
+    oneDNN's and XLA's products, where measured."""
     lines = []
+    best = (host.get("gemm_best_of_samples_per_s") or {}).get(batch)
+    if best:
+        lines.append(
+            f"  each product timed alone, best of its loops: {best:,.0f} samples/s (hot caches, "
+            "nothing between the products)"
+        )
     adam = (host.get("gemm_adam_ceiling_samples_per_s") or {}).get(batch)
     if adam:
         lines.append(
             f"  with one fused Adam update ({1e3 * host['adam_floor_s']:.3f} ms): {adam:,.0f} "
             "samples/s (the bound for a step that also updates its weights)"
         )
+    onednn = (host.get("onednn_gemm_ceiling_samples_per_s") or {}).get(batch)
+    if onednn:
+        lines.append(
+            f"  the same products through torch's oneDNN matmul, best of loops: {onednn:,.0f} "
+            "samples/s"
+        )
     xla = (host.get("xla_gemm_ceiling_samples_per_s") or {}).get(batch)
     if xla:
         lines.append(
-            f"  the same products as XLA runs them (one jitted dot each): {xla:,.0f} samples/s"
+            f"  the same products as XLA runs them (one jitted dot each), best of loops: "
+            f"{xla:,.0f} samples/s"
         )
     return lines
 

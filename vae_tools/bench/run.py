@@ -17,7 +17,13 @@ from vae_common.precision import precision_note
 from vae_common.training import TrainConfig
 from vae_tools.bench import data_parallel as dp
 from vae_tools.bench.contenders import MODES, make_contender
-from vae_tools.bench.host import adam_floor_seconds, gemm_ceiling, host_info, matmul_peak_gflops
+from vae_tools.bench.host import (
+    adam_floor_seconds,
+    gemm_ceiling,
+    gemm_only_epoch,
+    host_info,
+    matmul_peak_gflops,
+)
 from vae_tools.bench.timing import measure_interleaved
 from vae_tools.bench.workload import Workload, default_config, flops_per_sample, make_data
 
@@ -154,12 +160,12 @@ def run_bench(
     Returns:
       ``{"records": [one dict per contender and batch size], "host": {...}}``; every record's
       ``ratio_to_reference`` is its samples/s over the reference row's of the same batch size
-      (None without one), and ``ceiling_fraction``, ``gemm_adam_ceiling_fraction`` and
-      ``xla_gemm_ceiling_fraction`` its samples/s over the host's ceilings of that batch size
-      (``vae_tools.bench.host``; None for a conv model or a ceiling not measured). The host
-      holds ``gemm_ceiling_samples_per_s``, ``gemm_adam_ceiling_samples_per_s``,
-      ``xla_gemm_ceiling_samples_per_s`` (each ``{str(batch): samples/s}`` or None) and
-      ``adam_floor_s``. A data-parallel record also has ``devices``, ``per_device_batch``,
+      (None without one), and each ``*_fraction`` of ``CEILINGS`` its samples/s over that
+      ceiling of its batch size (``vae_tools.bench.host``; None for a conv model or a ceiling
+      not measured): ``ceiling_fraction`` is of the GEMM-only epoch timed in the same
+      interleaved rounds as the rows. The host holds each ceiling of ``CEILINGS``
+      (``{str(batch): samples/s}`` or None) and ``adam_floor_s``. A data-parallel record
+      also has ``devices``, ``per_device_batch``,
       ``single_device_mode``, ``single_device_samples_per_s``, ``efficiency`` (its samples/s
       over N x the 1-device row's), ``interleaved`` (with the 1-device rows), ``launch``,
       ``processes``, ``threads_per_process`` (None: JAX's own pool), ``host_cores`` (the cores
@@ -194,6 +200,7 @@ def run_bench(
     here = [(b, m) for b, m in pairs if b == "jax" and dp.jax_in_process(n, device)]
     in_process = {"launch": "in this process", "processes": 1, "threads_per_process": None}
     records = []
+    gemm_only: dict[str, float | None] = {}
     for batch_size in batch_sizes:
         w = Workload(config, data, batch_size, dtype, device, seed, train, precision=precision)
         untimed_epochs = max(1, -(-untimed_steps // w.steps))
@@ -204,9 +211,18 @@ def run_bench(
         wdp = dataclasses.replace(w, devices=n) if n else w
         epochs = [dp.LastLosses(make_contender(b, m, w)) for b, m in chosen]
         epochs += [dp.LastLosses(make_contender(b, m, wdp)) for b, m in here]
-        timings = measure_interleaved(epochs, untimed_epochs, repeats)
+        # The GEMM-only ceiling runs in the same rounds, after the rows (not a row itself).
+        products = (
+            gemm_only_epoch(config, batch_size, w.steps, device, dtype) if uses_torch else None
+        )
+        rounds: list[Callable[[int], Any]] = [*epochs]
+        if products is not None:
+            rounds.append(products)
+        timings = measure_interleaved(rounds, untimed_epochs, repeats)
+        if products is not None:
+            gemm_only[str(batch_size)] = w.steps * batch_size / timings.pop()["median_s"]
         losses = [e.mean for e in epochs]
-        del epochs  # free this batch size's trainers and device data before the next
+        del epochs, rounds, products  # free this batch size's trainers and data before the next
         rows = [
             _record(b, m, w, t, untimed_epochs, repeats, flops)
             for (b, m), t in zip(chosen, timings, strict=False)
@@ -236,7 +252,7 @@ def run_bench(
     host["usable_cores"] = usable_cores()
     host["flops_per_sample"] = flops
     host["peak_gflops"] = matmul_peak_gflops(device, dtype) if uses_torch else None
-    host.update(_ceilings(config, batch_sizes, device, dtype, uses_torch, uses_jax))
+    host.update(_ceilings(config, batch_sizes, device, dtype, uses_torch, uses_jax, gemm_only))
     for r in records:
         r.update(_fractions(r, host))
     host["config"] = config.to_dict()
@@ -246,7 +262,9 @@ def run_bench(
 # The host's ceilings (``vae_tools.bench.host``) and the record field of each one's fraction.
 CEILINGS = {
     "gemm_ceiling_samples_per_s": "ceiling_fraction",
+    "gemm_best_of_samples_per_s": "gemm_best_of_fraction",
     "gemm_adam_ceiling_samples_per_s": "gemm_adam_ceiling_fraction",
+    "onednn_gemm_ceiling_samples_per_s": "onednn_gemm_ceiling_fraction",
     "xla_gemm_ceiling_samples_per_s": "xla_gemm_ceiling_fraction",
 }
 
@@ -258,16 +276,23 @@ def _ceilings(
     dtype: str,
     uses_torch: bool,
     uses_jax: bool,
+    gemm_only: Mapping[str, float | None],
 ) -> dict[str, Any]:
-    """The three ceilings per batch size (``{str(batch): samples/s}``, None where not measured:
-    the torch ones without a torch row, XLA's without a JAX row) and the Adam floor. The one
-    with Adam adds the floor to the very products' seconds of the GEMM-only one (not a second
-    timing), so it is always the lower of the two."""
-    torch_gemm = (
-        {str(b): gemm_ceiling(config, b, device, dtype) for b in batch_sizes}
-        if uses_torch
-        else None
-    )
+    """The ceilings per batch size (``{str(batch): samples/s}``, None where not measured: the
+    torch ones without a torch row, XLA's without a JAX row, oneDNN's where torch has none for
+    the device and dtype) and the Adam floor. ``gemm_only``: the GEMM-only epochs' samples/s,
+    timed in the rows' rounds (``gemm_ceiling_samples_per_s``, the one ``ceiling_fraction``
+    is of); the best-of-loops products are ``gemm_best_of_samples_per_s``. The ceiling with
+    Adam adds the floor to the seconds of the GEMM-only ceiling's step (not a second timing),
+    so it is always the lower of the two."""
+
+    def per_batch(library: str) -> dict[str, float | None] | None:
+        rates = {
+            str(b): gemm_ceiling(config, b, device, dtype, library=library) for b in batch_sizes
+        }
+        return None if all(r is None for r in rates.values()) else rates
+
+    torch_gemm = dict(gemm_only) if uses_torch and gemm_only else None
     adam_s = adam_floor_seconds(config, device, dtype) if uses_torch else None
     with_adam = None
     if torch_gemm is not None and adam_s is not None:
@@ -275,16 +300,13 @@ def _ceilings(
             b: None if rate is None else int(b) / (int(b) / rate + adam_s)
             for b, rate in torch_gemm.items()
         }
-    xla_gemm = (
-        {str(b): gemm_ceiling(config, b, device, dtype, library="jax") for b in batch_sizes}
-        if uses_jax
-        else None
-    )
     return {
         "gemm_ceiling_samples_per_s": torch_gemm,
+        "gemm_best_of_samples_per_s": per_batch("torch") if uses_torch else None,
         "adam_floor_s": adam_s,
         "gemm_adam_ceiling_samples_per_s": with_adam,
-        "xla_gemm_ceiling_samples_per_s": xla_gemm,
+        "onednn_gemm_ceiling_samples_per_s": per_batch("onednn") if uses_torch else None,
+        "xla_gemm_ceiling_samples_per_s": per_batch("jax") if uses_jax else None,
     }
 
 
