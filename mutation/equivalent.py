@@ -13,6 +13,8 @@ _EPOCH_SEED = (
     "np.random.SeedSequence([seed, epoch]).generate_state({}, np.uint64)[0] >> np.uint64(1)"
 )
 
+_NPZ_MATCH = 'images, labels = matches[{}]["images"], matches[{}]["labels"]'
+
 _NPZ_LABELS = "ys = [arrays[label_keys[{}]][train_idx], arrays[label_keys[{}]][test_idx]]"
 
 EQUIVALENT: list[dict[str, str]] = [
@@ -114,6 +116,40 @@ EQUIVALENT: list[dict[str, str]] = [
         "new": "key = image_keys[ -1]",
         "reason": "the line runs only when image_keys holds one key (the single-array scheme), "
         "whose first and last elements are the same",
+    },
+    *(
+        {
+            "file": "vae_common/npz.py",
+            "old": _NPZ_MATCH.format("0", "0"),
+            "new": _NPZ_MATCH.format(*mutated),
+            "reason": "the line runs only when matches holds exactly one scheme (any other "
+            "count is refused just above): element 0 is element -1",
+        }
+        for mutated in ((" -1", "0"), ("0", " -1"))
+    ),
+    {
+        "file": "vae_common/npz.py",
+        "old": "missing.sort(key=NPZ_ARRAYS.index if set(missing) <= set(NPZ_ARRAYS) else None)",
+        "new": "missing.sort(key=NPZ_ARRAYS.index if set(missing) < set(NPZ_ARRAYS) else None)",
+        "reason": "<= and < differ only when missing holds all four of NPZ_ARRAYS (the Keras "
+        "scheme's keys), which cannot happen: missing holds only absent keys of the one scheme "
+        "that matched, and a scheme matches only when at least one of its keys is present",
+    },
+    {
+        "file": "vae_common/npz.py",
+        "old": "for x_key, y_key in zip(image_keys, label_keys, strict=True):",
+        "new": "for x_key, y_key in zip(image_keys, label_keys, strict=False):",
+        "reason": "image_keys and label_keys are the images and labels of one NPZ_SCHEMES "
+        "entry, which name as many label arrays as image arrays (2 and 2, or 1 and 1): the "
+        "zip never sees two lengths, so strict never raises",
+    },
+    {
+        "file": "vae_common/npz.py",
+        "old": 'f"{image_keys[-1]} images are {images[1].shape[1:]}; both splits must have one "',
+        "new": 'f"{image_keys[+1]} images are {images[1].shape[1:]}; both splits must have one "',
+        "reason": "the line runs only when the two splits differ in image size, which the "
+        "single-array scheme (one array, split) cannot: image_keys then holds two keys, and "
+        "element 1 is element -1",
     },
     *(
         {

@@ -67,6 +67,7 @@ TARGETS: dict[str, list[str]] = {
     ],
     "vae_common/layout.py": [
         "tests/test_data_contracts.py",
+        "tests/test_idx_npz_contracts.py",
         "tests/test_data.py",
         "tests/test_own_data.py",
         "tests/test_shared_contracts.py",
@@ -75,6 +76,7 @@ TARGETS: dict[str, list[str]] = {
     ],
     "vae_common/datasets.py": [
         "tests/test_data_contracts.py",
+        "tests/test_idx_npz_contracts.py",
         "tests/test_data.py",
         "tests/test_own_data.py",
         "tests/test_shared_contracts.py",
@@ -83,6 +85,7 @@ TARGETS: dict[str, list[str]] = {
     ],
     "vae_common/idx.py": [
         "tests/test_data_contracts.py",
+        "tests/test_idx_npz_contracts.py",
         "tests/test_data.py",
         "tests/test_own_data.py",
         "tests/test_shared_contracts.py",
@@ -91,6 +94,7 @@ TARGETS: dict[str, list[str]] = {
     ],
     "vae_common/npz.py": [
         "tests/test_data_contracts.py",
+        "tests/test_idx_npz_contracts.py",
         "tests/test_data.py",
         "tests/test_own_data.py",
         "tests/test_shared_contracts.py",
