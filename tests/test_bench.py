@@ -260,6 +260,21 @@ def test_reference_contender_runs_seeded_epochs():
     np.testing.assert_array_equal(first, again)
 
 
+def test_the_reference_row_runs_torchs_blas_and_the_torch_rows_onednn(monkeypatch):
+    # The canonical loop's dense layers are nn.Linear's F.linear; the library's eager trainer
+    # takes oneDNN's products where this torch has them (vae_torch._onednn).
+    from vae_torch import _onednn
+
+    made = []
+    real = _onednn._onednn_linear
+    monkeypatch.setattr(_onednn, "_onednn_linear", lambda *a: made.append(1) or real(*a))
+    w = tiny_workload("float32")
+    bench.make_contender("reference", "eager", w)(0)
+    assert made == []
+    bench.make_contender("torch", "eager", w)(0)
+    assert len(made) == (5 * w.steps if _onednn.available() else 0)
+
+
 # -- timing.py -----------------------------------------------------------------------------------
 
 

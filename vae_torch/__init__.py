@@ -6,6 +6,7 @@ state.
 
 from vae_common.config import VAEConfig
 from vae_common.errors import DeviceError, ShapeError
+from vae_torch._onednn import cpu_linear
 from vae_torch.convert import from_canonical, to_canonical
 from vae_torch.device import check_dtype, select_device, supports_float64, synchronize
 from vae_torch.losses import (
@@ -33,8 +34,9 @@ from vae_torch.train import (
 )
 from vae_torch.trainer import Trainer
 
-# Names only the torch backend has: the compiled training step and its C++ compiler check.
-TORCH_ONLY = ("cpu_compiler", "make_compiled_step", "require_compiler")
+# Names only the torch backend has: the compiled training step and its C++ compiler check, and
+# the choice of the CPU float32 dense layers' GEMM library (XLA picks its own).
+TORCH_ONLY = ("cpu_compiler", "cpu_linear", "make_compiled_step", "require_compiler")
 
 __all__ = [
     "VAE",
@@ -70,6 +72,7 @@ __all__ = [
     "synchronize",
     "to_canonical",
     "cpu_compiler",
+    "cpu_linear",
     "make_compiled_step",
     "require_compiler",
 ]

@@ -1,4 +1,5 @@
-"""The layers of the PyTorch VAE: stride-2 convolutions of the config's shape, the widths of
+"""The layers of the PyTorch VAE: dense layers (``nn.Linear`` through oneDNN where that is
+faster: ``vae_torch._onednn``), stride-2 convolutions of the config's shape, the widths of
 consecutive dense layers, and the cast of a layer's output back to the input's dtype.
 
 The counterpart of ``vae_jax._layers``. Parameters keep PyTorch's own default initialisation.
@@ -12,12 +13,21 @@ import torch
 from torch import nn
 
 from vae_common.config import CONV_KERNEL, CONV_PADDING, CONV_STRIDE
+from vae_torch._onednn import linear
 from vae_torch._typing import Array
 
 
 def pairs(widths: Sequence[int]) -> Iterator[tuple[int, int]]:
     """Consecutive pairs (in, out) of a list of layer widths."""
     return zip(widths[:-1], widths[1:], strict=True)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear``: the same parameters, names, initialisation and maths; its product runs
+    through oneDNN for eager float32 on the CPU (``vae_torch._onednn.linear``)."""
+
+    def forward(self, x: Array) -> Array:
+        return linear(x, self.weight, self.bias)
 
 
 def conv(c_in: int, c_out: int) -> nn.Conv2d:

@@ -18,7 +18,7 @@ from torch import nn
 from vae_common import checks
 from vae_common.config import VAEConfig
 from vae_common.errors import ConfigError
-from vae_torch._layers import conv, conv_transpose, pairs, to_dtype
+from vae_torch._layers import Linear, conv, conv_transpose, pairs, to_dtype
 from vae_torch._typing import Array, ArrayLike, DTypeLike, Params
 from vae_torch.input_checks import check_eps, check_input, check_latents, check_params
 
@@ -39,9 +39,9 @@ class Encoder(nn.Module):
             self.conv = nn.ModuleList(conv(a, b) for a, b in pairs(channels))
         c, h, w = config.conv_output_shape
         widths = [c * h * w, *config.hidden]
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in pairs(widths))
-        self.mean = nn.Linear(widths[-1], config.latent_dim)
-        self.logvar = nn.Linear(widths[-1], config.latent_dim)
+        self.hidden = nn.ModuleList(Linear(a, b) for a, b in pairs(widths))
+        self.mean = Linear(widths[-1], config.latent_dim)
+        self.logvar = Linear(widths[-1], config.latent_dim)
 
     def forward(self, x: Array) -> tuple[Array, Array]:
         h = x
@@ -66,12 +66,12 @@ class Decoder(nn.Module):
         self.input_shape = config.input_shape
         self.feature_shape = config.conv_output_shape
         widths = [config.latent_dim, *reversed(config.hidden)]
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in pairs(widths))
+        self.hidden = nn.ModuleList(Linear(a, b) for a, b in pairs(widths))
         if config.arch == "mlp":
-            self.out = nn.Linear(widths[-1], config.input_dim)
+            self.out = Linear(widths[-1], config.input_dim)
             return
         c, h, w = self.feature_shape
-        self.project = nn.Linear(widths[-1], c * h * w)
+        self.project = Linear(widths[-1], c * h * w)
         channels = [*reversed(config.conv_channels), config.input_shape[0]]
         self.deconv = nn.ModuleList(conv_transpose(a, b) for a, b in pairs(channels))
 

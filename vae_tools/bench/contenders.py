@@ -155,11 +155,13 @@ def reference_step(model: Any, optimizer: Any, x: Any) -> float:
 def reference_eager(w: Workload) -> EpochFn:
     """The canonical eager PyTorch loop, written the way tutorials write it: a shuffling
     ``DataLoader``, torch's default weights and Adam (for-loop kernel), ``reference_step``, and
-    denormals left on. Its shuffling and noise come from torch's global generator, seeded once
-    with ``w.seed``; ``epoch`` is not used."""
+    denormals left on; its dense layers run ``F.linear`` (torch's BLAS: ``cpu_linear("blas")``),
+    as ``nn.Linear`` does. Its shuffling and noise come from torch's global generator, seeded
+    once with ``w.seed``; ``epoch`` is not used."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
+    from vae_torch._onednn import cpu_linear
     from vae_torch.device import select_device
     from vae_torch.model import build_model
 
@@ -173,7 +175,8 @@ def reference_eager(w: Workload) -> EpochFn:
     def run_epoch(epoch: int) -> np.ndarray:
         torch.set_flush_denormal(False)
         model.train()
-        return np.array([reference_step(model, optimizer, x) for (x,) in loader])
+        with cpu_linear("blas"):
+            return np.array([reference_step(model, optimizer, x) for (x,) in loader])
 
     return run_epoch
 
