@@ -8,11 +8,13 @@ README's speed section has the figures), and eager float32 training about 1.4x.
 
 ``linear`` takes oneDNN's path only where it computes what ``F.linear`` computes, up to float32
 rounding: a float32 (B, in) input and float32 weights on the CPU, no autocast, outside
-``torch.compile`` tracing (inductor lowers this op only for frozen weights) and outside
 ``torch.func`` transforms (the autograd formula of a custom op does not compose with them), in
-a torch build that has the op. Everywhere else, and inside ``cpu_linear("blas")``, it is
-``F.linear``. The op, ``torch.ops.mkldnn._linear_pointwise``, is private to torch, hence the
-check that it exists: a torch without it trains through ``F.linear``, at BLAS speed.
+a torch build that has the op; under ``torch.compile`` too, where the products stay calls of
+the custom ops (inductor would lower oneDNN's op itself only for frozen weights), so that the
+compiled training step (``vae_torch._compile``, through ``torch.autograd.grad``) runs them as
+well. Everywhere else, and inside ``cpu_linear("blas")``, it is ``F.linear``. The op,
+``torch.ops.mkldnn._linear_pointwise``, is private to torch, hence the check that it exists: a
+torch without it trains through ``F.linear``, at BLAS speed.
 
 The counterpart has nothing to mirror: XLA picks its own GEMMs.
 """
@@ -34,9 +36,13 @@ _LINEAR_POINTWISE: Any = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 _kind = "onednn"
 
 
+# Read once: torch.compile does not trace into torch.backends.
+_AVAILABLE = _LINEAR_POINTWISE is not None and torch.backends.mkldnn.is_available()
+
+
 def available() -> bool:
     """Whether this torch build has oneDNN and its linear op (x86 and Arm builds do)."""
-    return _LINEAR_POINTWISE is not None and torch.backends.mkldnn.is_available()
+    return _AVAILABLE
 
 
 def cpu_linear_kind() -> str:
@@ -59,19 +65,27 @@ def cpu_linear(kind: str) -> Iterator[None]:
         _kind = before
 
 
-def _product(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """``a @ w.T (+ b)`` through oneDNN (a (M, K), w (N, K), any strides)."""
-    return _LINEAR_POINTWISE(a, w, b, "none", [], "")
-
-
+# Custom ops, so that torch.compile keeps them as calls of their own: inductor would lower the
+# oneDNN op itself only for frozen (constant) weights.
 @torch.library.custom_op("vae_torch::onednn_linear", mutates_args=())
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    return _product(x, weight, bias)
+    return _LINEAR_POINTWISE(x, weight, bias, "none", [], "")
 
 
 @_onednn_linear.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@torch.library.custom_op("vae_torch::onednn_mm_nt", mutates_args=())
+def _product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``a @ w.T`` through oneDNN (a (M, K), w (N, K), any strides)."""
+    return _LINEAR_POINTWISE(a, w, None, "none", [], "")
+
+
+@_product.register_fake
+def _(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return a.new_empty((a.shape[0], w.shape[0]))
 
 
 def _setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -85,8 +99,8 @@ def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     # differentiable again (no double backward: nothing here needs one).
     x, weight = ctx.saved_tensors
     needs_x, needs_w, needs_b = ctx.needs_input_grad
-    grad_x = _product(grad, weight.t(), None) if needs_x else None
-    grad_w = _product(grad.t(), x.t(), None) if needs_w else None
+    grad_x = _product(grad, weight.t()) if needs_x else None
+    grad_w = _product(grad.t(), x.t()) if needs_w else None
     grad_b = grad.sum(0) if needs_b else None
     return grad_x, grad_w, grad_b
 
@@ -102,14 +116,13 @@ def _functorch_active() -> bool:
 def applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether ``linear`` takes oneDNN's path for these arguments (see the module docstring)."""
     return (
-        not torch.compiler.is_compiling()
-        and _kind == "onednn"
+        _kind == "onednn"
         and bias is not None
         and x.dim() == 2
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == bias.dtype == torch.float32
         and weight.device.type == "cpu"
-        and available()
+        and _AVAILABLE
         and not torch.is_autocast_enabled("cpu")
         and not _functorch_active()
     )
