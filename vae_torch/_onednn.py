@@ -66,8 +66,11 @@ def cpu_linear(kind: str) -> Iterator[None]:
 
 
 # Custom ops, so that torch.compile keeps them as calls of their own: inductor would lower the
-# oneDNN op itself only for frozen (constant) weights.
-@torch.library.custom_op("vae_torch::onednn_linear", mutates_args=())
+# oneDNN op itself only for frozen (constant) weights. Their names carry a version: torch's
+# compile caches key a graph on the ops it calls, not on the autograd formula registered for
+# them, so a change of ``_backward`` (or of an op) must come with new names, or a cache made
+# before the change would go on running the old backward.
+@torch.library.custom_op("vae_torch::onednn_linear_v1", mutates_args=())
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return _LINEAR_POINTWISE(x, weight, bias, "none", [], "")
 
@@ -77,15 +80,28 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
-@torch.library.custom_op("vae_torch::onednn_mm_nt", mutates_args=())
-def _product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``a @ w.T`` through oneDNN (a (M, K), w (N, K), any strides)."""
-    return _LINEAR_POINTWISE(a, w, None, "none", [], "")
+# The backward's two products take their operands as the forward made them and transpose inside
+# the op: transposed views given to a custom op would be copied contiguous by inductor first.
+@torch.library.custom_op("vae_torch::onednn_grad_input_v1", mutates_args=())
+def _grad_input(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """dx = grad @ W through oneDNN: grad (B, out), W (out, in)."""
+    return _LINEAR_POINTWISE(grad, weight.t(), None, "none", [], "")
 
 
-@_product.register_fake
-def _(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return a.new_empty((a.shape[0], w.shape[0]))
+@_grad_input.register_fake
+def _(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return grad.new_empty((grad.shape[0], weight.shape[1]))
+
+
+@torch.library.custom_op("vae_torch::onednn_grad_weight_v1", mutates_args=())
+def _grad_weight(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """dW = grad^T @ x through oneDNN: grad (B, out), x (B, in)."""
+    return _LINEAR_POINTWISE(grad.t(), x.t(), None, "none", [], "")
+
+
+@_grad_weight.register_fake
+def _(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return grad.new_empty((grad.shape[1], x.shape[1]))
 
 
 def _setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -99,8 +115,8 @@ def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     # differentiable again (no double backward: nothing here needs one).
     x, weight = ctx.saved_tensors
     needs_x, needs_w, needs_b = ctx.needs_input_grad
-    grad_x = _product(grad, weight.t()) if needs_x else None
-    grad_w = _product(grad.t(), x.t()) if needs_w else None
+    grad_x = _grad_input(grad, weight) if needs_x else None
+    grad_w = _grad_weight(grad, x) if needs_w else None
     grad_b = grad.sum(0) if needs_b else None
     return grad_x, grad_w, grad_b
 
