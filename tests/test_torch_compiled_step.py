@@ -161,23 +161,3 @@ def test_each_compiled_step_has_its_own_cache():
                 trainer.load_state_dict(init_canonical(config, 0, "float64"))
                 losses[compile] = trainer.run_steps(xs[:2], eps[:2])
             assert rel_diff(losses[True], losses[False]) <= TRAJECTORY_TOLERANCES["float64"]
-
-
-@needs_compiler
-def test_both_gradient_paths_follow_the_eager_trajectory(monkeypatch):
-    # torch.autograd.grad traced by torch.compile (this torch: TRACES_AUTOGRAD; in float32 the
-    # path that keeps oneDNN's products, whose gradients tests/test_onednn_linear.py checks)
-    # and torch.func.grad_and_value (older torch builds) give the eager trainer's losses and
-    # weights within the float64 trajectory tolerance.
-    from vae_torch import _compile
-
-    assert _compile.TRACES_AUTOGRAD, "this torch traces torch.autograd.grad: the path under test"
-    train = TrainConfig(lr=0.01, free_bits=0.05)
-    eager, want = _trained(False, train)
-    tol = TRAJECTORY_TOLERANCES["float64"]
-    for traces in (True, False):
-        monkeypatch.setattr(_compile, "TRACES_AUTOGRAD", traces)
-        compiled, got = _trained(True, train)
-        assert rel_diff(got, want) <= tol, (traces, rel_diff(got, want))
-        weights, eager_weights = compiled.state_dict(), eager.state_dict()
-        assert max(rel_diff(weights[n], eager_weights[n]) for n in weights) <= tol, traces

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from vae_common.errors import ConfigError, DeviceError
-from vae_torch.input_checks import check_setting
 from vae_torch.losses import objective
 from vae_torch.model import VAE
 
@@ -54,13 +53,6 @@ def require_compiler(device_types: Iterable[str]) -> None:
         )
 
 
-# Whether torch.compile can trace ``torch.autograd.grad`` (dynamo's ``trace_autograd_ops``, set
-# while the step's gradients are compiled and run). Where it can, the gradients come from
-# ``torch.autograd.grad`` of the module's own parameters: the dense layers then keep their
-# oneDNN products (``vae_torch._onednn``), which ``torch.func`` transforms cannot take. Older
-# torch builds take ``torch.func.grad_and_value``, with ``F.linear``.
-TRACES_AUTOGRAD = hasattr(torch._dynamo.config, "trace_autograd_ops")
-
 # How many distinct call keys (``_call_key``) get a compiled graph of their own, run without
 # guard evaluation; calls of further keys share one guarded compiled function.
 OWN_GRAPHS = 4
@@ -79,9 +71,7 @@ def make_compiled_step(
     **options: Any,
 ) -> Callable[..., torch.Tensor]:
     """A training step whose forward and backward pass are one graph compiled by
-    ``torch.compile(fullgraph=True)`` (``torch.autograd.grad`` of ``objective`` with respect to
-    the model's parameters where torch.compile traces it, ``TRACES_AUTOGRAD``, else
-    ``torch.func.grad_and_value``), followed
+    ``torch.compile(fullgraph=True)`` (``torch.func.grad_and_value`` of ``objective``), followed
     by ``torch.optim.Adam``'s own update function on the optimizer's own state (``exp_avg``,
     ``exp_avg_sq``, ``step``) with the optimizer's settings, the fused kernel where it has one.
     ``optimizer.state_dict()`` and the canonical optimizer state stay valid, and the numbers are
@@ -106,8 +96,8 @@ def make_compiled_step(
     one slice of the global batch (or all of it on every rank, for a batch the ranks do not
     divide under ``Trainer(uneven="replicate")``); the gradients are averaged over the ranks
     (one all-reduce of all of them, flattened) before the update, as
-    ``DistributedDataParallel`` would do: DDP's hooks never fire here, because the gradients
-    come without ``backward()`` (and without the module DDP wraps).
+    ``DistributedDataParallel`` would do: DDP's hooks never fire here, because ``torch.func``
+    computes gradients without ``backward()``.
 
     Why this split: compiling only the objective leaves ``backward()`` and the optimizer to eager
     dispatch with graph breaks in between; one graph for the gradients removes that overhead.
@@ -117,8 +107,6 @@ def make_compiled_step(
     """
     from torch.optim.adam import adam as adam_update
 
-    check_setting("free_bits", free_bits)  # here: the compiled code may trace it as a symbol
-    autograd = TRACES_AUTOGRAD
     hyper = _adam_hyperparameters(optimizer)
     names = [name for name, _ in model.named_parameters()]
     params: list[torch.Tensor] = [p for _, p in model.named_parameters()]
@@ -132,22 +120,14 @@ def make_compiled_step(
     def gradients(
         params: list[torch.Tensor], x: torch.Tensor, eps: torch.Tensor, beta: Any
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        if autograd:
-            with torch.enable_grad():
-                value = objective(model, None, x, eps, beta, free_bits)
-                grads = torch.autograd.grad(value, params)
-            return value.detach(), list(grads)
         value_and_grads = torch.func.grad_and_value(
             lambda p: objective(model, p, x, eps, beta, free_bits)
         )
-        grads_of, value = value_and_grads(dict(zip(names, params, strict=True)))
-        return value, [grads_of[name] for name in names]
+        grads, value = value_and_grads(dict(zip(names, params, strict=True)))
+        return value, [grads[name] for name in names]
 
     def compile_gradients() -> Callable[..., Any]:
-        compiled = torch.compile(_own_code(gradients), fullgraph=True, **options)
-        if not autograd:
-            return compiled
-        return torch._dynamo.config.patch(trace_autograd_ops=True)(compiled)
+        return torch.compile(_own_code(gradients), fullgraph=True, **options)
 
     shared = compile_gradients()
     own: dict[tuple[Any, ...], list[Any]] = {}  # key -> [compiled function, guarded calls]
@@ -173,8 +153,8 @@ def make_compiled_step(
     def step(x: torch.Tensor, eps: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
         states = [_adam_state(optimizer, p) for p in params]
         beta_t = torch.as_tensor(beta, dtype=x.dtype, device=x.device)
-        # No autograd graph around the step: the compiled gradients differentiate on their own
-        # (enabling grad inside), and the parameters are then updated in place.
+        # No autograd graph around the step: func.grad differentiates on its own, and the
+        # parameters are then updated in place.
         with torch.no_grad():
             value, grads = gradients_of(x, eps, beta_t)
             if data_parallel:

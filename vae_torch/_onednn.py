@@ -8,13 +8,14 @@ README's speed section has the figures), and eager float32 training about 1.4x.
 
 ``linear`` takes oneDNN's path only where it computes what ``F.linear`` computes, up to float32
 rounding: a float32 (B, in) input and float32 weights on the CPU, no autocast, outside
-``torch.func`` transforms (the autograd formula of a custom op does not compose with them), in
-a torch build that has the op; under ``torch.compile`` too, where the products stay calls of
-the custom ops (inductor would lower oneDNN's op itself only for frozen weights), so that the
-compiled training step (``vae_torch._compile``, through ``torch.autograd.grad``) runs them as
-well. Everywhere else, and inside ``cpu_linear("blas")``, it is ``F.linear``. The op,
-``torch.ops.mkldnn._linear_pointwise``, is private to torch, hence the check that it exists: a
-torch without it trains through ``F.linear``, at BLAS speed.
+``torch.func`` transforms (the autograd formula of a custom op does not compose with them) and
+outside ``torch.compile`` tracing, in a torch build that has the op. Everywhere else, and inside
+``cpu_linear("blas")``, it is ``F.linear``. Compiled, the products could stay calls of these
+custom ops (inductor lowers oneDNN's op itself only for frozen weights); the compiled training
+step run that way, its gradients by ``torch.autograd.grad``, was no faster (x0.993 against
+``F.linear``'s graph, interleaved A/B, MLP 784-400-20 batch 128), so the graph keeps
+``F.linear``. The op, ``torch.ops.mkldnn._linear_pointwise``, is private to torch, hence the
+check that it exists: a torch without it trains through ``F.linear``, at BLAS speed.
 
 The counterpart has nothing to mirror: XLA picks its own GEMMs.
 """
@@ -65,11 +66,10 @@ def cpu_linear(kind: str) -> Iterator[None]:
         _kind = before
 
 
-# Custom ops, so that torch.compile keeps them as calls of their own: inductor would lower the
-# oneDNN op itself only for frozen (constant) weights. Their names carry a version: torch's
-# compile caches key a graph on the ops it calls, not on the autograd formula registered for
-# them, so a change of ``_backward`` (or of an op) must come with new names, or a cache made
-# before the change would go on running the old backward.
+# Custom ops: the products with an autograd formula of their own. Their names carry a
+# version: torch's compile caches key a graph on the ops it calls, not on the autograd formula
+# registered for them, so a change of ``_backward`` (or of an op) must come with new names, or a
+# cache made by a user's own compiled code before the change would go on running the old one.
 @torch.library.custom_op("vae_torch::onednn_linear_v1", mutates_args=())
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return _LINEAR_POINTWISE(x, weight, bias, "none", [], "")
@@ -132,7 +132,8 @@ def _functorch_active() -> bool:
 def applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether ``linear`` takes oneDNN's path for these arguments (see the module docstring)."""
     return (
-        _kind == "onednn"
+        not torch.compiler.is_compiling()
+        and _kind == "onednn"
         and bias is not None
         and x.dim() == 2
         and x.device.type == "cpu"

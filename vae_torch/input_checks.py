@@ -100,11 +100,6 @@ def _is_traced(t: torch.Tensor) -> bool:
 
 def check_setting(name: str, value: Any) -> None:
     """``beta`` or ``free_bits``: a scalar always; finite and >= 0 when concrete."""
-    if not isinstance(value, torch.Tensor) and torch.compiler.is_compiling():
-        # torch.compile may trace a Python number as a symbol (automatic dynamic: one that
-        # differed between compilations of the same code, e.g. two models' free_bits), with no
-        # value to check while tracing. The trainers and make_compiled_step check theirs first.
-        return
     if isinstance(value, torch.Tensor):
         if value.ndim != 0:
             raise checks.scalar_error(name, value.shape)
