@@ -40,16 +40,19 @@ TORCH_TRAINING_TESTS = [
 
 TARGETS: dict[str, list[str]] = {
     "vae_common/training.py": [
+        "tests/test_common_contracts.py",
         *REFERENCE_TESTS,
         "tests/test_config.py",
         "tests/test_train_jax_torch.py",
     ],
     "vae_common/evaluation.py": [
+        "tests/test_common_contracts.py",
         "tests/test_shared_contracts.py",
         "tests/test_reference_eval_data.py",
         "tests/test_train_jax_torch.py",
     ],
     "vae_common/batches.py": [
+        "tests/test_common_contracts.py",
         "tests/test_data_contracts.py",
         "tests/test_shared_contracts.py",
         "tests/test_reference_eval_data.py",
