@@ -199,4 +199,18 @@ EQUIVALENT: list[dict[str, str]] = [
         "reason": "the check at the top refuses iwae_k < 0 and iwae_k == 1, so iwae_k is 0 or "
         ">= 2 here, where > 0 and > 1 agree",
     },
+    {
+        "file": "vae_common/training.py",
+        "old": "if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):",
+        "new": "if not (0 <= self.b1 < 1 and -1 <= self.b2 < 1):",
+        "reason": "the loop above already refuses a negative b2 (every number of the loop must "
+        "be >= 0), so b2 >= 0 here, where -1 <= b2 and 0 <= b2 agree",
+    },
+    {
+        "file": "vae_common/evaluation.py",
+        "old": "chunk = max(1, min(batch_size, IWAE_CHUNK // iwae_k))",
+        "new": "chunk = max( 0, min(batch_size, IWAE_CHUNK // iwae_k))",
+        "reason": "batch_size >= 1 and 2 <= iwae_k <= IWAE_CHUNK are checked at the top, so "
+        "min(batch_size, IWAE_CHUNK // iwae_k) >= 1, where max with 0 and max with 1 agree",
+    },
 ]

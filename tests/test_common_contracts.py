@@ -4,8 +4,10 @@ at their edges, each against a value computed here.
 Each test pins an edge a full (unsampled) generic mutation run found unpinned: that both epoch
 functions shuffle unless told not to and accept a batch of the whole dataset, but not one of
 size 0; how many of the missing optimizer tensors the error names before it elides the rest;
-that ``TrainConfig`` refuses every negative or non-finite number, accepts moment decays of 0 and
-is frozen; that the evaluation refuses ``iwae_k = -1``. Numpy only, fast.
+that ``TrainConfig`` refuses every negative or non-finite number, accepts moment decays of 0, is
+frozen and loads a file that names only some fields; that the evaluation refuses
+``iwae_k = -1`` and a batch size of 0 but evaluates batches of one and ``iwae_k = IWAE_CHUNK``.
+Numpy only, fast.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 from vae_common.batches import batch_indices, last_batch_indices
 from vae_common.config import ConfigError, VAEConfig
 from vae_common.errors import DataError
-from vae_common.evaluation import evaluate_batches
+from vae_common.evaluation import IWAE_CHUNK, evaluate_batches
 from vae_common.training import TrainConfig, optimizer_state_names, split_optimizer_state
 
 CONFIG = VAEConfig(input_shape=(1, 2, 2), hidden=(3,), latent_dim=2)
@@ -107,3 +109,54 @@ def test_evaluation_refuses_iwae_k_of_minus_one():
 
     with pytest.raises(ConfigError, match=r"^iwae_k must be 0 \(no IWAE\) or in \[2, .*got -1 "):
         evaluate_batches(never, never, np.zeros((3, 1, 2, 2)), 2, "float64", iwae_k=-1)
+
+
+def test_train_config_from_json_fills_absent_fields_with_defaults():
+    """A file naming only some fields (neither ``adam_eps`` nor the old ``eps`` among them)
+    loads with the defaults for the rest; one with the old name loads it as ``adam_eps``."""
+    assert TrainConfig.from_json('{"lr": 0.01}') == TrainConfig(lr=0.01)
+    assert TrainConfig.from_json('{"eps": 1e-6, "lr": 0.01}') == TrainConfig(lr=0.01, adam_eps=1e-6)
+
+
+def test_evaluation_batches_of_one_and_of_zero():
+    """Batches of one example are evaluated (each with its own noise stream 2j); a batch size of
+    0 is refused before any batch."""
+    x = np.arange(12, dtype=np.float64).reshape(3, 1, 2, 2)
+
+    def terms(xb, eps):
+        return xb.reshape(len(xb), -1).sum(axis=1), (eps**2).sum(axis=1)
+
+    got = evaluate_batches(terms, None, x, 2, "float64", seed=4, batch_size=1)
+    eps = [np.random.default_rng([4, 2 * j]).standard_normal((1, 2)) for j in range(3)]
+    assert got["n"] == 3 and got["neg_iwae"] is None
+    np.testing.assert_allclose(got["reconstruction"], x.reshape(3, -1).sum(axis=1).mean())
+    np.testing.assert_allclose(got["kl"], np.mean([(e**2).sum() for e in eps]))
+
+    def never(*args):
+        raise AssertionError("no batch may be evaluated")
+
+    with pytest.raises(ConfigError, match="^batch_size must be positive, got 0$"):
+        evaluate_batches(never, never, x, 2, "float64", batch_size=0)
+
+
+def test_evaluation_accepts_iwae_k_of_iwae_chunk_one_example_at_a_time():
+    """``iwae_k = IWAE_CHUNK`` is the largest count accepted: the IWAE bound is then taken one
+    example at a time, each with its ``(IWAE_CHUNK, 1, L)`` noise of stream 2j + 1."""
+    x = np.zeros((2, 1, 2, 2))
+    seen = []
+
+    def terms(xb, eps):
+        return np.zeros(len(xb)), np.zeros(len(xb))
+
+    def iwae(xb, eps):
+        seen.append(eps)
+        return np.full(len(xb), eps.sum())
+
+    got = evaluate_batches(terms, iwae, x, 2, "float64", seed=1, iwae_k=IWAE_CHUNK)
+    assert [e.shape for e in seen] == [(IWAE_CHUNK, 1, 2)] * 2
+    want = [
+        np.random.default_rng([1, 2 * j + 1]).standard_normal((IWAE_CHUNK, 1, 2)) for j in (0, 1)
+    ]
+    np.testing.assert_array_equal(seen, want)
+    assert got["iwae_k"] == IWAE_CHUNK
+    np.testing.assert_allclose(got["neg_iwae"], np.mean([w.sum() for w in want]))
