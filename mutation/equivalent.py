@@ -192,13 +192,16 @@ EQUIVALENT: list[dict[str, str]] = [
         "reason": "the loop above already refuses a negative b1 (every number of the loop must "
         "be >= 0), so b1 >= 0 here, where -1 <= b1 and 0 <= b1 agree",
     },
-    {
-        "file": "vae_common/evaluation.py",
-        "old": "if iwae_k > 1:",
-        "new": "if iwae_k > 0:",
-        "reason": "the check at the top refuses iwae_k < 0 and iwae_k == 1, so iwae_k is 0 or "
-        ">= 2 here, where > 0 and > 1 agree",
-    },
+    *(
+        {
+            "file": "vae_common/evaluation.py",
+            "old": "if iwae_k > 1:",
+            "new": f"if iwae_k {mutated}:",
+            "reason": "the check at the top refuses iwae_k < 0 and iwae_k == 1, so iwae_k is 0 "
+            "or >= 2 here, where > 0, >= 1 and > 1 agree",
+        }
+        for mutated in ("> 0", ">= 1")
+    ),
     {
         "file": "vae_common/training.py",
         "old": "if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):",
