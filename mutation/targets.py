@@ -69,6 +69,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_reference_training.py",
     ],
     "vae_common/layout.py": [
+        "tests/test_common_contracts.py",
         "tests/test_data_contracts.py",
         "tests/test_idx_npz_contracts.py",
         "tests/test_data.py",

@@ -1,13 +1,13 @@
-"""Contracts of the small shared modules (``vae_common.batches``, ``training``, ``evaluation``)
-at their edges, each against a value computed here.
+"""Contracts of the small shared modules (``vae_common.batches``, ``training``, ``evaluation``,
+``layout``) at their edges, each against a value computed here.
 
 Each test pins an edge a full (unsampled) generic mutation run found unpinned: that both epoch
 functions shuffle unless told not to and accept a batch of the whole dataset, but not one of
 size 0; how many of the missing optimizer tensors the error names before it elides the rest;
 that ``TrainConfig`` refuses every negative or non-finite number, accepts moment decays of 0, is
 frozen and loads a file that names only some fields; that the evaluation refuses
-``iwae_k = -1`` and a batch size of 0 but evaluates batches of one and ``iwae_k = IWAE_CHUNK``.
-Numpy only, fast.
+``iwae_k = -1`` and a batch size of 0 but evaluates batches of one and ``iwae_k = IWAE_CHUNK``;
+which axis a forced layout's refusal names. Numpy only, fast.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from vae_common.batches import batch_indices, last_batch_indices
 from vae_common.config import ConfigError, VAEConfig
 from vae_common.errors import DataError
 from vae_common.evaluation import IWAE_CHUNK, evaluate_batches
+from vae_common.layout import resolve_layout
 from vae_common.training import TrainConfig, optimizer_state_names, split_optimizer_state
 
 CONFIG = VAEConfig(input_shape=(1, 2, 2), hidden=(3,), latent_dim=2)
@@ -160,3 +161,17 @@ def test_evaluation_accepts_iwae_k_of_iwae_chunk_one_example_at_a_time():
     np.testing.assert_array_equal(seen, want)
     assert got["iwae_k"] == IWAE_CHUNK
     np.testing.assert_allclose(got["neg_iwae"], np.mean([w.sum() for w in want]))
+
+
+@pytest.mark.parametrize(
+    "shape, layout, axis", [((2, 5, 6, 6), "nchw", 1), ((2, 6, 6, 5), "nhwc", 3)]
+)
+def test_forced_layout_names_the_channel_axis_it_refuses(shape, layout, axis):
+    """A forced layout whose channel axis holds no 1, 3 or 4 names that axis: 1 for nchw, 3 for
+    nhwc."""
+    with pytest.raises(DataError) as info:
+        resolve_layout(shape, layout, what="train images")
+    assert str(info.value) == (
+        f"train images have shape {shape}: layout {layout!r} puts 5 channels on axis {axis}, "
+        "but images have 1, 3 or 4 channels"
+    )
