@@ -7,6 +7,7 @@ a default. Numpy only, fast.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -51,6 +52,7 @@ def test_batches_of_one_leave_no_last_batch():
         ("test_fraction", "0.5", r"test_fraction must be a number in \(0, 1\)"),
         ("test_fraction", True, r"test_fraction must be a number in \(0, 1\)"),
         ("split_seed", 2**63, r"split_seed must be an integer in \[0, 2\*\*63\)"),
+        ("split_seed", -1, r"split_seed must be an integer in \[0, 2\*\*63\)"),
         ("split_seed", 1.5, r"split_seed must be an integer"),
         ("split_seed", "3", r"split_seed must be an integer"),
         ("split_seed", True, r"split_seed must be an integer"),
@@ -64,6 +66,23 @@ def test_data_source_refuses_each_value_just_outside_its_range(field, value, mat
     (not a TypeError from a comparison, not a value let through)."""
     with pytest.raises(DataError, match=match):
         DataSource("npz:d.npz", **{field: value})
+
+
+@pytest.mark.parametrize("spec", [5, "", None, b"digits"])
+def test_data_source_refuses_a_spec_that_is_not_a_non_empty_string(spec):
+    """Neither a number nor bytes nor an empty string is a spec (each alone fails one half of
+    the check)."""
+    with pytest.raises(DataError) as info:
+        DataSource(spec)
+    assert str(info.value) == f"DataSource.spec must be a non-empty string, got {spec!r}"
+
+
+def test_data_source_is_frozen():
+    """A recorded source cannot be changed after its checks ran."""
+    source = DataSource("digits")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        source.split_seed = -1  # type: ignore[misc]
+    assert source.split_seed == 0
 
 
 def test_data_source_accepts_the_values_at_the_edges_of_its_ranges():
