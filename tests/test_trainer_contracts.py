@@ -43,6 +43,40 @@ def test_a_streamed_epoch_of_one_batch_makes_the_resident_step(backend):
         np.testing.assert_allclose(streamed.state_dict()[name], value, rtol=1e-15, err_msg=name)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_trainer_without_weights_refuses_every_use_of_them(backend):
+    """Before ``load_state_dict`` there are no weights to read, count or train (torch's model
+    holds its own random initial values, which are not the user's): each use is one
+    ConfigError naming the call to make."""
+    if backend == "jax":
+        from vae_jax.trainer import Trainer
+    else:
+        from vae_torch.trainer import Trainer
+    t = Trainer(CONFIG, TrainConfig(lr=1e-2), "float64", device="cpu")
+    x = np.random.default_rng(0).uniform(0, 1, (4, 1, 2, 2))
+    uses = [
+        t.state_dict,
+        lambda: t.step,
+        t.optimizer_state_dict,
+        lambda: t.train_epoch(t.put_data(x), np.array([[0, 1]]), 0, 0),
+    ]
+    for use in uses:
+        with pytest.raises(ConfigError, match=r"has no weights yet: call load_state_dict first"):
+            use()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_data_wait_is_zero_after_a_resident_epoch(backend):
+    """``data_wait_s`` counts a streamed epoch's waits; an epoch on resident data waited for
+    none, also after a streamed one."""
+    x = np.random.default_rng(0).uniform(0, 1, (4, 1, 2, 2))
+    t = trainer(backend)
+    assert t.data_wait_s == 0.0
+    t.train_epoch(t.put_data(x, stream=True), np.array([[0, 1]]), 0, 0)
+    t.train_epoch(t.put_data(x), np.array([[2, 3]]), 0, 1)
+    assert t.data_wait_s == 0.0
+
+
 def test_streamed_data_of_another_model_is_refused_naming_both():
     """Data streamed for a Gaussian model is not checked for a Bernoulli one: ConfigError
     naming the shape and likelihood it was checked for and the trainer's."""
