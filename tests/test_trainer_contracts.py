@@ -77,6 +77,21 @@ def test_data_wait_is_zero_after_a_resident_epoch(backend):
     assert t.data_wait_s == 0.0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_epoch_of_no_steps_returns_no_losses(backend, stream):
+    """``batches`` of shape (0, B) (fewer examples than one batch, the last batch dropped): an
+    empty float64 array, the weights and the step count unchanged, resident or streamed."""
+    x = np.random.default_rng(0).uniform(0, 1, (4, 1, 2, 2))
+    t = trainer(backend)
+    before = t.state_dict()
+    losses = t.train_epoch(t.put_data(x, stream=stream), np.zeros((0, 2), np.int64), 0, 0)
+    assert losses.shape == (0,) and losses.dtype == np.float64
+    assert t.step == 0 and t.data_wait_s == 0.0
+    for name, value in t.state_dict().items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+
+
 def test_streamed_data_of_another_model_is_refused_naming_both():
     """Data streamed for a Gaussian model is not checked for a Bernoulli one: ConfigError
     naming the shape and likelihood it was checked for and the trainer's."""

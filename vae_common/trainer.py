@@ -169,7 +169,8 @@ class TrainerBase(InferenceBase):
 
     def train_epoch(self, data: Any, batches: np.ndarray, seed: int, epoch: int) -> np.ndarray:
         """One epoch of Adam steps over ``batches`` (S, B) of indices into ``data`` (from
-        ``put_data``); returns the (S,) per-step losses after one host sync.
+        ``put_data``); returns the (S,) per-step losses after one host sync (an empty array for
+        S = 0, the weights unchanged).
 
         The noise (and the dynamic binarization) of the epoch is drawn on the device from
         ``(seed, epoch)``: JAX folds ``epoch`` into ``key(seed)``; torch seeds a generator with
@@ -179,11 +180,16 @@ class TrainerBase(InferenceBase):
         self._require_weights()
         checked = check_batches(batches, int(data.shape[0]))
         check_split(checked.shape[1], self.devices, self.uneven)
+        if isinstance(data, HostData):
+            check_host_data(data, self.config)
+        if not len(checked):
+            # An epoch of no steps (S = 0): nothing to train and no batch waited for.
+            self._data_wait_s = 0.0
+            return np.zeros(0, np.dtype(self.dtype))
         if not isinstance(data, HostData):
             self._data_wait_s = 0.0
             return self._train_epoch(data, checked, int(seed), int(epoch))
-        check_host_data(data, self.config)
-        batch = len(checked[0])
+        batch = checked.shape[1]
 
         def put(x: np.ndarray) -> Any:
             return self._put_batch(x, batch)
