@@ -292,3 +292,34 @@ def test_streamed_data_of_another_model_is_refused(backend):
     data = other.put_data(as_floats(pixels()), stream=True)
     with pytest.raises(ConfigError, match="checked for input shape .* likelihood 'gaussian'"):
         trainer(backend).train_epoch(data, batch_indices(N, BATCH, SEED, 1), 0, 1)
+
+
+class _SliceRecorder(np.ndarray):
+    """An array view that records the row slices read from it."""
+
+    seen: list[int]
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            self.seen.append(len(range(*key.indices(self.shape[0]))))
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize(
+    "rows, image, want",
+    [
+        # 96 rows of 1 MiB: one slice of 64 MiB, then the rest.
+        (96, (1, 512, 512), [64, 32]),
+        # Rows larger than 64 MiB (4,100 x 4,100 float32, 67.2 MB): one row at a time.
+        (2, (1, 4100, 4100), [1, 1]),
+    ],
+)
+def test_the_value_check_reads_64_mib_at_a_time(tmp_path, rows, image, want):
+    """The float check of a memmap reads it in slices of at most 64 MiB (or one row, when a row
+    is larger), never whole. The files are sparse: all zeros, no disk written."""
+    path = tmp_path / "x.f32"
+    x = np.memmap(path, np.float32, "w+", shape=(rows, *image))
+    view = x.view(_SliceRecorder)
+    view.seen = []
+    HostData(view, image, "bernoulli")
+    assert view.seen == want
