@@ -140,6 +140,8 @@ TARGETS: dict[str, list[str]] = {
     "vae_common/trainer_checks.py": [
         *REFERENCE_TESTS,
         "tests/test_trainer_contracts.py",
+        # check_compile's modes and refusals, in both trainers (seconds).
+        "tests/test_cuda_graph.py",
         "tests/test_train_jax_torch.py",
         "tests/test_data_parallel.py",
     ],
