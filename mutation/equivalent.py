@@ -223,4 +223,13 @@ EQUIVALENT: list[dict[str, str]] = [
         "reason": "the placeholder differs only when xs.ndim == 2, and then xs.ndim != 5 refuses "
         "the call whatever it is (the message names xs's and eps's shapes, not this tuple)",
     },
+    {
+        "file": "vae_common/streaming.py",
+        "old": "self._held = False",
+        "new": "self._held = True",
+        "reason": "in Prefetcher._release, every call is the epoch's first (held False) or "
+        "follows a yield that set held True, so what _release leaves there is overwritten "
+        "before it is read; in __exit__ nothing reads it after (a Prefetcher is iterated once). "
+        "The same line in __init__ is killed (an extra slot: prefetch + 2 batches resident)",
+    },
 ]

@@ -260,8 +260,13 @@ def test_bad_stream_arguments_are_refused(backend):
         t.put_data(as_floats(u8), prefetch=2)
     with pytest.raises(ShapeError, match="must be floating point"):
         t.put_data(u8)  # resident data are floats, as before
-    with pytest.raises(ShapeError, match="uint8 or floating point"):
+    with pytest.raises(ShapeError) as info:
         t.put_data(u8.astype(np.int16), stream=True)
+    assert str(info.value) == (
+        "x must be uint8 or floating point (float16, float32, float64) to be streamed, got "
+        "dtype int16"
+    )
+    assert t.put_data(u8, stream=True).prefetch == streaming.DEFAULT_PREFETCH == 2
     with pytest.raises(ShapeError, match="model expects"):
         t.put_data(u8.reshape(N, 1, 2, 8), stream=True)
     with pytest.raises(DataError, match="values in"):
@@ -323,3 +328,69 @@ def test_the_value_check_reads_64_mib_at_a_time(tmp_path, rows, image, want):
     view.seen = []
     HostData(view, image, "bernoulli")
     assert view.seen == want
+
+
+def test_a_blocked_producer_sleeps_and_ends_soon_after_the_epoch_is_left():
+    """With every slot taken (prefetch 0, the consumer holding its batch), the producer waits
+    without spinning (the process uses well under the wall time in CPU meanwhile) and ends
+    within a fraction of a second once the ``with`` block is left early."""
+    with _feed(6, 0, _Box) as feed:
+        batches = iter(feed)
+        held = next(batches)
+        time.sleep(0.05)  # the producer has gathered batch 1 and blocks on the one slot
+        cpu = time.process_time()
+        time.sleep(0.4)
+        busy = time.process_time() - cpu
+        start = time.perf_counter()
+    ended = time.perf_counter() - start
+    del held
+    assert busy < 0.2, f"the blocked producer used {busy:.2f} s of CPU in 0.4 s"
+    assert ended < 0.5, f"leaving the epoch took {ended:.2f} s"
+    assert not feed._thread.is_alive()
+
+
+class _SlowStart(HostData):
+    """Host data whose first three gathers are slow (the producer then runs behind)."""
+
+    gathered = 0
+
+    def gather(self, idx):
+        self.gathered += 1
+        if self.gathered <= 3:
+            time.sleep(0.05)
+        return super().gather(idx)
+
+
+def test_max_resident_is_the_peak_also_when_it_comes_late():
+    """``max_resident`` counts every batch released: with a producer slower than the step for
+    the first three batches (one batch on the device at a time) and a slower step afterwards
+    (the producer runs ahead: two, with prefetch 1), it is 2, the peak the weak references
+    see."""
+    live, peak = [0], [0]
+    lock = threading.Lock()
+
+    def put(host):
+        box = _Box(host)
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+
+        def gone():
+            with lock:
+                live[0] -= 1
+
+        weakref.finalize(box, gone)
+        return box
+
+    n = 8
+    data = _SlowStart(pixels(n), (1, 4, 4), "bernoulli", 1)
+    taken = 0
+    with Prefetcher(data, np.arange(n).reshape(n, 1), slice(0, 1), put) as feed:
+        for box in feed:  # not enumerate: its reused result tuple would keep the last box
+            taken += 1
+            if taken > 3:
+                time.sleep(0.05)
+            del box
+    assert taken == n
+    assert peak[0] == 2
+    assert feed.max_resident == 2
