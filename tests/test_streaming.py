@@ -28,6 +28,9 @@ TINY_CONV = VAEConfig(
 )
 N, BATCH, SEED = 48, 8, 5
 BACKENDS = ["jax", "torch"]
+# The prefetch thread and the step loop wait on each other: a bug there deadlocks, which fails
+# the test after this long (pytest-timeout) instead of hanging the suite.
+pytestmark = pytest.mark.timeout(60)
 
 
 def trainer(backend: str, config: VAEConfig = TINY, binarize: str = "none"):
