@@ -397,3 +397,12 @@ def test_max_resident_is_the_peak_also_when_it_comes_late():
     assert taken == n
     assert peak[0] == 2
     assert feed.max_resident == 2
+
+
+def test_a_prefetcher_of_no_batches_yields_nothing_and_holds_nothing():
+    """Zero batches (S = 0): no item, no ``put`` call, nothing waited for, ``max_resident`` 0."""
+    calls = []
+    data = HostData(pixels(4), (1, 4, 4), "bernoulli", 1)
+    with Prefetcher(data, np.zeros((0, 2), np.int64), slice(0, 2), calls.append) as feed:
+        assert list(feed) == []
+    assert calls == [] and feed.max_resident == 0 and feed.wait_s == 0.0
