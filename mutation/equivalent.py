@@ -232,4 +232,11 @@ EQUIVALENT: list[dict[str, str]] = [
         "before it is read; in __exit__ nothing reads it after (a Prefetcher is iterated once). "
         "The same line in __init__ is killed (an extra slot: prefetch + 2 batches resident)",
     },
+    {
+        "file": "vae_common/streaming.py",
+        "old": "rows = max(1, _CHECK_BYTES // max(1, x[0].nbytes))",
+        "new": "rows = max(1, _CHECK_BYTES // max(1, x[ -1].nbytes))",
+        "reason": "x is an (N, C, H, W) array with N >= 1 (checked before): its first and last "
+        "rows have the same number of bytes",
+    },
 ]

@@ -406,3 +406,11 @@ def test_a_prefetcher_of_no_batches_yields_nothing_and_holds_nothing():
     with Prefetcher(data, np.zeros((0, 2), np.int64), slice(0, 2), calls.append) as feed:
         assert list(feed) == []
     assert calls == [] and feed.max_resident == 0 and feed.wait_s == 0.0
+
+
+def test_a_single_float_image_streams():
+    """One image is a dataset too: its float values are checked (as one slice) and it trains."""
+    x = as_floats(pixels(1))
+    assert HostData(x, (1, 4, 4), "bernoulli").shape == (1, 1, 4, 4)
+    with pytest.raises(DataError, match="values in"):
+        HostData(x * 2, (1, 4, 4), "bernoulli")
