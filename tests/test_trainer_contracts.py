@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vae_common.config import VAEConfig
-from vae_common.errors import ConfigError
+from vae_common.errors import ConfigError, ShapeError
 from vae_common.spec import init_canonical
 from vae_common.training import TrainConfig
 
@@ -90,6 +90,22 @@ def test_an_epoch_of_no_steps_returns_no_losses(backend, stream):
     assert t.step == 0 and t.data_wait_s == 0.0
     for name, value in t.state_dict().items():
         np.testing.assert_array_equal(value, before[name], err_msg=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_run_steps_refuses_noise_of_the_wrong_shape_beside_good_batches(backend):
+    """Good batches (S, B, C, H, W) do not let noise of another shape through (nor the
+    reverse): one ShapeError naming both shapes, before any step."""
+    t = trainer(backend)
+    xs = np.random.default_rng(0).uniform(0, 1, (2, 3, 1, 2, 2))
+    for eps_shape in [(2, 3, 3), (2, 4, 2), (1, 3, 2)]:
+        with pytest.raises(ShapeError) as info:
+            t.run_steps(xs, np.zeros(eps_shape))
+        assert str(info.value) == (
+            f"run_steps needs xs (S, B, C, H, W) and eps (S, B, 2), got xs {xs.shape} and "
+            f"eps {eps_shape}"
+        )
+    assert t.step == 0
 
 
 def test_streamed_data_of_another_model_is_refused_naming_both():
