@@ -165,13 +165,8 @@ class _Box:
         self.host = host
 
 
-def _feed(n: int, prefetch: int, put) -> Prefetcher:
-    data = HostData(pixels(n), (1, 4, 4), "bernoulli", prefetch)
-    return Prefetcher(data, np.arange(n, dtype=np.int32).reshape(n, 1), slice(0, 1), put)
-
-
-@pytest.mark.parametrize("prefetch", [0, 1, 3])
-def test_the_queue_runs_ahead_of_a_slow_step_up_to_its_bound(prefetch):
+def _counted_boxes():
+    """``put`` making ``_Box`` batches, and ``peak``: [the most alive at once]."""
     live, peak = [0], [0]
     lock = threading.Lock()
 
@@ -188,6 +183,17 @@ def test_the_queue_runs_ahead_of_a_slow_step_up_to_its_bound(prefetch):
         weakref.finalize(box, gone)
         return box
 
+    return put, peak
+
+
+def _feed(n: int, prefetch: int, put) -> Prefetcher:
+    data = HostData(pixels(n), (1, 4, 4), "bernoulli", prefetch)
+    return Prefetcher(data, np.arange(n, dtype=np.int32).reshape(n, 1), slice(0, 1), put)
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 3])
+def test_the_queue_runs_ahead_of_a_slow_step_up_to_its_bound(prefetch):
+    put, peak = _counted_boxes()
     order = []
     with _feed(8, prefetch, put) as feed:
         for box in feed:
@@ -369,22 +375,7 @@ def test_max_resident_is_the_peak_also_when_it_comes_late():
     the first three batches (one batch on the device at a time) and a slower step afterwards
     (the producer runs ahead: two, with prefetch 1), it is 2, the peak the weak references
     see."""
-    live, peak = [0], [0]
-    lock = threading.Lock()
-
-    def put(host):
-        box = _Box(host)
-        with lock:
-            live[0] += 1
-            peak[0] = max(peak[0], live[0])
-
-        def gone():
-            with lock:
-                live[0] -= 1
-
-        weakref.finalize(box, gone)
-        return box
-
+    put, peak = _counted_boxes()
     n = 8
     data = _SlowStart(pixels(n), (1, 4, 4), "bernoulli", 1)
     taken = 0
