@@ -48,13 +48,6 @@ EQUIVALENT: list[dict[str, str]] = [
         "the same value and gradient as the plain KL, up to the order of the sums",
     },
     {
-        "file": "vae_common/trainer_checks.py",
-        "old": "expected = (len(xs), xs.shape[1] if xs.ndim > 1 else -1, config.latent_dim)",
-        "new": "expected = (len(xs), xs.shape[1] if xs.ndim > 1 else - 0, config.latent_dim)",
-        "reason": "the placeholder is compared only when xs.ndim <= 1, and then xs.ndim != 5 "
-        "refuses the call whatever it is",
-    },
-    {
         "file": "vae_jax/trainer.py",
         "old": 'if self.config.arch == "conv" and self.device.platform == "cpu":',
         "new": 'if self.config.arch == "conv" and self.device.platform != "cpu":',
@@ -215,13 +208,6 @@ EQUIVALENT: list[dict[str, str]] = [
         "new": "chunk = max( 0, min(batch_size, IWAE_CHUNK // iwae_k))",
         "reason": "batch_size >= 1 and 2 <= iwae_k <= IWAE_CHUNK are checked at the top, so "
         "min(batch_size, IWAE_CHUNK // iwae_k) >= 1, where max with 0 and max with 1 agree",
-    },
-    {
-        "file": "vae_common/trainer_checks.py",
-        "old": "expected = (len(xs), xs.shape[1] if xs.ndim > 1 else -1, config.latent_dim)",
-        "new": "expected = (len(xs), xs.shape[1] if xs.ndim > 2 else -1, config.latent_dim)",
-        "reason": "the placeholder differs only when xs.ndim == 2, and then xs.ndim != 5 refuses "
-        "the call whatever it is (the message names xs's and eps's shapes, not this tuple)",
     },
     {
         "file": "vae_common/streaming.py",

@@ -94,8 +94,9 @@ def test_an_epoch_of_no_steps_returns_no_losses(backend, stream):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_run_steps_refuses_noise_of_the_wrong_shape_beside_good_batches(backend):
-    """Good batches (S, B, C, H, W) do not let noise of another shape through (nor the
-    reverse): one ShapeError naming both shapes, before any step."""
+    """Good batches (S, B, C, H, W) do not let noise of another shape through, and batches
+    of another number of axes (0-d included) are refused beside good noise: one ShapeError
+    naming both shapes, before any step."""
     t = trainer(backend)
     xs = np.random.default_rng(0).uniform(0, 1, (2, 3, 1, 2, 2))
     for eps_shape in [(2, 3, 3), (2, 4, 2), (1, 3, 2)]:
@@ -105,6 +106,9 @@ def test_run_steps_refuses_noise_of_the_wrong_shape_beside_good_batches(backend)
             f"run_steps needs xs (S, B, C, H, W) and eps (S, B, 2), got xs {xs.shape} and "
             f"eps {eps_shape}"
         )
+    for bad in [np.float64(0.5), np.zeros(3), np.zeros((2, 3)), np.zeros((2, 3, 1, 2))]:
+        with pytest.raises(ShapeError, match=r"run_steps needs xs \(S, B, C, H, W\)"):
+            t.run_steps(bad, np.zeros((2, 3, 2)))
     assert t.step == 0
 
 

@@ -104,8 +104,8 @@ def check_steps(
     """``run_steps``'s batches (S, B, C, H, W) and noise (S, B, L) as numpy arrays, checked
     (``ShapeError``, ``DataError``; ``ConfigError`` as ``check_split``)."""
     xs, eps = np.asarray(xs), np.asarray(eps)
-    expected = (len(xs), xs.shape[1] if xs.ndim > 1 else -1, config.latent_dim)
-    if xs.ndim != 5 or eps.shape != expected:
+    # xs.shape[:2] is read only once xs is known to have 5 axes (a 0-d xs has no length).
+    if xs.ndim != 5 or eps.shape != (*xs.shape[:2], config.latent_dim):
         raise ShapeError(
             f"run_steps needs xs (S, B, C, H, W) and eps (S, B, {config.latent_dim}), "
             f"got xs {xs.shape} and eps {eps.shape}"
