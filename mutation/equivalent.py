@@ -232,4 +232,22 @@ EQUIVALENT: list[dict[str, str]] = [
         "reason": "x's rows have the model's (C, H, W), every axis >= 1 (checked before), so "
         "x[0].nbytes >= 1, where max with 0 and max with 1 agree",
     },
+    *(
+        {
+            "file": "vae_jax/input_checks.py",
+            "old": "@functools.lru_cache(maxsize=64)",
+            "new": new,
+            "reason": "_flax_layout is a pure function of a frozen, hashable config returning "
+            "read-only mappings; the cache (its size, or having one at all) only saves "
+            "recomputing the layout table for a config seen before",
+        }
+        for new in ("@functools.lru_cache(maxsize= 65)", "@functools.lru_cache(maxsize= 63)")
+    ),
+    {
+        "file": "vae_jax/input_checks.py",
+        "old": " /  / @functools.lru_cache(maxsize=64)",
+        "new": "",
+        "reason": "_flax_layout is a pure function of a frozen, hashable config returning "
+        "read-only mappings; without the cache it is recomputed on each call, to the same value",
+    },
 ]

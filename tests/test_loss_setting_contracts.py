@@ -139,3 +139,37 @@ def test_torch_params_of_a_dtype_that_is_not_floating_point_are_named(dtype):
         CheckpointError, match=re.escape(f"{name!r} has shape (3, 4) and dtype {got};")
     ):
         vae_torch.losses.loss(model, params, torch.as_tensor(X), torch.as_tensor(EPS))
+
+
+class _OnlyShape:
+    shape = (3, 4)
+
+
+class _OnlyDtype:
+    dtype = np.dtype("float64")
+
+
+@pytest.mark.parametrize("leaf", [_OnlyShape(), _OnlyDtype()])
+def test_jax_params_leaves_need_both_a_shape_and_a_dtype(leaf):
+    """A leaf of the params mapping with only one of ``shape`` and ``dtype`` is not an array: a
+    CheckpointError naming it (not an AttributeError from reading the other)."""
+    from vae_jax.input_checks import check_params
+
+    model = vae_jax.build_model(CONFIG, "float64")
+    params = vae_jax.from_canonical(model, init_canonical(CONFIG, 0, "float64"))
+    inner = params[next(iter(params))]
+    key = next(iter(inner))
+    inner[key] = leaf
+    with pytest.raises(CheckpointError, match=f"is a {type(leaf).__name__}, not an array"):
+        check_params(model, params)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("std", ["0.5", None])
+def test_an_std_that_is_not_a_number_is_named_as_given(backend, std):
+    """``std`` given as a string or None: one ConfigError quoting the value as given (not
+    converted to an array first), in both backends."""
+    checks = vae_jax.input_checks if backend == "jax" else vae_torch.input_checks
+    with pytest.raises(ConfigError) as info:
+        checks.check_std(std)
+    assert str(info.value) == f"std must be a real number, got {std!r}"
