@@ -250,4 +250,28 @@ EQUIVALENT: list[dict[str, str]] = [
         "reason": "_flax_layout is a pure function of a frozen, hashable config returning "
         "read-only mappings; without the cache it is recomputed on each call, to the same value",
     },
+    {
+        "file": "vae_common/streaming.py",
+        "old": "rows = max(1, _CHECK_BYTES // max(1, x[0].nbytes))",
+        "new": "rows = max(1, _CHECK_BYTES // max( 2, x[0].nbytes))",
+        "reason": "only float data are checked here (float16 at the smallest: 2 bytes an "
+        "element) and a row has >= 1 element, so x[0].nbytes >= 2, where max with 2 and max "
+        "with 1 agree",
+    },
+    {
+        "file": "vae_common/streaming.py",
+        "old": 'self._thread = threading.Thread(target=self._produce, name="vae-prefetch", '
+        "daemon=True)",
+        "new": 'self._thread = threading.Thread(target=self._produce, name="vae-prefetch", '
+        "daemon=False)",
+        "reason": "the thread is started by __enter__ and joined by __exit__, which runs however "
+        "the with block is left (an exception or KeyboardInterrupt included), so it never "
+        "outlives the block and whether it is a daemon is never consulted",
+    },
+    {
+        "file": "vae_common/trainer_checks.py",
+        "old": '"xs", xs.reshape((-1,) + xs.shape[2:]), config.input_shape, config.likelihood',
+        "new": '"xs", xs.reshape((- 2,) + xs.shape[2:]), config.input_shape, config.likelihood',
+        "reason": "numpy (2.4) infers a dimension given as any negative number, as for -1",
+    },
 ]

@@ -339,6 +339,20 @@ def test_the_value_check_reads_64_mib_at_a_time(tmp_path, rows, image, want):
     assert view.seen == want
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_the_value_check_stops_at_the_first_slice_with_an_infinity(monkeypatch, likelihood):
+    """One +inf in the first slice (the minimum still finite) is refused after reading that
+    slice only: the remaining slices cannot make the data acceptable again."""
+    monkeypatch.setattr(streaming, "_CHECK_BYTES", 2 * 16)  # two rows of (1, 2, 2) float32
+    x = np.zeros((6, 1, 2, 2), np.float32)
+    x[0, 0, 0, 0] = np.inf
+    view = x.view(_SliceRecorder)
+    view.seen = []
+    with pytest.raises(DataError, match="^x contains NaN or Inf values$"):
+        HostData(view, (1, 2, 2), likelihood)
+    assert view.seen == [2]
+
+
 def test_a_blocked_producer_sleeps_and_ends_soon_after_the_epoch_is_left():
     """With every slot taken (prefetch 0, the consumer holding its batch), the producer waits
     without spinning (the process uses well under the wall time in CPU meanwhile) and ends
