@@ -250,12 +250,16 @@ def test_torch_needs_a_process_group_of_the_given_size(monkeypatch):
     cls = parity_dp._trainer_class("torch", "float64")
     with pytest.raises(ConfigError, match=r"devices=2\) needs .* world size 2, found no process"):
         cls(TINY, dtype="float64", devices=2)
+    # One device needs no process group; free_bits (refused over several ranks) is fine on one.
+    floored = TrainConfig(free_bits=0.1)
+    assert cls(TINY, floored, "float64", devices=1).world == 1
     from vae_torch import distributed
 
     distributed.initialize(f"127.0.0.1:{free_port()}", 1, 0, timeout_s=30, device="cpu")
     try:
         with pytest.raises(ConfigError, match="world size 3, found a process group of 1"):
             cls(TINY, dtype="float64", devices=3)
+        assert cls(TINY, floored, "float64", devices=1).world == 1  # a group of one: one device
         # A group of one is the 1-device run.
         p = problem()
         assert distributed.all_ranks_ok(True) and not distributed.all_ranks_ok(False)
@@ -360,6 +364,23 @@ def test_torch_backend_and_device_follow_the_accelerator(monkeypatch, kind, back
     assert fake.current == torch.device(kind, 1)  # LOCAL_RANK picks the device
     assert threads == [threads_per_process(2)]
     assert distributed.backend_for(kind) == backend
+
+
+@pytest.mark.parametrize("kind", ["xpu", "cuda"])
+def test_torch_trainer_takes_the_local_rank_device_only_over_several_ranks(monkeypatch, kind):
+    """Under torchrun (LOCAL_RANK 1) a 1-rank trainer keeps the device as given ("cuda": the
+    current one); a rank of several takes the device of its LOCAL_RANK; an index given wins."""
+    import torch
+
+    from vae_torch.data_parallel import process_device
+
+    monkeypatch.setattr(torch, kind, _FakeAccelerator())
+    monkeypatch.delenv("VAE_TORCH_DEVICE", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert process_device(kind, 1) == torch.device(kind)
+    assert process_device(kind, 2) == torch.device(kind, 1)
+    assert process_device(f"{kind}:0", 2) == torch.device(kind, 0)
+    assert process_device("cpu", 2) == torch.device("cpu")
 
 
 def test_torch_backend_for_cpu_and_mps():

@@ -6,17 +6,20 @@ drawn for the whole batch; DDP averages the gradients (the DDP step is ``vae_tor
 ``global_mean`` averages the per-step losses once per call.
 
 Mirrors ``vae_jax.data_parallel`` (``require_same``), plus the pieces only a process per device
-needs (``process_group``, ``rank_rows``, ``global_mean``).
+needs (``process_group``, ``process_device``, ``rank_rows``, ``global_mean``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from vae_common.errors import ConfigError
 from vae_common.training import TrainConfig
-from vae_torch.distributed import all_ranks_agree
+from vae_torch.device import select_device
+from vae_torch.distributed import all_ranks_agree, local_device
 
 # data_parallel.py names that only this backend has (the mirror test reads it).
 TORCH_ONLY = ("global_mean", "process_group", "rank_rows")
@@ -60,6 +63,13 @@ def process_group(devices: int | None, train: TrainConfig, settings: str) -> tup
     return world, dist.get_rank()
 
 
+def process_device(device: Any, world: int) -> torch.device:
+    """The device of a trainer over ``world`` ranks: ``select_device(device)`` for one; over
+    several, this rank's ``local_device(device)`` (for CUDA or XPU without an index, the one of
+    index ``LOCAL_RANK``)."""
+    return local_device(device) if world > 1 else select_device(device)
+
+
 def rank_rows(batch: int, world: int, rank: int) -> slice:
     """The rows ``rank*B/N : (rank+1)*B/N`` of a global batch of B = ``batch`` over N =
     ``world`` ranks."""
@@ -77,4 +87,4 @@ def global_mean(losses: torch.Tensor, world: int) -> torch.Tensor:
     return losses
 
 
-__all__ = ["global_mean", "process_group", "rank_rows", "require_same"]
+__all__ = ["global_mean", "process_device", "process_group", "rank_rows", "require_same"]

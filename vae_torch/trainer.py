@@ -37,9 +37,14 @@ from vae_torch.convert import (
     from_canonical,
     to_canonical,
 )
-from vae_torch.data_parallel import global_mean, process_group, rank_rows, require_same
-from vae_torch.device import check_dtype, select_device, synchronize
-from vae_torch.distributed import local_device
+from vae_torch.data_parallel import (
+    global_mean,
+    process_device,
+    process_group,
+    rank_rows,
+    require_same,
+)
+from vae_torch.device import check_dtype, synchronize
 from vae_torch.losses import elbo_terms, negative_iwae_bound
 from vae_torch.model import build_model, decode_mean, encode
 from vae_torch.train import (
@@ -79,7 +84,7 @@ class Trainer(TrainerBase):
         self.world, self.rank = process_group(
             self.devices, self.train_config, self._settings_text()
         )
-        self.device = local_device(device) if self.world > 1 else select_device(device)
+        self.device = process_device(device, self.world)
         check_dtype(self.device, dtype)
         if self.precision == "bf16" and not torch.amp.is_autocast_available(self.device.type):
             raise DeviceError(
