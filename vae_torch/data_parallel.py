@@ -22,7 +22,7 @@ from vae_torch.device import select_device
 from vae_torch.distributed import all_ranks_agree, local_device
 
 # data_parallel.py names that only this backend has (the mirror test reads it).
-TORCH_ONLY = ("global_mean", "process_group", "rank_rows")
+TORCH_ONLY = ("global_mean", "process_device", "process_group", "rank_rows")
 
 
 def require_same(text: str, what: str) -> None:
