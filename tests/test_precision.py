@@ -177,6 +177,9 @@ def test_torch_autocast_and_tf32_contexts():
         warnings.simplefilter("ignore")  # "CUDA is not available": built, never entered
         ctx = vae_torch.train.autocast("cuda", "bf16")
     assert (ctx.device, ctx.fast_dtype) == ("cuda", torch.bfloat16)
+    with vae_torch.train.autocast("cpu", "bf16"):
+        # Off: a weight cast cached during CUDA-graph capture would outlive the graph's pool.
+        assert torch.is_autocast_enabled("cpu") and not torch.is_autocast_cache_enabled()
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     saved = matmul.allow_tf32, cudnn.allow_tf32
     try:

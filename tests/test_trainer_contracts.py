@@ -300,3 +300,62 @@ def test_torch_only_bf16_needs_autocast_on_the_device(monkeypatch):
         Trainer(CONFIG, device="cpu", precision="bf16")
     for precision in ("float32", "tf32"):
         assert Trainer(CONFIG, device="cpu", precision=precision).precision == precision
+
+
+# -- torch: the step functions -------------------------------------------------------------------
+
+
+def _torch_model():
+    import vae_torch
+
+    model = vae_torch.build_model(CONFIG, "float64")
+    vae_torch.from_canonical(model, init_canonical(CONFIG, 3, "float64"))
+    return model
+
+
+def _torch_batches(steps: int):
+    import torch
+
+    rng = np.random.default_rng(4)
+    xs = torch.as_tensor(rng.uniform(0, 1, (steps, 2) + CONFIG.input_shape))
+    return xs, torch.as_tensor(rng.standard_normal((steps, 2, CONFIG.latent_dim)))
+
+
+def test_torch_run_steps_numbers_its_steps_from_first():
+    """``make_run_steps``' ``run(..., first)`` numbers its steps first, first + 1, ...: five
+    steps under a KL warm-up are the same run as two steps numbered from 0 followed by three
+    numbered from 2."""
+    import torch
+
+    from vae_torch.train import make_optimizer, make_run_steps
+
+    train = TrainConfig(lr=1e-2, warmup_steps=8)
+    xs, eps = _torch_batches(5)
+    whole, split = _torch_model(), _torch_model()
+    run = make_run_steps(whole, train)
+    want = run(make_optimizer(whole, train), xs, eps, 0)
+    run = make_run_steps(split, train)
+    optimizer = make_optimizer(split, train)
+    got = torch.cat([run(optimizer, xs[:2], eps[:2], 0), run(optimizer, xs[2:], eps[2:], 2)])
+    assert torch.equal(got, want)
+    for a, b in zip(whole.parameters(), split.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_torch_steps_do_not_check_pixel_values(monkeypatch):
+    """The training steps (plain, and the module DDP wraps) never check x's values: that
+    reads them on the host, a device sync per step; the trainer checks its data once."""
+    import vae_torch.input_checks
+    import vae_torch.losses
+    from vae_torch.train import _Objective, make_optimizer, make_train_step
+
+    def refuse(*args):
+        raise AssertionError("a training step checked x's values")
+
+    monkeypatch.setattr(vae_torch.input_checks, "check_pixel_values", refuse)
+    model, train = _torch_model(), TrainConfig(lr=1e-2)
+    xs, eps = _torch_batches(1)
+    make_train_step(model, train)(make_optimizer(model, train), xs[0], eps[0], 0)
+    _Objective(model, 0.0)(xs[0], eps[0], 1.0)
+    with pytest.raises(AssertionError, match="checked x's values"):  # the stand-in is in place
+        vae_torch.losses.objective(model, None, xs[0], eps[0])
