@@ -47,20 +47,21 @@ EQUIVALENT: list[dict[str, str]] = [
         "reason": "mlp_objective_and_grads with a floor of -1 floors nothing (every KL_j >= 0): "
         "the same value and gradient as the plain KL, up to the order of the sums",
     },
-    {
-        "file": "vae_jax/trainer.py",
-        "old": 'if self.config.arch == "conv" and self.device.platform == "cpu":',
-        "new": 'if self.config.arch == "conv" and self.device.platform != "cpu":',
-        "reason": "the per-step loop and the scanned epoch make the same steps with the same "
-        "noise (the loop exists for speed on XLA:CPU); only the time differs",
-    },
-    {
-        "file": "vae_jax/trainer.py",
-        "old": 'if self.config.arch == "conv" and self.device.platform == "cpu":',
-        "new": 'if self.config.arch == "conv" or self.device.platform == "cpu":',
-        "reason": "the per-step loop and the scanned epoch make the same steps with the same "
-        "noise (the loop exists for speed on XLA:CPU); only the time differs",
-    },
+    *(
+        {
+            "file": "vae_jax/trainer.py",
+            "old": 'if self.config.arch == "conv" and self.device.platform == "cpu":',
+            "new": f"if {mutated}:",
+            "reason": "the per-step loop and the scanned epoch make the same steps with the same "
+            "noise (the loop exists for speed on XLA:CPU); only the time differs",
+        }
+        for mutated in (
+            'self.config.arch == "conv" and self.device.platform != "cpu"',
+            'self.config.arch == "conv" or self.device.platform == "cpu"',
+            'not self.config.arch == "conv" and self.device.platform == "cpu"',
+            'self.config.arch != "conv" and self.device.platform == "cpu"',
+        )
+    ),
     *(
         {
             "file": "vae_jax/trainer.py",
@@ -273,5 +274,72 @@ EQUIVALENT: list[dict[str, str]] = [
         "old": '"xs", xs.reshape((-1,) + xs.shape[2:]), config.input_shape, config.likelihood',
         "new": '"xs", xs.reshape((- 2,) + xs.shape[2:]), config.input_shape, config.likelihood',
         "reason": "numpy (2.4) infers a dimension given as any negative number, as for -1",
+    },
+    {
+        "file": "vae_jax/trainer.py",
+        "old": 'if self.mesh is not None and self.uneven == "replicate":',
+        "new": 'if self.mesh is not None or self.uneven == "replicate":',
+        "reason": "the case this adds is one device (mesh None), where jit_steps and Placement "
+        "ignore whole (they have nothing to replicate over) and _whole is always False, so "
+        "the whole steps are the plain ones and never chosen",
+    },
+    {
+        "file": "vae_jax/data_parallel.py",
+        "old": "axes = (None, None, None) if whole else (None, 0, 1)",
+        "new": "axes = (None, None, None) if whole else (None, -1, 1)",
+        "reason": "_spec(axis) is P(*([None] * axis), DATA_AXIS), and [None] * -1 is [], so "
+        "_spec(-1) is _spec(0): the same split along the first axis",
+    },
+    {
+        "file": "vae_jax/data_parallel.py",
+        "old": "return (idx if self.mesh is None else self.split(idx, self._batch_axis(0))), "
+        "self.number(i)",
+        "new": "return (idx if self.mesh is None else self.split(idx, self._batch_axis( -1))), "
+        "self.number(i)",
+        "reason": "idx has one axis, so axis -1 is axis 0: split's index tuple "
+        "(slice(None),) * -1 is empty and _spec(-1) is _spec(0), as for axis 0",
+    },
+    {
+        "file": "vae_jax/data_parallel.py",
+        "old": "x = x.reshape(len(x), -1)",
+        "new": "x = x.reshape(len(x), - 2)",
+        "reason": "numpy (2.4) infers a dimension given as any negative number, as for -1",
+    },
+    *(
+        {
+            "file": "vae_torch/trainer.py",
+            "old": "self._step_count = 0",
+            "new": f"self._step_count = {mutated}",
+            "reason": "the count __init__ sets is never read: every use of a trainer's steps "
+            "needs weights first (TrainerBase refuses them before), and _load_state_dict sets "
+            "the count to 0 (the same line there is killed: a step count of 1 after loading "
+            "shifts the KL warm-up)",
+        }
+        for mutated in ("1", "-1")
+    ),
+    *(
+        {
+            "file": "vae_torch/trainer.py",
+            "old": "if self.world > 1:",
+            "new": f"if self.world {mutated}:",
+            "reason": "the case this adds is one rank, where require_same passes without a "
+            "collective (distributed.all_ranks_agree is True outside a process group, and a "
+            "group of one agrees with itself)",
+        }
+        for mutated in ("> 0", ">= 1")
+    ),
+    {
+        "file": "vae_torch/trainer.py",
+        "old": "rows = self._stream_rows(len(batches[0]))",
+        "new": "rows = self._stream_rows(len(batches[ -1]))",
+        "reason": "batches is a 2-d (S, B) array with S >= 1 here (an epoch of no steps "
+        "returns before): its first and last rows both have B indices",
+    },
+    {
+        "file": "vae_torch/trainer.py",
+        "old": "return t.pin_memory().to(self.device, non_blocking=True)",
+        "new": "return t.pin_memory().to(self.device, non_blocking=False)",
+        "reason": "a blocking copy to the GPU gives the same tensor; non_blocking only lets "
+        "the host queue the copy without waiting (CUDA only, speed only)",
     },
 ]
