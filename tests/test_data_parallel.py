@@ -235,6 +235,19 @@ def test_jax_more_devices_than_exist_is_refused_at_construction():
         cls(TINY, dtype="float64", device="cpu", devices=n)
 
 
+def test_jax_a_device_index_counts_this_process_devices():
+    """``cpu:N`` is this process's N-th device (``jax.local_devices``; in a job of several
+    processes ``jax.devices()`` lists the others' too, which this process cannot use)."""
+    import jax
+
+    from vae_jax.device import select_device
+
+    n = len(jax.local_devices(backend="cpu"))
+    assert select_device("cpu") == select_device(None) == jax.local_devices()[0]
+    with pytest.raises(DeviceError, match=rf"JAX has {n} cpu device\(s\) in this process"):
+        select_device(f"cpu:{n}")
+
+
 @pytest.mark.slow
 def test_jax_one_device_mesh_is_the_one_device_run():
     # devices=1 takes the sharded code path on a 1-device mesh: the same numbers as devices=None.
@@ -492,6 +505,7 @@ def test_jax_two_processes_equal_one_device(tmp_path):
         assert "different model, training or dtype settings" in flags.pop("settings_error")
         assert "different model, training or dtype settings" in flags.pop("uneven_error")
         assert "given different weights" in flags.pop("weights_error")
+        assert flags.pop("alone") == ["True", i + 1]
         assert flags == {"mixed_ok": False, "all_ok": True, "agree": True, "disagree": False}
 
 
@@ -672,6 +686,13 @@ def _jax_process(out: Path, address: str, rank: int) -> None:
             t.load_state_dict(init_canonical(TINY, rank))
         except ConfigError as exc:
             flags["weights_error"] = str(exc)
+        # A one-device trainer in each process trains alone: its own settings, weights and data
+        # on this process's device, nothing compared across the processes.
+        alone = Trainer(TINY, TrainConfig(lr=1e-3 * (rank + 1)), "float64", device="cpu")
+        alone.load_state_dict(init_canonical(TINY, rank))
+        p = problem()
+        losses = alone.run_steps(p.xs[: rank + 1], p.eps[: rank + 1])
+        flags["alone"] = [str(alone.device.process_index == rank), len(losses)]
         Path(f"{out}.json").write_text(json.dumps(flags))
     finally:
         distributed.shutdown()

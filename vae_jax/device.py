@@ -29,7 +29,8 @@ def select_device(name: Any = None) -> jax.Device:
 
     Args:
       name: ``"cpu"``, ``"cuda"``/``"gpu"``, ``"cuda:1"``, ``"tpu"``..., a ``jax.Device``, or
-        None/``"auto"`` to use ``$VAE_JAX_DEVICE`` or else JAX's default device.
+        None/``"auto"`` to use ``$VAE_JAX_DEVICE`` or else JAX's default device. The index
+        counts this process's devices (``jax.local_devices``), as torch's does.
 
     Raises:
       DeviceError: the name is not a device, or JAX has no such device here (the message lists
@@ -41,7 +42,7 @@ def select_device(name: Any = None) -> jax.Device:
     if name in (None, "", "auto"):
         name = os.environ.get(ENV_VAR) or None
         if name is None:
-            return jax.devices()[0]
+            return jax.local_devices()[0]
     match = _DEVICE_RE.match(str(name))
     if not match:
         raise DeviceError(
@@ -56,13 +57,15 @@ def select_device(name: Any = None) -> jax.Device:
         )
     platform = _PLATFORM.get(kind, kind)
     try:
-        devices = jax.devices(platform)
+        # This process's own devices: in a job of several processes (jax.distributed),
+        # jax.devices() lists every process's, and one of another process cannot be used here.
+        devices = jax.local_devices(backend=platform)
     except RuntimeError:
         devices = []
     if index >= len(devices):
         raise DeviceError(
-            f"device {name!r} was requested but JAX has {len(devices)} {platform} device(s); "
-            f"its devices are {jax.devices()}"
+            f"device {name!r} was requested but JAX has {len(devices)} {platform} device(s) "
+            f"in this process; its devices are {jax.local_devices()}"
         )
     return devices[index]
 
