@@ -474,6 +474,7 @@ def test_jax_two_devices_equal_one(tmp_path):
     for case, figure in r["uneven_worst"].items():
         assert figure <= F64, (case, figure)
     assert r["odd_replicated"] is True and r["even_split"] is True
+    assert r["whole_runs"] == [[2, ODD, *TINY.input_shape]]
     # Streamed on 2 devices = resident on 1, with and without dynamic binarization.
     assert set(r["stream_worst"]) == {"dynamic", "none"}
     for binarize, figure in r["stream_worst"].items():
@@ -638,6 +639,14 @@ def _jax_devices(out: Path) -> None:
     even_place, even_steps = t._on(BATCH)
     even = even_steps.run.lower(t.state, even_place.steps(p.xs), even_place.steps(p.eps))
     report["even_split"] = even.compile().input_shardings[0][1].spec == P(None, "data")
+    # run_steps picks the path by the batch axis of xs (S, B, ...): whole for B = ODD only.
+    whole_runs, run_whole = [], t._whole_steps.run
+    t._whole_steps = t._whole_steps._replace(
+        run=lambda *a: whole_runs.append(list(a[1].shape)) or run_whole(*a)
+    )
+    t.run_steps(p.xs[:2], p.eps[:2])
+    t.run_steps(p.xs[:2, :ODD], p.eps[:2, :ODD])
+    report["whole_runs"] = whole_runs
     # Streamed data on the mesh: each device gets its rows of every host-formed batch.
     report["stream_worst"] = {
         b: worst(epoch(cls, p, train(p), 2, True), epoch(cls, p, train(p), None, False))
